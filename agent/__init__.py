@@ -1,0 +1,1 @@
+"""roomba-agent: agent."""
