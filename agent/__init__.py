@@ -1,1 +1,3 @@
 """roomba-agent: agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,130 @@
+"""The command contract with the fleet, and validation of desired documents against the published schemas.
+
+The fleet writes ``desired.command = {"id", "action", ...arguments}``; the robot answers in
+``reported.command`` with the same fields plus ``status`` (and ``reason``), so ``desired`` becomes a subset of
+``reported`` and no delta lingers. Pure: no I/O beyond loading the schema files once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+ACTIONS = ("clean", "spot", "max", "dock", "stop", "locate", "drive", "set_clock")
+MISSION_ACTIONS = {"clean": "cleaning", "spot": "spot", "max": "max", "dock": "docking"}
+STATUSES = ("accepted", "done", "rejected", "failed")
+ACTION_ARGS: dict[str, tuple[str, ...]] = {
+    "drive": ("velocity_mm_s", "radius_mm", "duration_ms"),
+    "set_clock": ("day", "hour", "minute"),
+}
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """``desired`` (classic shadow) or ``config`` (named shadow ``config``)."""
+    text = resources.files("agent").joinpath("schemas", f"{name}.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+@cache
+def _section_validator(name: str, key: str) -> jsonschema.Draft202012Validator:
+    schema = load_schema(name)
+    sub = {"$defs": schema.get("$defs", {}), **schema["properties"][key]}
+    return jsonschema.Draft202012Validator(sub)
+
+
+def _describe(section: str, error: jsonschema.ValidationError) -> str:
+    where = ".".join([section, *(str(p) for p in error.absolute_path)])
+    if error.validator == "additionalProperties":
+        return f"{where}: {error.message.replace('Additional properties', 'unknown field(s)')}"
+    if error.validator is False or error.message.startswith("False schema"):
+        return f"{where}: an argument is not allowed for this action"
+    return f"{where}: {error.message}"
+
+
+def validate_sections(schema_name: str, desired: Mapping[str, Any]) -> dict[str, str]:
+    """Validate each top-level key on its own: {key: reason} for the invalid ones (empty when all good).
+
+    Per-key so that one bad section (say, a schedule with hour 25) does not block a valid command.
+    """
+    schema = load_schema(schema_name)
+    props = schema.get("properties", {})
+    problems: dict[str, str] = {}
+    for key, value in desired.items():
+        if key not in props:
+            problems[key] = f"{key}: unknown setting (allowed: {', '.join(sorted(props))})"
+            continue
+        if value is None:
+            continue
+        errors = sorted(
+            _section_validator(schema_name, key).iter_errors(value), key=lambda e: list(e.absolute_path)
+        )
+        if errors:
+            problems[key] = "; ".join(dict.fromkeys(_describe(key, e) for e in errors[:3]))
+    return problems
+
+
+@dataclass(frozen=True)
+class Command:
+    id: str
+    action: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return {"id": self.id, "action": self.action, **self.args}
+
+    def answer(self, status: str, reason: str | None = None) -> dict[str, Any]:
+        """The ``reported.command`` value: an echo of the command plus its status."""
+        out = {**self.document, "status": status}
+        out["reason"] = reason
+        return out
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An invalid ``desired.command``; ``id`` is None when the command had no usable id."""
+
+    id: str | None
+    reason: str
+    echo: Mapping[str, Any]
+
+    def answer(self) -> dict[str, Any]:
+        return {**self.echo, "status": "rejected", "reason": self.reason}
+
+
+def parse_command(raw: Any) -> Command | Rejected:
+    if not isinstance(raw, Mapping):
+        return Rejected(None, "command: must be an object with id and action", {})
+    problems = validate_sections("desired", {"command": raw})
+    action = raw.get("action")
+    if isinstance(action, str) and action in ACTIONS:
+        extra = sorted(k for k in raw if k not in ("id", "action", *ACTION_ARGS.get(action, ())))
+        if extra:
+            problems["command"] = f"command: {', '.join(extra)} not allowed for action {action!r}"
+    cid = raw.get("id")
+    good_id = isinstance(cid, str) and 0 < len(cid) <= 64
+    if problems:
+        echo = {k: v for k, v in raw.items() if isinstance(v, str | int | float | bool) and len(str(v)) <= 64}
+        return Rejected(cid if good_id else None, problems["command"], echo if good_id else {})
+    args = {k: v for k, v in raw.items() if k not in ("id", "action")}
+    return Command(raw["id"], raw["action"], args)
+
+
+def desired_command_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """For the fleet: the ``desired.command`` value that *replaces* ``previous`` with ``new``.
+
+    Shadow updates deep-merge, so writing a new command over an old one would keep the old arguments
+    (``velocity_mm_s`` of an earlier drive under a new ``clean``). Keys the new command lacks are set to null.
+    """
+    patch: dict[str, Any] = {k: None for k in (previous or {}) if k not in new}
+    patch.update(new)
+    return patch

@@ -1,0 +1,302 @@
+"""The one module that imports awscrt: an MQTT5 mutual-TLS client whose callbacks land on an asyncio loop.
+
+CRT callbacks run on CRT event-loop threads, where blocking deadlocks the client (sdk_notes.md §2, §6); each
+one here only copies its data and hands it to ``loop.call_soon_threadsafe``. Futures from publish/subscribe
+are wrapped into asyncio futures the same way. The CRT reconnects by itself with capped, jittered
+exponential backoff; the agent resubscribes when a connection comes back without a session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from awscrt import io, mqtt5
+from awsiot import mqtt5_client_builder
+
+from agent.config import AgentConfig
+
+
+@dataclass(frozen=True)
+class Connected:
+    session_present: bool
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    reason: str
+    fatal: bool  # e.g. session taken over (duplicate client id): do not reconnect hot
+
+
+@dataclass(frozen=True)
+class ConnectFailed:
+    reason: str
+    fatal: bool  # e.g. not authorized: retrying at full speed will not help
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Stopped:
+    pass
+
+
+MqttEvent = Connected | Disconnected | ConnectFailed | Message | Stopped
+FATAL_CONNACK = {"NOT_AUTHORIZED", "BAD_USERNAME_OR_PASSWORD", "CLIENT_IDENTIFIER_NOT_VALID", "BANNED"}
+FATAL_DISCONNECT = {"SESSION_TAKEN_OVER", "NOT_AUTHORIZED"}
+
+
+def presence_topic(thing: str) -> str:
+    return f"roomba/{thing}/presence"
+
+
+def _error_name(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown"
+    return str(getattr(exc, "name", None) or type(exc).__name__)
+
+
+class MqttClient:
+    def __init__(
+        self,
+        config: AgentConfig,
+        loop: asyncio.AbstractEventLoop,
+        on_event: Callable[[MqttEvent], None],
+        *,
+        reconnect_min_ms: int = 1000,
+        reconnect_max_ms: int = 120000,
+    ) -> None:
+        self.config = config
+        self.loop = loop
+        self._on_event = on_event
+        self.connected = False
+        self._stopped = asyncio.Event()
+        self._client = self._build(reconnect_min_ms, reconnect_max_ms)
+
+    def _post(self, event: MqttEvent) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._dispatch, event)
+        except RuntimeError:
+            pass  # loop already closed during shutdown
+
+    def _dispatch(self, event: MqttEvent) -> None:
+        if isinstance(event, Connected):
+            self.connected = True
+        elif isinstance(event, Disconnected | Stopped):
+            self.connected = False
+            if isinstance(event, Stopped):
+                self._stopped.set()
+        self._on_event(event)
+
+    # CRT-thread callbacks: copy, hand off, return ---------------------------------------------------------
+    def _on_success(self, data: mqtt5.LifecycleConnectSuccessData) -> None:
+        settings = data.negotiated_settings
+        self._post(Connected(bool(settings and settings.rejoined_session)))
+
+    def _on_failure(self, data: mqtt5.LifecycleConnectFailureData) -> None:
+        connack = data.connack_packet
+        if connack is not None and connack.reason_code is not None:
+            name = getattr(connack.reason_code, "name", str(connack.reason_code))
+            self._post(ConnectFailed(f"connack_{name.lower()}", name in FATAL_CONNACK))
+        else:
+            self._post(ConnectFailed(_error_name(data.exception).lower(), False))
+
+    def _on_disconnect(self, data: mqtt5.LifecycleDisconnectData) -> None:
+        packet = data.disconnect_packet
+        if packet is not None and packet.reason_code is not None:
+            name = getattr(packet.reason_code, "name", str(packet.reason_code))
+            self._post(Disconnected(f"server_{name.lower()}", name in FATAL_DISCONNECT))
+        else:
+            self._post(Disconnected(_error_name(data.exception).lower(), False))
+
+    def _on_stopped(self, _data: mqtt5.LifecycleStoppedData) -> None:
+        self._post(Stopped())
+
+    def _on_publish(self, data: mqtt5.PublishReceivedData) -> None:
+        packet = data.publish_packet
+        payload = packet.payload
+        self._post(Message(packet.topic, bytes(payload) if payload is not None else b""))
+
+    # construction ---------------------------------------------------------------------------------------
+    def _build(self, reconnect_min_ms: int, reconnect_max_ms: int) -> mqtt5.Client:
+        c = self.config
+        will = mqtt5.PublishPacket(
+            topic=presence_topic(c.thing_name),
+            payload=json.dumps({"state": "offline", "reason": "connection lost"}).encode(),
+            qos=mqtt5.QoS.AT_LEAST_ONCE,
+            retain=True,
+        )
+        common: dict[str, Any] = dict(
+            endpoint=c.endpoint,
+            port=c.port,
+            ca_filepath=c.root_ca,
+            client_id=c.thing_name,
+            session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_POST_SUCCESS,
+            session_expiry_interval_sec=c.session_expiry_s,
+            offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_NON_QOS1_PUBLISH_ON_DISCONNECT,
+            retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
+            min_reconnect_delay_ms=reconnect_min_ms,
+            max_reconnect_delay_ms=reconnect_max_ms,
+            min_connected_time_to_reset_reconnect_delay_ms=30000,
+            keep_alive_interval_sec=c.keep_alive_s,
+            ping_timeout_ms=min(30000, (c.keep_alive_s - 1) * 1000),
+            connack_timeout_ms=20000,
+            ack_timeout_sec=30,
+            will=will,
+            enable_metrics_collection=not c.local,
+            on_publish_received=self._on_publish,
+            on_lifecycle_connection_success=self._on_success,
+            on_lifecycle_connection_failure=self._on_failure,
+            on_lifecycle_disconnection=self._on_disconnect,
+            on_lifecycle_stopped=self._on_stopped,
+        )
+        if c.local:
+            common["extended_validation_and_flow_control_options"] = (
+                mqtt5.ExtendedValidationAndFlowControlOptions.NONE
+            )
+        if c.pkcs11 is not None:
+            with open(c.pkcs11.pin_file) as fh:
+                pin = fh.read().strip()
+            return mqtt5_client_builder.mtls_with_pkcs11(
+                pkcs11_lib=io.Pkcs11Lib(file=c.pkcs11.module),
+                user_pin=pin,
+                token_label=c.pkcs11.token_label,
+                private_key_label=c.pkcs11.key_label,
+                cert_filepath=c.cert,
+                **common,
+            )
+        return mqtt5_client_builder.mtls_from_path(cert_filepath=c.cert, pri_key_filepath=c.key, **common)
+
+    # operations (call from the loop thread) -------------------------------------------------------------
+    def start(self) -> None:
+        self._client.start()
+
+    def _wrap(self, crt_future: Future[Any]) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self.loop.create_future()
+
+        def done(f: Future[Any]) -> None:
+            def settle() -> None:
+                if fut.done():
+                    return
+                exc = f.exception()
+                if exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(f.result())
+
+            try:
+                self.loop.call_soon_threadsafe(settle)
+            except RuntimeError:
+                pass
+
+        crt_future.add_done_callback(done)
+        return fut
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> asyncio.Future[Any]:
+        packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS(qos), retain=retain)
+        return self._wrap(self._client.publish(packet))
+
+    def subscribe(self, topics: Sequence[str], qos: int) -> list[asyncio.Future[Any]]:
+        """One SUBSCRIBE per 8 filters (AWS IoT's per-packet limit)."""
+        futures = []
+        for i in range(0, len(topics), 8):
+            subs = [mqtt5.Subscription(topic_filter=t, qos=mqtt5.QoS(qos)) for t in topics[i : i + 8]]
+            futures.append(self._wrap(self._client.subscribe(mqtt5.SubscribePacket(subscriptions=subs))))
+        return futures
+
+    def pending_operations(self) -> int:
+        return int(self._client.get_stats().incomplete_operation_count)
+
+    async def stop(self, goodbye: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
+        """Graceful: publish the retained goodbye (a clean DISCONNECT suppresses the will), then stop."""
+        if goodbye is not None and self.connected:
+            try:
+                await asyncio.wait_for(self.publish(goodbye[0], goodbye[1], 1, retain=True), timeout / 2)
+            except (TimeoutError, Exception):
+                pass
+        self._client.stop(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode.NORMAL_DISCONNECTION))
+        try:
+            await asyncio.wait_for(self._stopped.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+def puback_ok(result: Any) -> tuple[bool, str]:
+    """Whether a QoS1 publish was accepted by the broker (PUBACK reason < 0x80), and the reason name."""
+    puback = getattr(result, "puback", None)
+    if puback is None:
+        return True, "success"
+    code = puback.reason_code
+    name = getattr(code, "name", str(code)).lower()
+    return int(code) < 0x80, name
+
+
+def probe(config: AgentConfig, timeout: float = 15.0) -> tuple[str, str, float | None]:
+    """One connect + classic-shadow get round trip, for ``doctor``: (stage that failed or "ok", detail, rtt_s).
+
+    Synchronous on purpose (doctor is a one-shot command); it waits on CRT futures from this thread, never
+    inside a callback. It uses the thing name as client id, so it must not run while the agent is connected.
+    """
+    import threading
+    import uuid
+
+    connected = threading.Event()
+    answered = threading.Event()
+    outcome: dict[str, Any] = {}
+    token = f"doctor-{uuid.uuid4().hex[:12]}"
+    base = f"$aws/things/{config.thing_name}/shadow/get"
+
+    def on_event(event: MqttEvent) -> None:
+        if isinstance(event, Connected):
+            connected.set()
+        elif isinstance(event, ConnectFailed):
+            outcome.setdefault("connect_error", event.reason)
+            if event.fatal:
+                connected.set()
+        elif isinstance(event, Message) and token.encode() in event.payload:
+            outcome["topic"], outcome["payload"] = event.topic, event.payload
+            outcome["t"] = time.monotonic()
+            answered.set()
+
+    class _DirectLoop:
+        """Stands in for an asyncio loop: run the hand-off right away (the handlers only set events)."""
+
+        def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
+            fn(*args)
+
+        def create_future(self) -> Any:
+            raise NotImplementedError
+
+    client = MqttClient(config, _DirectLoop(), on_event, reconnect_max_ms=5000)  # type: ignore[arg-type]
+    client.start()
+    try:
+        if not connected.wait(timeout) or ("connect_error" in outcome and not client.connected):
+            return "mqtt", outcome.get("connect_error", f"no CONNACK within {timeout:.0f} s"), None
+        subs = [
+            mqtt5.Subscription(topic_filter=f"{base}/accepted", qos=mqtt5.QoS.AT_LEAST_ONCE),
+            mqtt5.Subscription(topic_filter=f"{base}/rejected", qos=mqtt5.QoS.AT_LEAST_ONCE),
+        ]
+        client._client.subscribe(mqtt5.SubscribePacket(subscriptions=subs)).result(timeout)
+        sent = time.monotonic()
+        payload = json.dumps({"clientToken": token}).encode()
+        client._client.publish(mqtt5.PublishPacket(topic=base, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE))
+        if not answered.wait(timeout):
+            return "shadow", f"no answer to a shadow get within {timeout:.0f} s", None
+        rtt = outcome["t"] - sent
+        if outcome["topic"].endswith("/rejected"):
+            doc = json.loads(outcome["payload"])
+            if doc.get("code") != 404:
+                return "shadow", f"get rejected: {doc.get('code')} {doc.get('message')}", rtt
+        return "ok", "connected and the shadow service answered", rtt
+    finally:
+        client._client.stop()
+        time.sleep(0.1)

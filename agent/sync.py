@@ -1,0 +1,440 @@
+"""Two-way shadow sync as a sans-I/O state machine: messages, snapshots and clock ticks in, effects out.
+
+The robot owns ``reported``, the fleet owns ``desired``. Desired is handled *level-triggered*: each full
+desired document (from ``get/accepted`` or ``update/documents``, never the partial ``delta``) is reconciled
+key by key, and a key acts only when its value differs from the last one handled. Commands are
+additionally gated by the durable ledger, so an id runs at most once across redelivery, reconnects and
+restarts. Reported goes up as diffs against what the service acknowledged, coalesced and rate-limited.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agent import shadowdoc
+from agent.backoff import Backoff, TokenBucket
+from agent.commands import Command, Rejected, parse_command, validate_sections
+from agent.metrics import Metrics
+from agent.model import diff
+
+CONFIG_SHADOW = "config"
+URGENT_KEYS = frozenset({"command", "schedule", "leds", "errors", "mission", "link"})
+REQUEST_TIMEOUT_S = 10.0
+
+
+class LedgerLike(Protocol):
+    def get(self, command_id: str) -> Any: ...
+    def begin(
+        self,
+        command_id: str,
+        action: str,
+        document: dict[str, Any],
+        status: str = ...,
+        reason: str | None = ...,
+    ) -> bool: ...
+    def finish(self, command_id: str, status: str, reason: str | None = ...) -> None: ...
+
+
+# effects ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Publish:
+    topic: str
+    payload: bytes
+    qos: int = 0
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    command: Command
+
+
+@dataclass(frozen=True)
+class ApplySetting:
+    """Apply a non-command desired key on the robot (``schedule``, ``leds``) or the agent (``config``)."""
+
+    shadow: str | None
+    key: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class CommandLog:
+    """One canonical log line per command."""
+
+    command_id: str | None
+    action: str | None
+    status: str
+    reason: str | None
+
+
+Effect = Publish | Subscribe | RunCommand | ApplySetting | CommandLog
+
+
+def prune(value: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop None leaves and empty objects: the shadow cannot store them, so they would never be acked."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, Mapping):
+            item = prune(item)
+            if not item:
+                continue
+        elif item is None:
+            continue
+        out[key] = item
+    return out
+
+
+def _fp(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class _Side:
+    """One shadow (classic or a named one): what we report and what the service acknowledged."""
+
+    name: str | None
+    prefix: str
+    current: dict[str, Any] = field(default_factory=dict)
+    acked: dict[str, Any] | None = None  # None: not known yet (before get)
+    version: int = 0
+    handled: dict[str, str] = field(default_factory=dict)
+    inflight: tuple[str, dict[str, Any], float] | None = None  # token, patch, sent_at
+    get_token: tuple[str, float] | None = None
+    synced: bool = False
+    retry_at: float = 0.0
+    last_sensor_publish: float = -1e9
+    last_publish: float = -1e9
+
+
+class ShadowSync:
+    def __init__(
+        self,
+        thing: str,
+        ledger: LedgerLike,
+        metrics: Metrics,
+        *,
+        report_min_s: float = 1.0,
+        heartbeat_s: float = 300.0,
+        rate_per_s: float = 10.0,
+        qos: int = 1,
+        settings: Mapping[str, Any] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.wall_clock = wall_clock
+        self.thing = thing
+        self.ledger = ledger
+        self.metrics = metrics
+        self.report_min_s = report_min_s
+        self.heartbeat_s = heartbeat_s
+        self.qos = qos
+        self.bucket = TokenBucket(rate_per_s, burst=max(1.0, rate_per_s))
+        self.backoff = Backoff(base_s=0.5, cap_s=30.0)
+        base = f"$aws/things/{thing}/shadow"
+        self.classic = _Side(None, base)
+        self.config = _Side(CONFIG_SHADOW, f"{base}/name/{CONFIG_SHADOW}")
+        self.config.current = dict(settings or {})
+        self.connected = False
+        self._token_seq = 0
+        self._boot = format(int(time.time() * 1000) % 0xFFFFFFFF, "x")
+        self.active_commands: dict[str, Command] = {}
+
+    # topics ------------------------------------------------------------------------------------------
+    def subscriptions(self) -> tuple[str, ...]:
+        out: list[str] = []
+        for side in (self.classic, self.config):
+            out += [
+                f"{side.prefix}/get/accepted",
+                f"{side.prefix}/get/rejected",
+                f"{side.prefix}/update/accepted",
+                f"{side.prefix}/update/rejected",
+                f"{side.prefix}/update/documents",
+            ]
+        return tuple(out)
+
+    def _token(self) -> str:
+        self._token_seq += 1
+        return f"{self._boot}-{self._token_seq}"
+
+    # inputs ------------------------------------------------------------------------------------------
+    def on_connected(self, session_present: bool, now: float) -> list[Effect]:
+        """Every (re)connect: resubscribe unless the session survived, then get both shadows."""
+        self.connected = True
+        effects: list[Effect] = []
+        if not session_present:
+            effects.append(Subscribe(self.subscriptions()))
+        for side in (self.classic, self.config):
+            side.synced = False
+            side.inflight = None
+            side.acked = None
+            effects.append(self._get(side, now))
+        return effects
+
+    def on_disconnected(self) -> None:
+        self.connected = False
+        for side in (self.classic, self.config):
+            side.inflight = None
+            side.get_token = None
+
+    def _get(self, side: _Side, now: float) -> Publish:
+        token = self._token()
+        side.get_token = (token, now)
+        self.metrics.inc("shadow_get_sent")
+        return Publish(f"{side.prefix}/get", json.dumps({"clientToken": token}).encode(), self.qos)
+
+    def set_robot_state(self, state: Mapping[str, Any]) -> None:
+        """The sensor-derived reported keys (model.reported_state); published at most every report_min_s."""
+        for key, value in state.items():
+            self.classic.current[key] = value
+
+    def set_config_effective(self, settings: Mapping[str, Any]) -> None:
+        self.config.current.update(settings)
+
+    def on_message(self, topic: str, payload: bytes, now: float) -> list[Effect]:
+        side = (
+            self.classic
+            if topic.startswith(self.classic.prefix + "/") and "/name/" not in topic
+            else (self.config if topic.startswith(self.config.prefix + "/") else None)
+        )
+        if side is None:
+            self.metrics.inc("mqtt_unexpected_topic")
+            return []
+        try:
+            doc = json.loads(payload)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError):
+            self.metrics.inc("shadow_bad_payload")
+            return []
+        op = topic[len(side.prefix) + 1 :]
+        token = doc.get("clientToken")
+        if op == "get/accepted":
+            if side.get_token is None or token != side.get_token[0]:
+                return []
+            return self._on_get(side, doc, now)
+        if op == "get/rejected":
+            if side.get_token is None or token != side.get_token[0]:
+                return []
+            side.get_token = None
+            if doc.get("code") == 404:
+                return self._on_get(side, {"state": {}, "version": 0}, now)
+            return self._on_error(side, doc, now, "get")
+        if op == "update/accepted":
+            if side.inflight is None or token != side.inflight[0]:
+                return []
+            _, patch, sent = side.inflight
+            side.inflight = None
+            side.acked = shadowdoc.merge_state(side.acked or {}, patch)
+            side.version = max(side.version, int(doc.get("version") or 0))
+            self.metrics.observe_rtt(max(0.0, now - sent))
+            self.metrics.inc("shadow_update_accepted")
+            self.backoff.reset()
+            return []
+        if op == "update/rejected":
+            if side.inflight is None or token != side.inflight[0]:
+                return []
+            return self._on_error(side, doc, now, "update")
+        if op == "update/documents":
+            current = doc.get("current") or {}
+            version = current.get("version")
+            if not isinstance(version, int) or version <= side.version:
+                self.metrics.inc("shadow_stale_dropped")
+                return []
+            side.version = version
+            desired = (current.get("state") or {}).get("desired") or {}
+            return self._reconcile(side, desired, now)
+        return []
+
+    def _on_get(self, side: _Side, doc: Mapping[str, Any], now: float) -> list[Effect]:
+        side.get_token = None
+        state = doc.get("state") or {}
+        side.acked = dict(state.get("reported") or {})
+        side.version = (
+            max(side.version, int(doc.get("version") or 0)) if side.synced else int(doc.get("version") or 0)
+        )
+        side.synced = True
+        # publish the full current state on every (re)connect, not only the diff
+        side.acked = {k: v for k, v in side.acked.items() if k not in side.current}
+        self.metrics.inc("shadow_get_accepted")
+        return self._reconcile(side, state.get("desired") or {}, now)
+
+    def _on_error(self, side: _Side, doc: Mapping[str, Any], now: float, op: str) -> list[Effect]:
+        code = doc.get("code")
+        self.metrics.inc(f"shadow_{op}_rejected_{code}")
+        effects: list[Effect] = []
+        if op == "update":
+            _, patch, _ = side.inflight or ("", {}, 0.0)
+            side.inflight = None
+            if code == 429:
+                self.metrics.inc("throttled")
+                self.bucket.drain(now)
+                side.retry_at = now + self.backoff.next_delay()
+            elif code == 409:
+                effects.append(self._get(side, now))
+            elif code in (400, 413):
+                # the same patch would be rejected again: count it and stop retrying this content
+                side.acked = shadowdoc.merge_state(side.acked or {}, patch)
+                self.metrics.inc("shadow_update_dropped")
+            else:
+                side.retry_at = now + self.backoff.next_delay()
+        else:
+            side.retry_at = now + self.backoff.next_delay()
+        return effects
+
+    # desired -> actions ------------------------------------------------------------------------------
+    def _set_error(self, side: _Side, key: str, reason: str | None) -> None:
+        errors = dict(side.current.get("errors") or {})
+        if reason is None:
+            errors.pop(key, None)
+        else:
+            errors[key] = reason
+        if errors:
+            side.current["errors"] = errors
+        else:
+            side.current.pop("errors", None)
+
+    def _reconcile(self, side: _Side, desired: Mapping[str, Any], now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        schema = "desired" if side.name is None else "config"
+        problems = validate_sections(schema, {k: v for k, v in desired.items() if k != "command"})
+        for key, value in desired.items():
+            fp = _fp(value)
+            if side.handled.get(key) == fp:
+                continue
+            side.handled[key] = fp
+            if side.name is None and key == "command":
+                effects += self._on_command(value)
+            elif key in problems:
+                self._set_error(side, key, problems[key])
+                self.metrics.inc("desired_rejected")
+            else:
+                self._set_error(side, key, None)
+                effects.append(ApplySetting(side.name, key, value))
+        return effects
+
+    def _on_command(self, raw: Any) -> list[Effect]:
+        parsed = parse_command(raw)
+        side = self.classic
+        cid = parsed.id
+        entry = self.ledger.get(cid) if cid else None
+        if entry is not None:
+            # handled before (redelivery, reconnect, restart): report the recorded outcome, never rerun
+            self.metrics.inc("commands_duplicate")
+            side.current["command"] = {**entry.document, "status": entry.status, "reason": entry.reason}
+            return []
+        if isinstance(parsed, Rejected):
+            if cid:
+                self.ledger.begin(
+                    cid, str(parsed.echo.get("action", "?")), dict(parsed.echo), "rejected", parsed.reason
+                )
+            side.current["command"] = (
+                parsed.answer() if cid else {"id": None, "status": "rejected", "reason": parsed.reason}
+            )
+            self.metrics.inc("commands_rejected")
+            return [
+                CommandLog(
+                    cid, str(parsed.echo.get("action")) if parsed.echo else None, "rejected", parsed.reason
+                )
+            ]
+        if not self.ledger.begin(parsed.id, parsed.action, parsed.document):
+            self.metrics.inc("commands_duplicate")
+            return []
+        self.active_commands[parsed.id] = parsed
+        side.current["command"] = parsed.answer("accepted")
+        self.metrics.inc("commands_accepted")
+        return [RunCommand(parsed)]
+
+    def command_finished(self, command_id: str, status: str, reason: str | None = None) -> list[Effect]:
+        """The daemon reports the outcome of a RunCommand (``done`` / ``failed``)."""
+        self.ledger.finish(command_id, status, reason)
+        cmd = self.active_commands.pop(command_id, None)
+        self.metrics.inc(f"commands_{status}")
+        if cmd is None:
+            return []
+        current = self.classic.current.get("command") or {}
+        if current.get("id") == command_id:
+            self.classic.current["command"] = cmd.answer(status, reason)
+        return [CommandLog(command_id, cmd.action, status, reason)]
+
+    def command_progress(self, command_id: str, status: str) -> None:
+        """A long command (drive) moved on without finishing: record and report it (e.g. ``accepted``)."""
+        self.ledger.finish(command_id, status)
+        cmd = self.active_commands.get(command_id)
+        if cmd is not None and (self.classic.current.get("command") or {}).get("id") == command_id:
+            self.classic.current["command"] = cmd.answer(status)
+
+    def setting_result(self, shadow: str | None, key: str, value: Any, error: str | None) -> None:
+        """After an ApplySetting: echo the value in reported (so the delta clears) or report why not."""
+        side = self.classic if shadow is None else self.config
+        if error is None:
+            side.current[key] = value
+            self._set_error(side, key, None)
+        else:
+            self._set_error(side, key, error)
+            side.handled.pop(key, None)  # retried with the next desired document, not in a loop
+            self.metrics.inc("desired_failed")
+
+    # reported -> service -----------------------------------------------------------------------------
+    def flush(self, now: float) -> list[Effect]:
+        """Publish what changed, if the rules allow now. Call after inputs and on ``next_wakeup``."""
+        effects: list[Effect] = []
+        if not self.connected:
+            return effects
+        for side in (self.classic, self.config):
+            if side.get_token is not None and now - side.get_token[1] > REQUEST_TIMEOUT_S:
+                self.metrics.inc("shadow_get_timeout")
+                effects.append(self._get(side, now))
+            if side.inflight is not None and now - side.inflight[2] > REQUEST_TIMEOUT_S:
+                self.metrics.inc("shadow_update_timeout")
+                side.inflight = None
+            if not side.synced or side.inflight is not None or now < side.retry_at:
+                continue
+            if side is self.classic and now - side.last_publish >= self.heartbeat_s:
+                side.current["heartbeat"] = int(self.wall_clock())
+            patch = diff(side.acked or {}, prune(side.current))
+            if not patch:
+                continue
+            urgent = side is self.config or bool(URGENT_KEYS & patch.keys()) or "heartbeat" in patch
+            if not urgent and now - side.last_sensor_publish < self.report_min_s:
+                continue
+            if not self.bucket.take(now):
+                self.metrics.inc("shadow_rate_limited")
+                continue
+            token = self._token()
+            side.inflight = (token, patch, now)
+            side.last_publish = now
+            side.last_sensor_publish = now
+            body = {"state": {"reported": patch}, "clientToken": token}
+            effects.append(
+                Publish(f"{side.prefix}/update", json.dumps(body, separators=(",", ":")).encode(), self.qos)
+            )
+            self.metrics.inc("shadow_update_sent")
+        return effects
+
+    def next_wakeup(self, now: float) -> float:
+        """Seconds until ``flush`` may have something new to do (pending diff, retry, timeout, heartbeat)."""
+        wake = self.heartbeat_s
+        for side in (self.classic, self.config):
+            if side.inflight is not None:
+                wake = min(wake, REQUEST_TIMEOUT_S - (now - side.inflight[2]))
+                continue
+            if side.get_token is not None:
+                wake = min(wake, REQUEST_TIMEOUT_S - (now - side.get_token[1]))
+            if not side.synced:
+                continue
+            wake = min(wake, self.heartbeat_s - (now - side.last_publish))
+            if now < side.retry_at:
+                wake = min(wake, side.retry_at - now)
+            elif diff(side.acked or {}, prune(side.current)):
+                wake = min(
+                    wake, max(self.report_min_s - (now - side.last_sensor_publish), self.bucket.wait_s(now))
+                )
+        return max(0.0, wake)

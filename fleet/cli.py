@@ -1,0 +1,49 @@
+"""``roomba-fleet``: the local cloud and the fleet tools.
+
+Each sub-command lives in its own module exposing ``main(argv) -> int`` and is imported only when used, so a
+new one (e.g. ``simulate`` in ``fleet/simulate.py``) is added by one line in ``COMMANDS``. Every sub-command
+takes ``--dir DIR`` (default ``$ROOMBA_FLEET_DIR`` or ``./var/local-cloud``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("fleet.up", "run the local cloud (Mosquitto + shadow service) in the foreground"),
+    "robot": ("fleet.robots", "robot add NAME: issue a robot identity and write its agent config"),
+    "shadow": ("fleet.operator", "shadow get|update|delete THING: operator access to shadows (JSON)"),
+    "watch": ("fleet.watch", "live view of robots: presence and reported state (--once --json)"),
+    "simulate": ("fleet.simulate", "run simulated robots with the real agent against the local cloud"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: roomba-fleet COMMAND [--dir DIR] [options]", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_m, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"roomba-fleet: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = COMMANDS[name][0]
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            print(f"roomba-fleet: {name} is not available in this build", file=sys.stderr)
+            return 2
+        raise
+    return int(mod.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Where a local cloud keeps its files, and its saved settings.
+
+Every ``roomba-fleet`` command takes ``--dir``; everything a local cloud needs (CA, broker files, identities,
+shadows, logs, settings) lives under that one directory, so several clouds can run side by side and a
+command finds the right port from the directory alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8883
+DEFAULT_ENDPOINT = "127.0.0.1"
+ENV_DIR = "ROOMBA_FLEET_DIR"
+DEFAULT_DIR = Path("var/local-cloud")
+
+SERVICE_IDENTITY = "local-cloud-shadow-service"
+OPERATOR_IDENTITY = "local-cloud-operator"
+RESERVED_NAMES = frozenset({SERVICE_IDENTITY, OPERATOR_IDENTITY})
+
+
+def default_dir() -> Path:
+    """``$ROOMBA_FLEET_DIR`` or ``./var/local-cloud`` (one default shared by every command)."""
+    return Path(os.environ.get(ENV_DIR) or DEFAULT_DIR)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Saved in ``settings.json``; ``up --port`` updates the port, the other commands read it."""
+
+    port: int = DEFAULT_PORT
+    endpoint: str = DEFAULT_ENDPOINT
+    rate_limit_per_thing: float = 20.0
+    response_qos: int = 1
+    durable: bool = False
+    flush_interval_ms: int = 100
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Settings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+@dataclass(frozen=True)
+class CloudDir:
+    """Paths of one local cloud directory."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | os.PathLike[str] | None) -> CloudDir:
+        return cls(Path(path if path is not None else default_dir()).absolute())
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / "settings.json"
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.ca_dir / "ca.crt"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.root / "broker"
+
+    @property
+    def broker_conf(self) -> Path:
+        return self.broker_dir / "mosquitto.conf"
+
+    @property
+    def broker_acl(self) -> Path:
+        return self.broker_dir / "acl"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.broker_dir / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.broker_dir / "server.key"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def broker_log(self) -> Path:
+        return self.logs_dir / "mosquitto.log"
+
+    @property
+    def service_log(self) -> Path:
+        return self.logs_dir / "shadow-service.log"
+
+    @property
+    def shadows_db(self) -> Path:
+        return self.root / "shadows.sqlite3"
+
+    @property
+    def run_file(self) -> Path:
+        return self.root / "run" / "up.json"
+
+    @property
+    def robots_dir(self) -> Path:
+        return self.root / "robots"
+
+    def identity_dir(self, name: str) -> Path:
+        return self.root / "identities" / name
+
+    def robot_config(self, name: str) -> Path:
+        return self.robots_dir / f"{name}.toml"
+
+    def robot_state_dir(self, name: str) -> Path:
+        return self.root / "state" / name
+
+    def load_settings(self) -> Settings:
+        try:
+            raw = json.loads(self.settings_path.read_text())
+        except FileNotFoundError:
+            return Settings()
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"{self.settings_path} is unreadable ({exc}); fix or delete it") from None
+        if not isinstance(raw, dict):
+            raise SettingsError(f"{self.settings_path} must hold a JSON object; fix or delete it")
+        try:
+            return Settings.from_json(raw)
+        except TypeError as exc:
+            raise SettingsError(f"{self.settings_path}: {exc}") from None
+
+    def save_settings(self, settings: Settings) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.settings_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(settings), indent=2) + "\n")
+        os.replace(tmp, self.settings_path)
+
+    def update_settings(self, **changes: Any) -> Settings:
+        settings = replace(self.load_settings(), **changes)
+        self.save_settings(settings)
+        return settings
+
+    def known_robots(self) -> list[str]:
+        """Robots added with ``robot add`` (their agent configuration files)."""
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(p.stem for p in self.robots_dir.glob("*.toml"))
+        return []
+
+
+class SettingsError(Exception):
+    """``settings.json`` is unreadable; the message says which file and how to recover."""

@@ -1,0 +1,180 @@
+"""The shadow service's protocol core: topic in, payload in, publications out. No sockets, no clock.
+
+It routes ``$aws/things/<thing>/shadow[/name/<shadow>]/{update,get,delete}`` requests to the pure document
+rules in ``agent.shadowdoc``, applies the per-thing request rate limit (429), remembers deleted versions for
+48 hours, and keeps the set of changed shadows so the I/O shell can persist them in batches. Bad input of
+any kind produces the rejection AWS would publish; nothing here raises on a peer's mistake.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from agent import shadowdoc as sd
+from agent.shadowdoc import Shadow, ShadowError
+from hal.logs import get_logger
+
+log = get_logger("fleet.shadow")
+
+ShadowKey = tuple[str, str]  # (thing, shadow name; "" for the classic shadow)
+OPERATIONS = ("update", "get", "delete")
+
+
+@dataclass(frozen=True)
+class StoredShadow:
+    """What persists for one shadow: the document, or a tombstone remembering the deleted version."""
+
+    shadow: Shadow | None
+    deleted_version: int = 0
+    deleted_at: int | None = None
+
+
+@dataclass(frozen=True)
+class ShadowTopic:
+    thing: str
+    shadow_name: str  # "" for the classic shadow
+    operation: str
+    prefix: str  # everything before the operation, e.g. "$aws/things/T/shadow/name/S"
+
+
+def parse_topic(topic: str) -> ShadowTopic | None:
+    """A request topic, or None for anything that is not a shadow request (responses included)."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != "$aws" or parts[1] != "things" or parts[3] != "shadow":
+        return None
+    if len(parts) == 5:
+        name, op = "", parts[4]
+    elif len(parts) == 7 and parts[4] == "name":
+        name, op = parts[5], parts[6]
+    else:
+        return None
+    if op not in OPERATIONS:
+        return None
+    return ShadowTopic(parts[2], name, op, topic[: -len(op) - 1])
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    last: float
+
+
+class ShadowEngine:
+    """All shadows of one local cloud, in memory; ``handle()`` answers one request.
+
+    ``rate_per_thing`` is AWS's per-thing request limit (20/s, burst 20); 0 disables it (bench runs).
+    ``take_dirty()`` hands the changed shadows to the persistence layer.
+    """
+
+    def __init__(
+        self,
+        shadows: dict[ShadowKey, StoredShadow] | None = None,
+        *,
+        rate_per_thing: float = 20.0,
+        burst: float | None = None,
+        remember_deleted_s: int = sd.DELETED_VERSION_MEMORY_S,
+    ) -> None:
+        self.shadows: dict[ShadowKey, StoredShadow] = dict(shadows or {})
+        self.rate = rate_per_thing
+        self.burst = burst if burst is not None else max(rate_per_thing, 1.0)
+        self.remember_deleted_s = remember_deleted_s
+        self._buckets: dict[str, _Bucket] = {}
+        self._dirty: dict[ShadowKey, StoredShadow] = {}
+        self.counters: dict[str, int] = {"accepted": 0, "rejected": 0, "throttled": 0, "ignored": 0}
+
+    def take_dirty(self) -> dict[ShadowKey, StoredShadow]:
+        dirty, self._dirty = self._dirty, {}
+        return dirty
+
+    def _allow(self, thing: str, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        bucket = self._buckets.get(thing)
+        if bucket is None:
+            bucket = self._buckets[thing] = _Bucket(self.burst, now)
+        else:
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.last) * self.rate)
+            bucket.last = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    def _store(self, key: ShadowKey, stored: StoredShadow) -> None:
+        self.shadows[key] = stored
+        self._dirty[key] = stored
+
+    def handle(self, topic: str, payload: bytes, now: float) -> list[tuple[str, bytes]]:
+        """Answer one publication; returns ``(topic, payload)`` pairs to publish (empty if not a request)."""
+        req = parse_topic(topic)
+        if req is None:
+            self.counters["ignored"] += 1
+            return []
+        ts = int(now)
+        rejected = f"{req.prefix}/{req.operation}/rejected"
+        try:
+            return self._dispatch(req, payload, now, ts)
+        except ShadowError as err:
+            self.counters["rejected"] += 1
+            if err.code == 429:
+                self.counters["throttled"] += 1
+            log.debug("shadow.request.rejected", thing=req.thing, op=req.operation, code=err.code, why=err.message)
+            return [(rejected, _dumps(sd.error_document(err, ts)))]
+        except Exception:
+            self.counters["rejected"] += 1
+            log.exception("shadow.request.failed", thing=req.thing, op=req.operation)
+            err = ShadowError(500, sd.MSG_INTERNAL, _best_effort_token(payload))
+            return [(rejected, _dumps(sd.error_document(err, ts)))]
+
+    def _dispatch(self, req: ShadowTopic, payload: bytes, now: float, ts: int) -> list[tuple[str, bytes]]:
+        try:
+            sd.validate_thing_name(req.thing)
+            if req.shadow_name:
+                sd.validate_shadow_name(req.shadow_name)
+        except ShadowError as err:
+            err.client_token = _best_effort_token(payload)
+            raise
+        if not self._allow(req.thing, now):
+            raise ShadowError(429, sd.MSG_TOO_MANY_REQUESTS, _best_effort_token(payload))
+        key = (req.thing, req.shadow_name)
+        stored = self.shadows.get(key)
+        current = stored.shadow if stored is not None else None
+        prefix = req.prefix
+        if req.operation == "update":
+            request = sd.parse_update(payload)
+            base = 0
+            if stored is not None and current is None and stored.deleted_at is not None:
+                if ts - stored.deleted_at <= self.remember_deleted_s:
+                    base = stored.deleted_version
+            result = sd.apply_update(current, request, ts, base)
+            self._store(key, StoredShadow(result.shadow))
+            self.counters["accepted"] += 1
+            out = [
+                (f"{prefix}/update/accepted", _dumps(result.accepted)),
+                (f"{prefix}/update/documents", _dumps(result.documents)),
+            ]
+            if result.delta is not None:
+                out.append((f"{prefix}/update/delta", _dumps(result.delta)))
+            return out
+        token = sd.client_token_of(payload)
+        if current is None:
+            raise sd.not_found_error(req.shadow_name or req.thing, token)
+        self.counters["accepted"] += 1
+        if req.operation == "get":
+            return [(f"{prefix}/get/accepted", _dumps(sd.get_document(current, ts, token)))]
+        assert stored is not None
+        self._store(key, replace(stored, shadow=None, deleted_version=current.version, deleted_at=ts))
+        return [(f"{prefix}/delete/accepted", _dumps(sd.delete_document(current, ts, token)))]
+
+
+def _best_effort_token(payload: bytes) -> str | None:
+    try:
+        return sd.client_token_of(payload)
+    except ShadowError:
+        return None

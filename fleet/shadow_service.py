@@ -1,0 +1,200 @@
+"""The shadow service process: a thin MQTT shell around ``ShadowEngine`` and ``ShadowStore``.
+
+Designed for throughput: one process, one thread, no per-message thread hop or lock. Each turn of the loop
+reads everything the TLS socket has, lets the engine answer every request in it, and writes all answers
+(and PUBACKs) with one ``sendall`` — the MQTT codec is ``fleet.mqtt_lite`` because paho's loop costs a
+``select()`` per packet read and a TLS record per packet written. Changed shadows go to SQLite once per
+flush interval (or per request with ``durable``). It connects with the service identity (privileged ACL),
+a persistent session and QoS 1 subscriptions, so requests published while it restarts are queued by the
+broker and answered when it is back.
+
+Run by ``roomba-fleet up`` as ``python -m fleet.shadow_service --dir DIR``: prints ``READY`` on stdout
+once subscribed and logs (JSON) to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from fleet import mqtt_lite as mq
+from fleet.layout import SERVICE_IDENTITY, CloudDir, Settings
+from fleet.shadow_engine import ShadowEngine
+from fleet.shadow_store import ShadowStore
+from hal import logs
+
+log = logs.get_logger("fleet.shadow_service")
+
+REQUEST_FILTERS = ("$aws/things/+/shadow/+", "$aws/things/+/shadow/name/+/+")
+KEEPALIVE_S = 30
+
+
+def tls_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+class ConnectionLost(Exception):
+    pass
+
+
+class ShadowService:
+    def __init__(self, cloud: CloudDir, settings: Settings) -> None:
+        self.cloud = cloud
+        self.settings = settings
+        self.store = ShadowStore(cloud.shadows_db, durable=settings.durable)
+        self.engine = ShadowEngine(self.store.load_all(), rate_per_thing=settings.rate_limit_per_thing)
+        self.stopping = False
+        self.announced = False
+        ident = cloud.identity_dir(SERVICE_IDENTITY)
+        self.tls = tls_context(ident / "root-ca.crt", ident / "device.crt", ident / "device.key")
+        self._qos = settings.response_qos
+        self._next_id = 0
+        self._last_flush = time.monotonic()
+
+    def _packet_id(self) -> int:
+        self._next_id = self._next_id % 65535 + 1
+        return self._next_id
+
+    def _connect(self) -> tuple[ssl.SSLSocket, mq.PacketParser]:
+        raw = socket.create_connection((self.settings.endpoint, self.settings.port), timeout=10)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = self.tls.wrap_socket(raw, server_hostname=self.settings.endpoint)
+        sock.sendall(mq.connect(SERVICE_IDENTITY, keepalive=KEEPALIVE_S, clean_session=False))
+        parser = mq.PacketParser()
+        connack = self._expect(sock, parser, mq.CONNACK)
+        if len(connack.body) < 2 or connack.body[1] != 0:
+            raise ConnectionLost(f"broker refused the service (CONNACK {connack.body.hex()})")
+        sock.sendall(mq.subscribe(self._packet_id(), [(f, 1) for f in REQUEST_FILTERS]))
+        suback = self._expect(sock, parser, mq.SUBACK)
+        if any(code == 0x80 for code in suback.body[2:]):
+            raise ConnectionLost("broker refused the service's subscriptions (check the ACL)")
+        sock.settimeout(None)
+        return sock, parser
+
+    def _expect(self, sock: ssl.SSLSocket, parser: mq.PacketParser, ptype: int) -> mq.Packet:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionLost("broker closed the connection during set-up")
+            parser.feed(data)
+            for pkt in parser.packets():
+                if pkt.type == ptype:
+                    return pkt
+        raise ConnectionLost(f"no packet type {ptype} from the broker")
+
+    def _handle(self, packets: list[mq.Packet], out: bytearray) -> None:
+        now = time.time()
+        handle = self.engine.handle
+        qos = self._qos
+        for pkt in packets:
+            if pkt.type != mq.PUBLISH:
+                continue
+            if pkt.qos:
+                out += mq.puback(pkt.packet_id)
+            if pkt.retain:
+                continue  # AWS refuses retained publishes on reserved topics; never answer a stale one
+            for topic, payload in handle(pkt.topic, pkt.payload, now):
+                out += mq.publish(topic, payload, qos, self._packet_id() if qos else 0)
+        if self.settings.durable:
+            self.store.save(self.engine.take_dirty())
+
+    def _serve(self, sock: ssl.SSLSocket, parser: mq.PacketParser) -> None:
+        interval = self.settings.flush_interval_ms / 1000.0
+        last_sent = time.monotonic()
+        out = bytearray()
+        while not self.stopping:
+            if not sock.pending():
+                readable, _, _ = select.select([sock], [], [], interval)
+            else:
+                readable = [sock]
+            if readable:
+                data = sock.recv(262144)
+                if not data:
+                    raise ConnectionLost("broker closed the connection")
+                parser.feed(data)
+                while sock.pending():
+                    parser.feed(sock.recv(262144))
+                self._handle(parser.packets(), out)
+            now = time.monotonic()
+            if now - last_sent > KEEPALIVE_S / 2:
+                out += mq.PINGREQ_BYTES
+            if out:
+                sock.sendall(out)
+                out.clear()
+                last_sent = now
+            if now - self._last_flush >= interval:
+                self.flush()
+
+    def flush(self) -> None:
+        self.store.save(self.engine.take_dirty())
+        self._last_flush = time.monotonic()
+
+    def run(self) -> int:
+        failures = 0
+        while not self.stopping:
+            try:
+                sock, parser = self._connect()
+            except (OSError, ConnectionLost, mq.ProtocolError) as exc:
+                failures += 1
+                (log.warning if failures == 1 else log.debug)(
+                    "shadow.service.connect_failed", error=str(exc), port=self.settings.port
+                )
+                time.sleep(min(0.2 * failures, 2.0))
+                continue
+            failures = 0
+            log.info("shadow.service.ready", shadows=len(self.engine.shadows), port=self.settings.port)
+            if not self.announced:
+                self.announced = True
+                sys.stdout.write("READY\n")
+                sys.stdout.flush()
+            try:
+                self._serve(sock, parser)
+                sock.sendall(mq.DISCONNECT_BYTES)
+            except (OSError, ConnectionLost, mq.ProtocolError) as exc:
+                if not self.stopping:
+                    log.warning("shadow.service.disconnected", error=str(exc))
+            finally:
+                sock.close()
+        self.flush()
+        self.store.close()
+        log.info("shadow.service.stopped", **self.engine.counters)
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fleet.shadow_service")
+    parser.add_argument("--dir", default=None)
+    args = parser.parse_args(argv)
+    logs.configure(os.environ.get("ROOMBA_LOG_LEVEL", "info"), json=True)
+    cloud = CloudDir.at(args.dir)
+    service = ShadowService(cloud, cloud.load_settings())
+
+    def stop(_sig: int, _frame: FrameType | None) -> None:
+        service.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    profile = os.environ.get("ROOMBA_SHADOW_PROFILE")
+    if profile:
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            code = service.run()
+        prof.dump_stats(profile)
+        return code
+    return service.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

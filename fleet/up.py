@@ -1,0 +1,155 @@
+"""``roomba-fleet up``: the local AWS IoT stand-in in the foreground (Mosquitto + shadow service).
+
+Prepares DIR (CA, certificates, broker configuration) with the provisioning API, starts Mosquitto with a
+raised open-file limit and the shadow service, prints where to connect, supervises both and stops both on
+Ctrl-C / SIGTERM. ``run/up.json`` in DIR tells other commands (and tests) the pids and port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+from pathlib import Path
+from types import FrameType
+
+from fleet import broker, cloud
+from fleet.layout import CloudDir, SettingsError
+from fleet.supervisor import Child, Supervisor
+from hal import logs
+from provisioning.errors import ProvisioningError
+
+log = logs.get_logger("fleet.up")
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit (inherited by the broker): mosquitto never does it itself."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _write_run_file(cloud_dir: CloudDir, sup: Supervisor, port: int) -> None:
+    path = cloud_dir.run_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "pid": os.getpid(),
+        "port": port,
+        "children": {c.name: c.proc.pid if c.proc else None for c in sup.children},
+        "restarts": {c.name: c.restarts for c in sup.children},
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info) + "\n")
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="roomba-fleet up", description=__doc__.splitlines()[0])
+    p.add_argument("--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)")
+    p.add_argument("--port", type=int, help="MQTT/TLS port (saved in DIR; default 8883)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure("info")
+    cloud_dir = CloudDir.at(args.dir)
+    try:
+        mosquitto = broker.find_mosquitto()
+    except broker.BrokerMissing as exc:
+        print(f"roomba-fleet up: {exc}", file=sys.stderr)
+        return 1
+    try:
+        settings = cloud.prepare(cloud_dir, args.port)
+    except (ProvisioningError, SettingsError) as exc:
+        print(f"roomba-fleet up: {exc}", file=sys.stderr)
+        return 1
+    if port_open(settings.endpoint, settings.port):
+        print(
+            f"roomba-fleet up: {settings.endpoint}:{settings.port} is already in use (another local cloud?); "
+            f"stop it or pass --port",
+            file=sys.stderr,
+        )
+        return 1
+    raise_nofile_limit()
+    broker_child = Child(
+        "mosquitto",
+        [mosquitto, "-c", str(cloud_dir.broker_conf)],
+        cloud_dir.logs_dir / "mosquitto.out",
+        ready=lambda c: port_open(settings.endpoint, settings.port),
+    )
+    service_child = Child(
+        "shadow-service",
+        [sys.executable, "-m", "fleet.shadow_service", "--dir", str(cloud_dir.root)],
+        cloud_dir.service_log,
+        ready=lambda c: c.ready_event.is_set(),
+        stdout_pipe=True,
+    )
+    sup = Supervisor([broker_child, service_child])
+    sup.on_change = lambda: _write_run_file(cloud_dir, sup, settings.port)
+
+    def on_signal(_sig: int, _frame: FrameType | None) -> None:
+        sup.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    problem = sup.start_all()
+    if problem:
+        sup.stop_all()
+        print(f"roomba-fleet up: {problem}", file=sys.stderr)
+        if broker_child.log_path.exists():
+            tail = broker_child.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            for line in tail:
+                print(f"  {line}", file=sys.stderr)
+        return 1
+    _write_run_file(cloud_dir, sup, settings.port)
+    _print_ready(cloud_dir, settings.endpoint, settings.port)
+    try:
+        sup.run()
+    finally:
+        print("roomba-fleet up: stopping", file=sys.stderr, flush=True)
+        sup.stop_all()
+        cloud_dir.run_file.unlink(missing_ok=True)
+    return 0
+
+
+def _print_ready(cloud_dir: CloudDir, endpoint: str, port: int) -> None:
+    d = str(cloud_dir.root)
+    lines = [
+        f"local cloud ready in {d}",
+        f"  endpoint: {endpoint}",
+        f"  port:     {port}",
+        f"  ca:       {cloud_dir.ca_cert}",
+        f"  add a robot:   roomba-fleet robot add NAME --dir {d}",
+        f"  watch robots:  roomba-fleet watch --dir {d}",
+        "  stop:          Ctrl-C",
+        "ready",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def run_info(cloud_dir: CloudDir) -> dict[str, object] | None:
+    """What ``up`` wrote to ``run/up.json`` (None if it is not running)."""
+    try:
+        data = json.loads(Path(cloud_dir.run_file).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

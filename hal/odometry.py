@@ -1,0 +1,93 @@
+"""Dead reckoning, pure: wheel encoder counts (or Distance/Angle deltas) in, pose out.
+
+The encoders are cumulative signed 16-bit counters that roll over about every 14.5 m, in both directions;
+taking each difference modulo 2**16 makes the wrap invisible (libcreate's unsigned handling breaks when
+reversing, libcreate #70/#71). The first sample only sets the baseline, and so does the first one after
+:meth:`EncoderOdometry.rebase` (a reconnect, or a robot that rebooted and restarted its counts at zero).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["DeltaOdometry", "EncoderOdometry", "Pose", "unwrap16"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pose:
+    """Position in mm from where odometry started, heading in radians (CCW positive), path length in mm
+    (signed: backwards counts negative), and the per-wheel travel behind it."""
+
+    x_mm: float = 0.0
+    y_mm: float = 0.0
+    theta_rad: float = 0.0
+    distance_mm: float = 0.0
+    left_mm: float = 0.0
+    right_mm: float = 0.0
+
+    @property
+    def heading_deg(self) -> float:
+        return math.degrees(self.theta_rad)
+
+
+def unwrap16(delta: int) -> int:
+    """The shortest signed difference between two 16-bit counter readings."""
+    return ((delta + 32768) & 0xFFFF) - 32768
+
+
+def _advance(pose: Pose, d_left: float, d_right: float, wheelbase: float) -> Pose:
+    d_center = (d_left + d_right) / 2
+    d_theta = (d_right - d_left) / wheelbase
+    mid = pose.theta_rad + d_theta / 2
+    theta = math.atan2(math.sin(pose.theta_rad + d_theta), math.cos(pose.theta_rad + d_theta))
+    return Pose(
+        pose.x_mm + d_center * math.cos(mid),
+        pose.y_mm + d_center * math.sin(mid),
+        theta,
+        pose.distance_mm + d_center,
+        pose.left_mm + d_left,
+        pose.right_mm + d_right,
+    )
+
+
+class EncoderOdometry:
+    def __init__(self, mm_per_count: float, wheelbase_mm: float, *, wrap: bool = True) -> None:
+        self.mm_per_count = mm_per_count
+        self.wheelbase_mm = wheelbase_mm
+        self.wrap = wrap
+        self.pose = Pose()
+        self._last: tuple[int, int] | None = None
+
+    def rebase(self) -> None:
+        self._last = None
+
+    def reset(self, pose: Pose | None = None) -> None:
+        self.pose = pose or Pose()
+        self._last = None
+
+    def update(self, left: int, right: int) -> Pose:
+        if self._last is not None:
+            dl, dr = left - self._last[0], right - self._last[1]
+            if self.wrap:
+                dl, dr = unwrap16(dl), unwrap16(dr)
+            self.pose = _advance(self.pose, dl * self.mm_per_count, dr * self.mm_per_count, self.wheelbase_mm)
+        self._last = (left, right)
+        return self.pose
+
+
+class DeltaOdometry:
+    """For robots without encoders: Distance (19, mm) and Angle (20, degrees) since the last reading."""
+
+    def __init__(self, wheelbase_mm: float) -> None:
+        self.wheelbase_mm = wheelbase_mm
+        self.pose = Pose()
+
+    def reset(self, pose: Pose | None = None) -> None:
+        self.pose = pose or Pose()
+
+    def update(self, distance_mm: float, angle_deg: float) -> Pose:
+        d_theta = math.radians(angle_deg)
+        half = d_theta * self.wheelbase_mm / 2
+        self.pose = _advance(self.pose, distance_mm - half, distance_mm + half, self.wheelbase_mm)
+        return self.pose

@@ -1,0 +1,571 @@
+"""The Robot: owns the serial link and one reader thread, holds the OI mode, keeps the stream running.
+
+No protocol parsing happens here: bytes go through :mod:`hal.codec`, geometry comes from the
+:class:`~hal.models.RobotModel`, workarounds from :class:`~hal.quirks.Quirks`. What this class adds is time
+and persistence: it re-enters the requested mode when the robot drops to Passive (cliff, wheel drop,
+charger), re-opens an unplugged link with capped backoff and restarts the stream there, and publishes an
+immutable :class:`RobotState` after every frame. Listeners are called from the reader thread with no lock
+held; they must return quickly (an asyncio agent uses ``loop.call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from hal import codec
+from hal.codec import BatteryLine, CorruptFrame, FirmwareBanner, SensorFrame, StreamEvent, StreamParser
+from hal.errors import HalError, ModeError, NoResponseError, TransportError
+from hal.logs import get_logger
+from hal.models import RobotModel, get_model
+from hal.odometry import DeltaOdometry, EncoderOdometry, Pose
+from hal.opcodes import OPCODES, OIMode
+from hal.quirks import Quirks, for_firmware
+from hal.transport import Backoff, SerialTransport
+
+__all__ = [
+    "LinkDown",
+    "LinkHealth",
+    "LinkUp",
+    "ModeChanged",
+    "ModeReentry",
+    "Robot",
+    "RobotEvent",
+    "RobotState",
+    "StateUpdated",
+]
+
+_EMPTY: Mapping[str, int] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class LinkHealth:
+    port: str
+    connected: bool = False
+    frames_ok: int = 0
+    frames_corrupt: int = 0
+    frames_per_s: float = 0.0
+    bytes_discarded: int = 0
+    text_lines: int = 0
+    reconnects: int = 0
+    last_frame_age_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RobotState:
+    """A consistent snapshot; a new one replaces it after every frame, so it is safe to keep and share.
+
+    ``sensors`` is keyed by ``PacketSpec.key`` (raw integers in the spec's units); ``oi_mode`` is the mode
+    after the mode-report quirk; ``hold_mode`` is the mode the Robot keeps re-entering (None: not holding).
+    ``reported_distance_mm`` / ``reported_angle_deg`` sum the robot's own Distance (19) and Angle (20)
+    packets since start (angle quirk applied), to compare with the encoder ``pose``.
+    """
+
+    model: str
+    sensors: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    pose: Pose = field(default_factory=Pose)
+    oi_mode: OIMode | None = None
+    hold_mode: OIMode | None = None
+    link: LinkHealth = field(default_factory=lambda: LinkHealth(port=""))
+    firmware: str | None = None
+    battery_line: BatteryLine | None = None
+    updated_at: float | None = None
+    reported_distance_mm: float = 0.0
+    reported_angle_deg: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StateUpdated:
+    state: RobotState
+
+
+@dataclass(frozen=True, slots=True)
+class ModeChanged:
+    old: OIMode | None
+    new: OIMode
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModeReentry:
+    """The robot left the held mode (it reports ``observed``) and the Robot sent the command again."""
+
+    mode: OIMode
+    observed: OIMode
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    reconnects: int
+    at: float
+
+
+RobotEvent = StateUpdated | ModeChanged | ModeReentry | LinkDown | LinkUp | StreamEvent
+Listener = Callable[[RobotEvent], None]
+
+_PASSIVE_ACTIONS = frozenset({133, 134, 135, 136, 143})
+
+
+class Robot:
+    """A robot (or simulator) behind ``port_url``.
+
+    ``hold_mode`` is the OI mode to enter and keep (None: just Start, i.e. Passive, and never fight the
+    robot). ``stream_ids`` defaults to the model's (group 100 on a Create 2) and must fit the 15 ms slot at
+    the model's baud rate. ``silence_s``: with no frame for this long the Robot wakes the robot and restarts
+    the stream.
+    """
+
+    def __init__(
+        self,
+        port_url: str,
+        model: RobotModel | str = "create2",
+        hold_mode: OIMode | None = OIMode.SAFE,
+        *,
+        quirks: Quirks | None = None,
+        stream_ids: Sequence[int] | None = None,
+        baud: int | None = None,
+        silence_s: float = 1.0,
+        backoff: Backoff | None = None,
+        transport: SerialTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model = get_model(model) if isinstance(model, str) else model
+        self.quirks = quirks if quirks is not None else self.model.quirks
+        self._user_quirks = quirks is not None
+        self.baud = baud or self.model.baud
+        self.stream_ids = tuple(stream_ids or self.model.stream_ids)
+        codec.check_stream_budget(self.stream_ids, self.baud)
+        self.port_url = port_url
+        self._transport = transport or SerialTransport(port_url, self.baud)
+        self._parser = StreamParser(self.stream_ids)
+        self._clock = clock
+        self._backoff = backoff or Backoff()
+        self._silence_s = silence_s
+        self._hold = OIMode(hold_mode) if hold_mode is not None else None
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = RobotState(model=self.model.name, hold_mode=self._hold, link=LinkHealth(port=port_url))
+        self._sensors: dict[str, int] = {}
+        self._frame_times: deque[float] = deque()
+        self._last_frame_at: float | None = None
+        self._reconnects = 0
+        self._ever_connected = False
+        self._connected = False
+        self._reentry_at = 0.0
+        self._reentry_delay = 0.2
+        self._reentry_attempts = 0
+        self._handshake_at = 0.0
+        self._firmware: str | None = None
+        self._last_error: str | None = None
+        self._battery: BatteryLine | None = None
+        self._encoders = EncoderOdometry(self.model.mm_per_count, self.model.wheelbase_mm, wrap=self.quirks.encoder_wrap)
+        self._deltas = DeltaOdometry(self.model.wheelbase_mm)
+        self._reported_distance = 0.0
+        self._reported_angle = 0.0
+        self.log = get_logger("hal.robot", port=port_url, model=self.model.name)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, *, wait: float | None = None) -> Robot:
+        """Open the link and start the reader thread. With ``wait``, block until the first frame arrives or
+        raise :class:`NoResponseError` (the thread keeps trying either way until :meth:`close`)."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"robot-{self.port_url}", daemon=True)
+            self._thread.start()
+        if wait is not None:
+            self.wait_for(lambda s: s.updated_at is not None, timeout=wait, what="a first sensor frame")
+        return self
+
+    def close(self) -> None:
+        """Pause the stream, stop the reader thread, close the port. The robot is left in its mode."""
+        if self._thread is not None and self._transport.is_open:
+            with contextlib.suppress(HalError):
+                self._transport.write(codec.pause_resume_stream(False))
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._transport.close()
+
+    def __enter__(self) -> Robot:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ state and listeners
+
+    @property
+    def state(self) -> RobotState:
+        state = self._state
+        last = self._last_frame_at
+        if last is None:
+            return state
+        return replace(state, link=replace(state.link, last_frame_age_s=max(0.0, self._clock() - last)))
+
+    def add_listener(self, callback: Listener) -> Callable[[], None]:
+        """Call ``callback(event)`` from the reader thread for every :data:`RobotEvent`; returns a remover."""
+        with self._lock:
+            self._listeners = [*self._listeners, callback]
+
+        def remove() -> None:
+            with self._lock:
+                self._listeners = [cb for cb in self._listeners if cb is not callback]
+
+        return remove
+
+    def wait_for(
+        self, predicate: Callable[[RobotState], bool], timeout: float, what: str = "the condition"
+    ) -> RobotState:
+        """Block until ``predicate(state)`` holds; :class:`NoResponseError` after ``timeout`` seconds."""
+        ready = threading.Event()
+
+        def check(event: RobotEvent) -> None:
+            if isinstance(event, StateUpdated) and predicate(event.state):
+                ready.set()
+
+        remove = self.add_listener(check)
+        try:
+            if not predicate(self.state):
+                ready.wait(timeout)
+        finally:
+            remove()
+        state = self.state
+        if not predicate(state):
+            link = state.link
+            error = f"; last link error: {self._last_error}" if self._last_error and not link.connected else ""
+            raise NoResponseError(
+                f"timed out after {timeout} s waiting for {what} from {self.port_url} "
+                f"(connected={link.connected}, frames ok={link.frames_ok}, corrupt={link.frames_corrupt}, "
+                f"oi_mode={state.oi_mode.name if state.oi_mode is not None else None}); check that the robot is "
+                f"on, the cable is seated and the baud rate ({self.baud}) matches the model{error}"
+            )
+        return state
+
+    def _emit(self, event: RobotEvent) -> None:
+        for callback in self._listeners:
+            try:
+                callback(event)
+            except Exception:  # a listener's bug must not stop the robot's reader thread
+                self.log.exception("hal.listener.failed", listener=repr(callback), kind=type(event).__name__)
+
+    # ------------------------------------------------------------------ commands
+
+    def _send(self, command: bytes) -> None:
+        spec = OPCODES[command[0]]
+        mode = self._state.oi_mode
+        if mode is not None and mode not in spec.allowed_modes:
+            hint = ""
+            if self._hold in spec.allowed_modes:
+                hint = f"; the Robot is re-entering {self._hold.name} (the robot dropped out of it), try again"
+            elif OIMode.SAFE in spec.allowed_modes:
+                hint = "; call set_mode(OIMode.SAFE) or set_mode(OIMode.FULL) first"
+            raise ModeError(f"{spec.name} is ignored by the robot in {mode.name}{hint}; nothing was sent")
+        self._transport.write(command)
+
+    def set_mode(self, mode: OIMode, *, wait: float | None = 1.0) -> None:
+        """Enter ``mode`` and hold it (re-entered after a cliff, wheel drop or the charger drops it to Passive).
+
+        With ``wait``, block until packet 35 confirms the mode (:class:`NoResponseError` otherwise).
+        """
+        mode = OIMode(mode)
+        self._hold = mode if mode != OIMode.OFF else None
+        self._reentry_delay, self._reentry_attempts = 0.2, 0
+        self._publish_hold()
+        if mode in (OIMode.SAFE, OIMode.FULL) and self._state.oi_mode in (None, OIMode.OFF):
+            self._transport.write(codec.start())
+        self._transport.write(codec.enter_mode(mode))
+        if mode == OIMode.OFF:
+            return
+        if wait is not None:
+            self.wait_for(lambda s: s.oi_mode == mode, timeout=wait, what=f"OI mode {mode.name}")
+
+    def _publish_hold(self) -> None:
+        with self._lock:
+            self._state = replace(self._state, hold_mode=self._hold)
+
+    def _passive_action(self, command: bytes) -> None:
+        """Clean, spot, max, dock and power hand the robot to its own firmware in Passive: stop holding."""
+        self._send(command)
+        self._hold = None
+        self._publish_hold()
+
+    def drive(self, velocity: int, radius: int = codec.RADIUS_STRAIGHT) -> None:
+        self._send(codec.drive(velocity, radius))
+
+    def drive_direct(self, right: int, left: int) -> None:
+        self._send(codec.drive_direct(right, left))
+
+    def drive_pwm(self, right: int, left: int) -> None:
+        self._send(codec.drive_pwm(right, left))
+
+    def stop(self) -> None:
+        """Stop the wheels (Drive Direct 0, 0)."""
+        self._send(codec.drive_direct(0, 0))
+
+    def motors(self, **flags: bool) -> None:
+        self._send(codec.motors(**flags))
+
+    def clean(self) -> None:
+        self._passive_action(codec.clean())
+
+    def spot(self) -> None:
+        self._passive_action(codec.spot())
+
+    def max_clean(self) -> None:
+        self._passive_action(codec.max_clean())
+
+    def seek_dock(self) -> None:
+        self._passive_action(codec.seek_dock())
+
+    def power_off(self) -> None:
+        self._passive_action(codec.power())
+
+    def set_leds(
+        self,
+        *,
+        debris: bool = False,
+        spot: bool = False,
+        dock: bool = False,
+        check_robot: bool = False,
+        power_color: int = 0,
+        power_intensity: int = 0,
+    ) -> None:
+        self._send(
+            codec.leds(
+                debris=debris,
+                spot=spot,
+                dock=dock,
+                check_robot=check_robot,
+                power_color=power_color,
+                power_intensity=power_intensity,
+            )
+        )
+
+    def set_digit_leds_ascii(self, text: str) -> None:
+        self._send(codec.digit_leds_ascii(text))
+
+    def define_song(self, number: int, notes: Sequence[tuple[int, int]]) -> None:
+        self._send(codec.song(number, notes))
+
+    def play_song(self, number: int) -> None:
+        self._send(codec.play(number))
+
+    def set_schedule(self, times: Mapping[int | str, tuple[int, int]]) -> None:
+        self._send(codec.schedule(times))
+
+    def set_clock(self, day: int, hour: int, minute: int) -> None:
+        self._send(codec.set_day_time(day, hour, minute))
+
+    def reset_pose(self) -> None:
+        self._encoders.reset()
+        self._deltas.reset()
+        self._reported_distance = self._reported_angle = 0.0
+
+    # ------------------------------------------------------------------ reader thread
+
+    def _run(self) -> None:
+        delays = self._backoff.delays()
+        first_failure = True
+        while not self._stop.is_set():
+            if not self._transport.is_open:
+                try:
+                    self._transport.open()
+                except TransportError as exc:
+                    self._last_error = str(exc)
+                    if first_failure:
+                        self.log.warning("oi.link.open_failed", error=str(exc))
+                        first_failure = False
+                    else:
+                        self.log.debug("oi.link.open_failed", error=str(exc))
+                    self._stop.wait(next(delays))
+                    continue
+                delays = self._backoff.delays()
+                first_failure = True
+                self._on_link_up()
+            try:
+                data = self._transport.read()
+            except TransportError as exc:
+                self._on_link_down(str(exc))
+                continue
+            now = self._clock()
+            try:
+                if data:
+                    for event in self._parser.feed(data, now):
+                        self._on_stream_event(event, now)
+                self._supervise(now)
+            except Exception:  # a bug here must not silently end the robot's only reader
+                self.log.exception("hal.robot.reader_error")
+        self._connected = False
+
+    def _on_link_up(self) -> None:
+        now = self._clock()
+        if self._ever_connected:
+            self._reconnects += 1
+        self._ever_connected = True
+        self._connected = True
+        self._parser.reset()
+        self._encoders.rebase()
+        self._publish_link(now)
+        self.log.info("oi.link.up", reconnects=self._reconnects)
+        self._emit(LinkUp(self._reconnects, now))
+        self._handshake(now)
+
+    def _on_link_down(self, reason: str) -> None:
+        now = self._clock()
+        self._last_error = reason
+        self._connected = False
+        self._publish_link(now)
+        self.log.warning("oi.link.down", reason=reason)
+        self._emit(LinkDown(reason, now))
+
+    def _handshake(self, now: float) -> None:
+        """Wake the robot, Start, re-enter the held mode, and (re)start the stream."""
+        self._handshake_at = now
+        try:
+            self._transport.wake()
+            self._transport.write(codec.start())
+            if self._hold in (OIMode.SAFE, OIMode.FULL):
+                self._transport.write(codec.enter_mode(self._hold))
+            self._transport.write(codec.stream(self.stream_ids, baud_rate=self.baud))
+        except TransportError as exc:
+            self._on_link_down(str(exc))
+
+    def _supervise(self, now: float) -> None:
+        if not self._transport.is_open:
+            return
+        last = self._last_frame_at if self._last_frame_at is not None else self._handshake_at
+        if now - max(last, self._handshake_at) > self._silence_s:
+            self.log.info("oi.stream.silent", seconds=round(now - last, 2))
+            self._handshake(now)
+
+    def _on_stream_event(self, event: StreamEvent, now: float) -> None:
+        if isinstance(event, SensorFrame):
+            self._on_frame(event, now)
+            return
+        if isinstance(event, CorruptFrame):
+            self.log.debug("oi.stream.corrupt", length=event.length, total=self._parser.frames_corrupt)
+        elif isinstance(event, BatteryLine):
+            self._battery = event
+            with self._lock:
+                self._state = replace(self._state, battery_line=event)
+        elif isinstance(event, FirmwareBanner):
+            self._firmware = event.version
+            if not self._user_quirks:
+                self.quirks = for_firmware(event.version, self.model.quirks)
+            self.log.info("oi.firmware", version=event.version, quirks=self.quirks.active())
+            with self._lock:
+                self._state = replace(self._state, firmware=event.version)
+        else:
+            self.log.debug("oi.text", kind=type(event).__name__)
+        self._emit(event)
+
+    def _on_frame(self, frame: SensorFrame, now: float) -> None:
+        sensors = self._sensors
+        sensors.update(frame.values.to_dict())
+        times = self._frame_times
+        times.append(now)
+        while times and now - times[0] > 2.0:
+            times.popleft()
+        self._last_frame_at = now
+        pose = self._update_pose(frame.values)
+        old_mode = self._state.oi_mode
+        mode = old_mode
+        raw_mode = frame.values.get("oi_mode")
+        if raw_mode is not None:
+            try:
+                mode = OIMode(self.quirks.mode(raw_mode))
+            except ValueError:
+                mode = old_mode
+        state = RobotState(
+            model=self.model.name,
+            sensors=MappingProxyType(dict(sensors)),
+            pose=pose,
+            oi_mode=mode,
+            hold_mode=self._hold,
+            link=self._link_health(now),
+            firmware=self._firmware,
+            battery_line=self._battery,
+            updated_at=now,
+            reported_distance_mm=self._reported_distance,
+            reported_angle_deg=self._reported_angle,
+        )
+        with self._lock:
+            self._state = state
+        if mode is not None and mode != old_mode:
+            self.log.info("oi.mode.changed", old=old_mode.name if old_mode is not None else None, new=mode.name)
+            self._emit(ModeChanged(old_mode, mode, now))
+        self._emit(StateUpdated(state))
+        if mode is not None:
+            self._hold_mode(mode, now)
+
+    def _update_pose(self, values: Mapping[str, int]) -> Pose:
+        if "distance" in values:
+            self._reported_distance += values["distance"]
+        if "angle" in values:
+            self._reported_angle += self.quirks.angle_degrees(values["angle"])
+        if self.quirks.encoder_odometry and "left_encoder_counts" in values and "right_encoder_counts" in values:
+            self._encoders.wrap = self.quirks.encoder_wrap
+            return self._encoders.update(values["left_encoder_counts"], values["right_encoder_counts"])
+        if "distance" in values and "angle" in values:
+            return self._deltas.update(values["distance"], self.quirks.angle_degrees(values["angle"]))
+        return self._encoders.pose
+
+    def _hold_mode(self, mode: OIMode, now: float) -> None:
+        hold = self._hold
+        if hold is None or mode == hold or hold == OIMode.PASSIVE and mode != OIMode.OFF:
+            if hold is not None and mode == hold:
+                self._reentry_delay, self._reentry_attempts = 0.2, 0
+            return
+        if now < self._reentry_at:
+            return
+        self._reentry_attempts += 1
+        self._reentry_at = now + self._reentry_delay
+        self._reentry_delay = min(5.0, self._reentry_delay * 2)
+        log = self.log.info if self._reentry_attempts == 1 else self.log.debug
+        log("oi.mode.reenter", mode=hold.name, observed=mode.name, attempt=self._reentry_attempts)
+        try:
+            if mode == OIMode.OFF:
+                self._transport.write(codec.start())
+            self._transport.write(codec.enter_mode(hold))
+        except TransportError as exc:
+            self._on_link_down(str(exc))
+            return
+        self._emit(ModeReentry(hold, mode, self._reentry_attempts, now))
+
+    def _link_health(self, now: float) -> LinkHealth:
+        times = self._frame_times
+        span = now - times[0] if len(times) > 1 else 0.0
+        rate = (len(times) - 1) / span if span > 0 else 0.0
+        parser = self._parser
+        return LinkHealth(
+            port=self.port_url,
+            connected=self._connected,
+            frames_ok=parser.frames_ok,
+            frames_corrupt=parser.frames_corrupt,
+            frames_per_s=round(rate, 2),
+            bytes_discarded=parser.bytes_discarded,
+            text_lines=parser.text_lines,
+            reconnects=self._reconnects,
+            last_frame_age_s=None if self._last_frame_at is None else max(0.0, now - self._last_frame_at),
+        )
+
+    def _publish_link(self, now: float) -> None:
+        with self._lock:
+            self._state = replace(self._state, link=self._link_health(now))

@@ -1,0 +1,126 @@
+"""``roomba-sim``: run a simulated Create 2 on a pty or TCP port, or send it a control request.
+
+roomba-sim robot --link /tmp/roomba [--control /tmp/roomba.ctl] [--seed 1] [--speed 10] [--record cmds.jsonl]
+roomba-sim robot --tcp 127.0.0.1:0 --control /tmp/roomba.ctl
+roomba-sim ctl /tmp/roomba.ctl '{"op": "state"}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from hal.logs import configure, get_logger
+from hal.sim.server import SimServer, send_control
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT such as 127.0.0.1:7000 (0 = any free port), got {text!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roomba-sim", description="Simulated iRobot Create 2 (Open Interface)"
+    )
+    parser.add_argument("--log-level", default="info", help="debug shows every command received")
+    sub = parser.add_subparsers(dest="command", required=True)
+    robot = sub.add_parser("robot", help="serve one simulated robot")
+    where = robot.add_mutually_exclusive_group(required=True)
+    where.add_argument("--link", help="path of a symlink to the pty slave (open it like /dev/ttyUSB0)")
+    where.add_argument(
+        "--tcp", type=_host_port, help="HOST:PORT to serve socket:// clients on (port 0 = any)"
+    )
+    robot.add_argument("--control", help="Unix socket for fault injection and state (JSON lines)")
+    robot.add_argument("--seed", type=int, default=0, help="seed for every random choice (reproducible runs)")
+    robot.add_argument("--speed", type=_positive, default=1.0, help="world time runs this many times faster")
+    robot.add_argument("--record", help="append every command received as a JSON line to this file")
+    robot.add_argument("--docked", action="store_true", help="start on the dock (charging)")
+    ctl = sub.add_parser("ctl", help="send one control request to a running simulator")
+    ctl.add_argument("socket", help="the --control socket path")
+    ctl.add_argument("request", help='a JSON object, e.g. \'{"op": "state"}\'')
+    ctl.add_argument("--timeout", type=float, default=5.0)
+    return parser
+
+
+def _run_robot(args: argparse.Namespace) -> int:
+    log = get_logger("hal.sim.cli")
+    try:
+        server = SimServer(
+            link=args.link,
+            tcp=args.tcp,
+            control=args.control,
+            record=args.record,
+            seed=args.seed,
+            speed=args.speed,
+            docked=args.docked,
+        )
+        server.open()
+    except (OSError, ValueError) as exc:
+        log.error("sim.start.failed", error=str(exc))
+        print(f"roomba-sim: cannot start: {exc}", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("sim.signal", signal=signal.Signals(signum).name)
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(server.ready_line(), flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    return 0
+
+
+def _run_ctl(args: argparse.Namespace) -> int:
+    try:
+        request = json.loads(args.request)
+    except json.JSONDecodeError as exc:
+        print(f'roomba-sim ctl: the request is not JSON ({exc}); e.g. \'{{"op": "state"}}\'', file=sys.stderr)
+        return 2
+    if not isinstance(request, dict):
+        print('roomba-sim ctl: the request must be a JSON object, e.g. \'{"op": "state"}\'', file=sys.stderr)
+        return 2
+    try:
+        answer = send_control(args.socket, request, timeout=args.timeout)
+    except (OSError, ValueError) as exc:
+        print(
+            f"roomba-sim ctl: no answer from {args.socket}: {exc} (is `roomba-sim robot --control` running?)",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(answer))
+    return 0 if answer.get("ok") else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(args.log_level)
+    if args.command == "robot":
+        return _run_robot(args)
+    return _run_ctl(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

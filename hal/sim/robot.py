@@ -1,0 +1,750 @@
+"""The robot side of the Open Interface, without I/O: bytes in, bytes out, a world underneath.
+
+``SimRobot.feed(data, now)`` takes whatever the serial line delivered (any split, any merge);
+``SimRobot.poll(now)`` returns the bytes the robot has put on the line by ``now``, paced like a 115200-baud
+UART; ``SimRobot.next_deadline(now)`` says when to call ``poll`` again. ``now`` is any monotonic clock in
+seconds (the server passes ``time.monotonic()``). No threads, sockets or sleeps, so the fleet simulator can
+run hundreds of these in one process, and tests can drive one byte by byte.
+
+Opcode data lengths, allowed modes and mode transitions come from ``hal.opcodes``; packet sizes, signedness
+and group members from ``hal.packets`` (the same tables the client codec uses). Serial-line timing (streams
+every 15 ms, replies, the reset banner) runs in real time; the physical world runs ``speed`` times faster.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hal.opcodes import OPCODES, OIMode, Op, data_length
+from hal.packets import PACKETS, members, pack
+from hal.sim.faults import BAUD_CODES, DEFAULT_BAUD, ByteNoise, PacedOutput
+from hal.sim.world import BUTTON_BITS, ROBOT_RADIUS_MM, WHEEL_BASE_MM, ChargingState, Mission, World
+
+TICK_S = 0.015
+IDLE_WAKE_S = 0.25
+REPLY_LATENCY_S = 0.002
+SLEEP_AFTER_S = 300.0
+WAKE_DELAY_S = 0.5
+STREAM_HEADER = 19
+STREAM_BACKLOG = 512  # bytes the transmit queue may hold before stream frames are cut (spec: "corrupted")
+MAX_CATCH_UP_S = 30.0
+
+FIRMWARE = "r3-robot/tags/release-stm32-3.7.1:6174 CLEAN"
+BUILD_STAMP = "2015-12-18-1607-L   "
+# The real Create 2 reset timeline (oi_facts.md section 6, from YARC's capture of firmware 3.7.1).
+RESET_BANNER: tuple[tuple[float, bytes], ...] = (
+    (0.015, b"Soft reset!\n"),
+    (1.0, b"\xfe"),
+    (
+        3.0,
+        b"Roomba by iRobot!\r\nstm32\r\n" + BUILD_STAMP.encode() + b"\r\nbattery-current-zero 254\r\n",
+    ),
+    (
+        4.0,
+        b"\r\n"
+        + BUILD_STAMP.encode()
+        + b"\r\n"
+        + FIRMWARE.encode()
+        + b"\r\n\r\nbootloader id: 3115 C200 0033 5860 \r\nassembly: 3.5-lite\r\nrevision: 8\r\n"
+        b"flash version: 10\r\nflash info crc passed: 1\r\n\r\nbattery-current-zero 252\r\n"
+        b"estimate-battery-level-from-voltage 2697 mAH 17734 mV\r\nstart-charge: "
+        + BUILD_STAMP.encode()
+        + b"\r\nDetermining battery type.\r\n",
+    ),
+)
+BOOT_BUSY_S = 3.0
+BANNER_DONE_S = 5.0
+
+MISSION_OPCODES = {
+    Op.SPOT: Mission.SPOT,
+    Op.CLEAN: Mission.CLEAN,
+    Op.MAX: Mission.MAX,
+    Op.SEEK_DOCK: Mission.SEEK_DOCK,
+}
+STRAIGHT_RADII = (-32768, 32767)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReceived:
+    """One complete command as it arrived; ``ignored`` says why the robot did nothing with it."""
+
+    t: float
+    opcode: int
+    name: str
+    args: tuple[int, ...]
+    mode: OIMode
+    ignored: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModeChanged:
+    t: float
+    old: OIMode
+    new: OIMode
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PowerEvent:
+    """Sleep, wake, reset: things an engineer looking at a log will want to see."""
+
+    t: float
+    what: str
+
+
+SimEvent = CommandReceived | ModeChanged | PowerEvent
+
+
+class ControlError(ValueError):
+    """A control-socket request that cannot be carried out; the message says what to send instead."""
+
+
+class SimRobot:
+    """A Create 2 as seen from its serial port."""
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        speed: float = 1.0,
+        now: float = 0.0,
+        docked: bool = False,
+        pace: bool = True,
+        world: World | None = None,
+        max_events: int = 10_000,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be positive, got {speed}")
+        self.rng = random.Random(seed)
+        self.world = world or World(rng=random.Random(self.rng.getrandbits(32)))
+        if docked:
+            self.world.dock_now()
+        else:
+            self.world.place(self.world.x, self.world.y, self.world.theta)
+        self.speed = float(speed)
+        self.noise = ByteNoise(random.Random(self.rng.getrandbits(32)))
+        self.output = PacedOutput(DEFAULT_BAUD if pace else None)
+        self.events: deque[SimEvent] = deque(maxlen=max_events)
+        self.mode = OIMode.OFF
+        self.baud = DEFAULT_BAUD
+        self._rx = bytearray()
+        self._next_tick = now + TICK_S
+        self._last_command_world = self.world.time
+        self.stream_ids: tuple[int, ...] = ()
+        self.stream_on = False
+        self.requested_velocity = 0
+        self.requested_radius = 0
+        self.requested_right = 0
+        self.requested_left = 0
+        self.leds = (0, 0, 0)
+        self.scheduling_leds = (0, 0)
+        self.digits = b"    "
+        self.digits_raw = (0, 0, 0, 0)
+        self.songs: dict[int, tuple[tuple[int, int], ...]] = {}
+        self.song_number = 0
+        self._song_until = -1.0
+        self.schedule: tuple[int, ...] = (0,) * 15
+        self.day_time = (0, 0, 0)
+        self.asleep = False
+        self._asleep_since_world = 0.0
+        self._wake_at: float | None = None
+        self._boot_until = now
+        self._scheduled: list[tuple[float, bytes]] = []
+        self._next_bat_line = now + 1.0
+        self.dropped_rx = 0
+        self.frames_sent = 0
+        self._getters = self._build_getters()
+        self._layouts: dict[int, tuple[struct.Struct, tuple[Callable[[], int], ...], tuple[int, ...]]] = {}
+
+    # ------------------------------------------------------------------ sans-I/O surface
+
+    def feed(self, data: bytes, now: float) -> None:
+        """Bytes received from the client; commands may be split or merged in any way."""
+        self.advance(now)
+        for byte in data:
+            if self.asleep:
+                self._feed_asleep(byte, now)
+                continue
+            if now < self._boot_until:
+                self.dropped_rx += 1
+                continue
+            rx = self._rx
+            if not rx:
+                spec = OPCODES.get(byte)
+                if spec is None:
+                    self.events.append(CommandReceived(now, byte, "unknown", (), self.mode, "not an opcode"))
+                    continue
+                rx.append(byte)
+            else:
+                rx.append(byte)
+            opcode = rx[0]
+            need = data_length(opcode, rx[1:])
+            if need is not None and len(rx) - 1 >= need:
+                args = bytes(rx[1:])
+                rx.clear()
+                self._execute(opcode, args, now)
+
+    def poll(self, now: float) -> bytes:
+        """Bytes the robot has finished sending by ``now``."""
+        self.advance(now)
+        return self.output.pop(now)
+
+    def next_deadline(self, now: float) -> float:
+        """The latest time :meth:`poll` should next be called."""
+        busy = self.stream_on or self.world.mission is not Mission.NONE or self._moving
+        deadline = (
+            self._next_tick if busy else max(self._next_tick, min(now + IDLE_WAKE_S, self._next_bat_line))
+        )
+        ready = self.output.next_ready()
+        if ready is not None:
+            deadline = min(deadline, ready)
+        if self._scheduled:
+            deadline = min(deadline, self._scheduled[0][0])
+        if self._wake_at is not None:
+            deadline = min(deadline, self._wake_at)
+        return deadline
+
+    def advance(self, now: float) -> None:
+        """Run the world's fixed steps up to ``now`` and emit whatever is due on the line."""
+        if now - self._next_tick > MAX_CATCH_UP_S:
+            self._next_tick = now
+        while self._next_tick <= now:
+            self._tick(self._next_tick)
+            self._next_tick += TICK_S
+        self._release_scheduled(now)
+        if self._wake_at is not None and now >= self._wake_at:
+            self._finish_wake(now)
+
+    def drain_events(self) -> list[SimEvent]:
+        out = list(self.events)
+        self.events.clear()
+        return out
+
+    @property
+    def _moving(self) -> bool:
+        w = self.world
+        return bool(w.cmd_left or w.cmd_right)
+
+    # ------------------------------------------------------------------ command execution
+
+    def _execute(self, opcode: int, args: bytes, now: float) -> None:
+        spec = OPCODES[opcode]
+        mode = self.mode
+        self._last_command_world = self.world.time
+        if spec.removed:
+            self.events.append(
+                CommandReceived(now, opcode, spec.name, tuple(args), mode, "removed on Create 2")
+            )
+            return
+        if mode not in spec.allowed_modes:
+            why = "OI is Off: send Start (128) first" if mode is OIMode.OFF else f"not allowed in {mode.name}"
+            self.events.append(CommandReceived(now, opcode, spec.name, tuple(args), mode, why))
+            return
+        ignored = self._apply(opcode, args, now)
+        self.events.append(CommandReceived(now, opcode, spec.name, tuple(args), mode, ignored))
+        if spec.mode_after is not None and opcode not in (Op.RESET, Op.POWER):
+            self._set_mode(spec.mode_after, now, spec.name)
+
+    def _apply(self, opcode: int, args: bytes, now: float) -> str | None:
+        w = self.world
+        if opcode == Op.RESET:
+            self._reset(now)
+        elif opcode == Op.START:
+            if self.mode is OIMode.OFF:
+                self._play_tone(0.1)
+        elif opcode == Op.BAUD:
+            if args[0] >= len(BAUD_CODES):
+                return f"baud code {args[0]} is not 0-11"
+            self.baud = BAUD_CODES[args[0]]
+            self.output.baud = self.baud
+        elif opcode in (Op.CONTROL, Op.SAFE, Op.FULL):
+            w.end_mission()
+            self._stop_drive()
+            self.leds = (0, 0, 0)
+        elif opcode == Op.POWER:
+            self._set_mode(OIMode.PASSIVE, now, "Power")
+            w.end_mission()
+            self._stop_drive()
+            self._fall_asleep(now, "power")
+        elif opcode in MISSION_OPCODES:
+            self._stop_drive()
+            w.start_mission(MISSION_OPCODES[Op(opcode)])
+        elif opcode == Op.DRIVE:
+            velocity, radius = struct.unpack(">hh", args)
+            self._drive(velocity, radius)
+        elif opcode == Op.DRIVE_DIRECT:
+            right, left = struct.unpack(">hh", args)
+            self._drive_direct(right, left)
+        elif opcode == Op.DRIVE_PWM:
+            right, left = struct.unpack(">hh", args)
+            right, left = max(-255, min(255, right)), max(-255, min(255, left))
+            w.set_wheels(left * 500.0 / 255.0, right * 500.0 / 255.0)
+        elif opcode == Op.MOTORS:
+            bits = args[0]
+            w.side_brush = (1.0 if bits & 0x01 else 0.0) * (-1.0 if bits & 0x08 else 1.0)
+            w.vacuum = 1.0 if bits & 0x02 else 0.0
+            w.main_brush = (1.0 if bits & 0x04 else 0.0) * (-1.0 if bits & 0x10 else 1.0)
+        elif opcode == Op.PWM_MOTORS:
+            main, side, vac = struct.unpack(">bbb", args)
+            w.main_brush = max(-127, min(127, main)) / 127.0
+            w.side_brush = max(-127, min(127, side)) / 127.0
+            w.vacuum = max(0, min(127, vac)) / 127.0
+        elif opcode == Op.LEDS:
+            self.leds = (args[0], args[1], args[2])
+        elif opcode == Op.SCHEDULING_LEDS:
+            self.scheduling_leds = (args[0], args[1])
+        elif opcode == Op.DIGIT_LEDS_RAW:
+            self.digits_raw = (args[0], args[1], args[2], args[3])
+        elif opcode == Op.DIGIT_LEDS_ASCII:
+            self.digits = bytes(b if 32 <= b <= 126 else 32 for b in args)
+        elif opcode == Op.SONG:
+            number, length = args[0], args[1]
+            if length < 1 or length > 16:
+                return f"song length {length} is not 1-16"
+            self.songs[number] = tuple((args[2 + 2 * i], args[3 + 2 * i]) for i in range(length))
+        elif opcode == Op.PLAY:
+            song = self.songs.get(args[0])
+            if song is None:
+                return f"song {args[0]} was never defined"
+            self.song_number = args[0]
+            self._play_tone(sum(d for _, d in song) / 64.0)
+        elif opcode == Op.SENSORS:
+            if args[0] not in PACKETS:
+                return f"unknown packet id {args[0]}"
+            self._send(self._packet_data(args[0]), now, REPLY_LATENCY_S)
+        elif opcode == Op.QUERY_LIST:
+            ids = args[1:]
+            unknown = [pid for pid in ids if pid not in PACKETS]
+            self._send(
+                b"".join(self._packet_data(pid) for pid in ids if pid in PACKETS), now, REPLY_LATENCY_S
+            )
+            if unknown:
+                return f"unknown packet ids {unknown} skipped"
+        elif opcode == Op.STREAM:
+            stream_ids = tuple(pid for pid in args[1:] if pid in PACKETS)
+            self.stream_ids = stream_ids
+            self.stream_on = bool(stream_ids)
+            if len(stream_ids) != args[0]:
+                return "unknown packet ids skipped"
+        elif opcode == Op.PAUSE_RESUME_STREAM:
+            if args[0] not in (0, 1):
+                return f"pause/resume takes 0 or 1, not {args[0]}"
+            self.stream_on = bool(args[0]) and bool(self.stream_ids)
+        elif opcode == Op.BUTTONS:
+            w.press_buttons_bits(args[0])
+            self._button_behaviour(args[0])
+        elif opcode == Op.SCHEDULE:
+            self.schedule = tuple(args)
+        elif opcode == Op.SET_DAY_TIME:
+            if args[0] > 6 or args[1] > 23 or args[2] > 59:
+                return "day/time out of range"
+            self.day_time = (args[0], args[1], args[2])
+        elif opcode == Op.STOP:
+            self.stream_on = False
+            w.end_mission()
+            self._stop_drive()
+            self._play_tone(0.3)
+        return None
+
+    def _drive(self, velocity: int, radius: int) -> None:
+        self.requested_velocity, self.requested_radius = velocity, radius
+        v = float(max(-500, min(500, velocity)))
+        if radius in STRAIGHT_RADII:
+            left = right = v
+        elif radius == -1:
+            left, right = v, -v
+        elif radius == 1:
+            left, right = -v, v
+        else:
+            r = float(max(-2000, min(2000, radius)))
+            left = v * (r - WHEEL_BASE_MM / 2) / r
+            right = v * (r + WHEEL_BASE_MM / 2) / r
+        self.world.set_wheels(left, right)
+
+    def _drive_direct(self, right: int, left: int) -> None:
+        self.requested_right, self.requested_left = right, left
+        self.world.set_wheels(max(-500, min(500, left)), max(-500, min(500, right)))
+
+    def _stop_drive(self) -> None:
+        self.world.set_wheels(0.0, 0.0)
+        self.world.main_brush = self.world.side_brush = self.world.vacuum = 0.0
+
+    def _button_behaviour(self, bits: int) -> None:
+        if self.mode in (OIMode.SAFE, OIMode.FULL):
+            return
+        if bits & BUTTON_BITS["clean"]:
+            self.world.start_mission(Mission.CLEAN)
+        elif bits & BUTTON_BITS["spot"]:
+            self.world.start_mission(Mission.SPOT)
+        elif bits & BUTTON_BITS["dock"]:
+            self.world.start_mission(Mission.SEEK_DOCK)
+
+    def _play_tone(self, seconds: float) -> None:
+        self._song_until = self.world.time + seconds
+
+    def _set_mode(self, new: OIMode, now: float, reason: str) -> None:
+        old = self.mode
+        self.mode = new
+        self.world.charge_allowed = new in (OIMode.OFF, OIMode.PASSIVE)
+        if old is not new:
+            if new in (OIMode.OFF, OIMode.PASSIVE) and old in (OIMode.SAFE, OIMode.FULL):
+                self._stop_drive()
+            if new is OIMode.OFF:
+                self.stream_on = False
+            self.events.append(ModeChanged(now, old, new, reason))
+
+    def _reset(self, now: float) -> None:
+        w = self.world
+        w.end_mission()
+        self._stop_drive()
+        self.stream_on = False
+        self.stream_ids = ()
+        self.songs.clear()
+        self.baud = DEFAULT_BAUD
+        self.output.baud = DEFAULT_BAUD
+        self.output.clear()
+        w.enc_left = w.enc_right = 0.0
+        w.odo_distance_mm = w.odo_angle_deg = 0.0
+        self._set_mode(OIMode.OFF, now, "Reset")
+        self._boot_until = now + BOOT_BUSY_S
+        self._scheduled = [(now + delay, text) for delay, text in RESET_BANNER]
+        self._next_bat_line = now + BANNER_DONE_S
+        self.events.append(PowerEvent(now, "reset"))
+
+    # ------------------------------------------------------------------ sleep and wake
+
+    def _fall_asleep(self, now: float, why: str) -> None:
+        self.asleep = True
+        self._asleep_since_world = self.world.time
+        self.stream_on = False
+        self._rx.clear()
+        self._send(b"processor-sleep\r\n", now)
+        self.events.append(PowerEvent(now, f"sleep ({why})"))
+
+    def _feed_asleep(self, byte: int, now: float) -> None:
+        self.dropped_rx += 1
+        if byte == Op.START and self._wake_at is None:
+            self._wake_at = now + WAKE_DELAY_S
+
+    def wake(self, now: float, how: str = "brc") -> bool:
+        """A BRC pulse: wakes a sleeping robot (after the firmware's wake-up delay) and resets the timer."""
+        self.advance(now)
+        self._last_command_world = self.world.time
+        if not self.asleep:
+            return False
+        if self._wake_at is None:
+            self._wake_at = now + WAKE_DELAY_S
+        self.events.append(PowerEvent(now, f"wake requested ({how})"))
+        return True
+
+    def _finish_wake(self, now: float) -> None:
+        self._wake_at = None
+        if not self.asleep:
+            return
+        self.asleep = False
+        slept = max(0, int(self.world.time - self._asleep_since_world))
+        self._send(f"slept for {slept // 60} minutes {slept % 60} seconds\r\n".encode(), now)
+        self._last_command_world = self.world.time
+        self._set_mode(OIMode.PASSIVE, now, "wake")
+        self.events.append(PowerEvent(now, "awake"))
+
+    # ------------------------------------------------------------------ the 15 ms tick
+
+    def _tick(self, t: float) -> None:
+        w = self.world
+        w.step(TICK_S * self.speed)
+        if self.mode is OIMode.SAFE:
+            self._safety(t)
+        if (
+            self.mode is OIMode.PASSIVE
+            and not self.asleep
+            and w.mission is Mission.NONE
+            and not w.docked
+            and w.time - self._last_command_world > SLEEP_AFTER_S
+        ):
+            self._fall_asleep(t, "five minutes in Passive without commands")
+        if self.stream_on and not self.asleep:
+            self._send(self._stream_frame(), t, limit=STREAM_BACKLOG)
+            self.frames_sent += 1
+        if t >= self._next_bat_line:
+            self._next_bat_line = t + 1.0
+            if self.mode is OIMode.OFF and w.docked and not self.asleep and t >= self._boot_until:
+                self._send(self._bat_line(), t)
+
+    def _safety(self, t: float) -> None:
+        w = self.world
+        forward = w.cmd_left + w.cmd_right > 0
+        tight_reverse = (
+            w.cmd_left + w.cmd_right < 0
+            and self.requested_radius not in STRAIGHT_RADII
+            and abs(self.requested_radius) < ROBOT_RADIUS_MM
+        )
+        reason = None
+        if w.wheel_drop:
+            reason = "wheel drop"
+        elif any(w.cliff) and (forward or tight_reverse):
+            reason = "cliff"
+        elif w.docked:
+            reason = "charger"
+        if reason is not None:
+            self._stop_drive()
+            self._set_mode(OIMode.PASSIVE, t, f"safety: {reason}")
+
+    def _bat_line(self) -> bytes:
+        w = self.world
+        secs = int(max(0.0, w.time - w.charge_started_at))
+        return (
+            f"bat: min {secs // 60} sec {secs % 60}  mV {w.voltage_mv}  mA {int(w.current_ma)}  "
+            f"tenths-deg-C {int(w.battery_temp_c * 10)}  mAH {int(w.battery_mah)}  "
+            f"state {int(w.charging_state)}  mode 8\r\n"
+        ).encode()
+
+    # ------------------------------------------------------------------ output
+
+    def _send(self, data: bytes, now: float, latency: float = 0.0, limit: int | None = None) -> None:
+        self.output.push(self.noise.apply(data), now, latency, limit)
+
+    def _release_scheduled(self, now: float) -> None:
+        while self._scheduled and self._scheduled[0][0] <= now:
+            t, text = self._scheduled.pop(0)
+            self._send(text, t)
+
+    def _stream_frame(self) -> bytes:
+        body = bytearray()
+        for pid in self.stream_ids:
+            body.append(pid)
+            body += self._packet_data(pid)
+        frame = bytearray((STREAM_HEADER, len(body) & 0xFF))
+        frame += body
+        frame.append(-sum(frame) & 0xFF)
+        return bytes(frame)
+
+    def _packet_data(self, pid: int) -> bytes:
+        layout = self._layouts.get(pid)
+        if layout is None:
+            ids = members(pid)
+            fmt = ">" + "".join(PACKETS[m].struct_format for m in ids)
+            layout = self._layouts[pid] = (struct.Struct(fmt), tuple(self._getters[m] for m in ids), ids)
+        packer, getters, ids = layout
+        values = [get() for get in getters]
+        try:
+            return packer.pack(*values)
+        except struct.error:  # a value outside its packet's width: wrap it as the firmware's counters do
+            return b"".join(pack(m, v, wrap=True) for m, v in zip(ids, values, strict=True))
+
+    def sensor_value(self, pid: int) -> int:
+        """A single packet's current value (reading 19/20 consumes them, as on the robot)."""
+        return self._getters[pid]()
+
+    def _build_getters(self) -> Mapping[int, Callable[[], int]]:
+        w = self.world
+
+        def const(value: int) -> Callable[[], int]:
+            return lambda: value
+
+        g: dict[int, Callable[[], int]] = {
+            7: lambda: w.bumps_wheel_drops,
+            8: lambda: 1 if w.light_bits & 0x20 else 0,
+            9: lambda: int(w.cliff[0]),
+            10: lambda: int(w.cliff[1]),
+            11: lambda: int(w.cliff[2]),
+            12: lambda: int(w.cliff[3]),
+            13: const(0),
+            14: lambda: w.overcurrents,
+            15: lambda: w.dirt,
+            16: const(0),
+            17: lambda: w.ir_omni,
+            18: lambda: w.buttons,
+            19: w.take_distance,
+            20: w.take_angle,
+            21: lambda: int(w.charging_state),
+            22: lambda: min(65535, w.voltage_mv),
+            23: lambda: max(-32768, min(32767, int(w.current_ma))),
+            24: lambda: max(-128, min(127, round(w.battery_temp_c))),
+            25: lambda: int(w.battery_mah),
+            26: lambda: int(w.battery_capacity_mah),
+            27: lambda: w.wall_signal,
+            28: lambda: w.cliff_signal[0],
+            29: lambda: w.cliff_signal[1],
+            30: lambda: w.cliff_signal[2],
+            31: lambda: w.cliff_signal[3],
+            32: const(0),
+            33: const(0),
+            34: lambda: w.charging_sources,
+            35: lambda: int(self.mode),
+            36: lambda: self.song_number,
+            37: lambda: 1 if w.time < self._song_until else 0,
+            38: lambda: len(self.stream_ids),
+            39: lambda: self.requested_velocity,
+            40: lambda: self.requested_radius,
+            41: lambda: self.requested_right,
+            42: lambda: self.requested_left,
+            43: lambda: _wrap16(math.floor(w.enc_left)),
+            44: lambda: _wrap16(math.floor(w.enc_right)),
+            45: lambda: w.light_bits,
+            46: lambda: w.light_signal[0],
+            47: lambda: w.light_signal[1],
+            48: lambda: w.light_signal[2],
+            49: lambda: w.light_signal[3],
+            50: lambda: w.light_signal[4],
+            51: lambda: w.light_signal[5],
+            52: lambda: w.ir_left,
+            53: lambda: w.ir_right,
+            54: lambda: w.wheel_current[0],
+            55: lambda: w.wheel_current[1],
+            56: lambda: int(abs(w.main_brush) * 250),
+            57: lambda: int(abs(w.side_brush) * 100),
+            58: lambda: w.stasis,
+        }
+        return g
+
+    # ------------------------------------------------------------------ control (the test / operator side)
+
+    def control(self, request: Mapping[str, Any], now: float) -> dict[str, Any]:
+        """Apply one control-socket request that concerns the robot itself (not the link).
+
+        Raises :class:`ControlError` with an actionable message for a bad request.
+        """
+        self.advance(now)
+        op = request.get("op")
+        w = self.world
+        if op == "state":
+            return self.state()
+        if op in ("cliff", "wheel_drop", "stuck"):
+            on = _flag(request)
+            if op == "cliff":
+                w.forced_cliff = on
+            elif op == "wheel_drop":
+                w.forced_wheel_drop = on
+            else:
+                w.stuck = on
+            w.place(w.x, w.y, w.theta)
+            if self.mode is OIMode.SAFE:
+                self._safety(now)
+            return {op: on}
+        if op == "bump":
+            side = str(request.get("side", "both"))
+            seconds = float(request.get("seconds", 0.2))
+            try:
+                w.bump(side, seconds * self.speed)
+            except ValueError as exc:
+                raise ControlError(str(exc)) from None
+            return {"bump": side}
+        if op == "dock":
+            w.end_mission()
+            w.dock_now()
+            if self.mode is OIMode.SAFE:
+                self._safety(now)
+            return {"docked": w.docked}
+        if op == "undock":
+            w.undock_now()
+            return {"docked": w.docked}
+        if op == "battery":
+            if "percent" in request:
+                w.set_battery_percent(_number(request, "percent", 0, 100))
+            if "fault" in request:
+                w.battery_fault = bool(request["fault"])
+            return {"percent": round(w.battery_percent, 2), "fault": w.battery_fault}
+        if op == "noise":
+            try:
+                self.noise.configure(
+                    _number(request, "corrupt", 0, 1, self.noise.corrupt),
+                    _number(request, "drop", 0, 1, self.noise.drop),
+                )
+            except ValueError as exc:
+                raise ControlError(str(exc)) from None
+            return {"corrupt": self.noise.corrupt, "drop": self.noise.drop}
+        if op == "button":
+            name = str(request.get("name", ""))
+            if name not in BUTTON_BITS:
+                raise ControlError(f"button name must be one of {', '.join(BUTTON_BITS)}")
+            w.press_button(name)
+            self._button_behaviour(BUTTON_BITS[name])
+            return {"button": name}
+        if op == "wake":
+            return {"woke": self.wake(now)}
+        if op == "sleep":
+            if not self.asleep:
+                self._fall_asleep(now, "control")
+            return {"asleep": True}
+        if op == "pose":
+            x = _number(request, "x", 0, w.room.width, w.x)
+            y = _number(request, "y", 0, w.room.height, w.y)
+            theta = math.radians(_number(request, "theta_deg", -360, 360, math.degrees(w.theta)))
+            w.place(x, y, theta)
+            return {"x": w.x, "y": w.y}
+        raise ControlError(
+            f"unknown op {op!r}; ops: state, unplug, cliff, wheel_drop, bump, dock, undock, stuck, battery, "
+            "noise, button, wake, sleep, pose"
+        )
+
+    def state(self) -> dict[str, Any]:
+        """A JSON-ready snapshot for the control socket and for tests."""
+        w = self.world
+        return {
+            "oi_mode": self.mode.name.lower(),
+            "asleep": self.asleep,
+            "mission": w.mission.value,
+            "pose": {"x": round(w.x, 1), "y": round(w.y, 1), "theta_deg": round(math.degrees(w.theta), 2)},
+            "world_time": round(w.time, 3),
+            "travelled_mm": round(w.travelled_mm, 1),
+            "wheels_mm_s": [round(w.cmd_left, 1), round(w.cmd_right, 1)],
+            "encoders": [math.floor(w.enc_left), math.floor(w.enc_right)],
+            "docked": w.docked,
+            "charging_state": ChargingState(w.charging_state).name.lower(),
+            "battery": {
+                "percent": round(w.battery_percent, 2),
+                "mah": int(w.battery_mah),
+                "mv": w.voltage_mv,
+                "ma": int(w.current_ma),
+                "temp_c": round(w.battery_temp_c, 1),
+            },
+            "bumps_wheel_drops": w.bumps_wheel_drops,
+            "cliff": list(w.cliff),
+            "stuck": w.stuck,
+            "stream": {"ids": list(self.stream_ids), "on": self.stream_on, "frames": self.frames_sent},
+            "leds": list(self.leds),
+            "digits": self.digits.decode("ascii", "replace"),
+            "songs": sorted(self.songs),
+            "baud": self.baud,
+            "noise": {
+                "corrupt": self.noise.corrupt,
+                "drop": self.noise.drop,
+                "corrupted": self.noise.corrupted,
+                "dropped": self.noise.dropped,
+            },
+            "tx": {
+                "sent": self.output.sent,
+                "overflowed": self.output.overflowed,
+                "queued": len(self.output),
+            },
+            "rx_dropped": self.dropped_rx,
+        }
+
+
+def _wrap16(value: int) -> int:
+    return ((value + 32768) & 0xFFFF) - 32768
+
+
+def _flag(request: Mapping[str, Any]) -> bool:
+    on = request.get("on", True)
+    if not isinstance(on, bool):
+        raise ControlError(f'"on" must be true or false, got {on!r}')
+    return on
+
+
+def _number(
+    request: Mapping[str, Any], key: str, lo: float, hi: float, default: float | None = None
+) -> float:
+    value = request.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ControlError(f'"{key}" must be a number between {lo} and {hi}, got {value!r}')
+    if not lo <= value <= hi:
+        raise ControlError(f'"{key}" must be between {lo} and {hi}, got {value}')
+    return float(value)

@@ -1,0 +1,158 @@
+"""The serial link to the robot, over anything pyserial opens: a device, a pty, ``socket://``, ``rfc2217://``.
+
+Thin on purpose: open, read what is there, write, pulse BRC, close. Every failure surfaces as one
+:class:`~hal.errors.TransportError` with the port in the message, so the Robot has one thing to catch
+before it reopens with :class:`Backoff`. Ports without modem lines (a pty raises ENOTTY, a socket has none)
+still work: waking is then simply not possible and :meth:`SerialTransport.wake` says so.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+
+from hal.errors import TransportError
+from hal.logs import get_logger
+
+__all__ = ["Backoff", "SerialTransport"]
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential backoff with jitter: 0.05, 0.1, 0.2 … 2 s (±20 %)."""
+
+    initial: float = 0.05
+    cap: float = 2.0
+    factor: float = 2.0
+    jitter: float = 0.2
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        rng = rng or random.Random()
+        delay = self.initial
+        while True:
+            yield min(self.cap, delay) * (1 + self.jitter * (2 * rng.random() - 1))
+            delay = min(self.cap, delay * self.factor)
+
+
+OpenFn = Callable[..., Any]
+
+
+class SerialTransport:
+    """One robot link. Thread-safe for one reader and any number of writers."""
+
+    def __init__(
+        self,
+        url: str,
+        baud: int = 115200,
+        *,
+        read_timeout: float = 0.05,
+        open_fn: OpenFn = serial.serial_for_url,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = url
+        self.baud = baud
+        self.read_timeout = read_timeout
+        self._open_fn = open_fn
+        self._sleep = sleep
+        self._port: Any = None
+        self._write_lock = threading.Lock()
+        self.has_modem_lines: bool | None = None
+        self.log = get_logger("hal.transport", port=url)
+
+    @property
+    def is_open(self) -> bool:
+        return self._port is not None
+
+    def open(self) -> None:
+        """One attempt to open the port; :class:`TransportError` says why it failed."""
+        if self._port is not None:
+            return
+        try:
+            port = self._open_fn(self.url, baudrate=self.baud, timeout=self.read_timeout, write_timeout=1.0)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise TransportError(f"cannot open {self.url}: {exc}") from exc
+        self._port = port
+
+    def close(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            try:
+                port.close()
+            except (serial.SerialException, OSError):
+                pass
+
+    def _fail(self, action: str, exc: BaseException) -> TransportError:
+        self.close()
+        return TransportError(f"{action} {self.url} failed: {exc}")
+
+    def read(self, size: int = 4096) -> bytes:
+        """Whatever arrived within the read timeout (possibly ``b""``)."""
+        port = self._port
+        if port is None:
+            raise TransportError(f"{self.url} is not open")
+        try:
+            waiting = port.in_waiting
+            data: bytes = port.read(min(size, waiting) if waiting else 1)
+            if data and waiting == 0:
+                more = port.in_waiting
+                if more:
+                    data += port.read(min(size - 1, more))
+            return data
+        except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+            # TypeError/AttributeError: pyserial's socket handler after the socket was closed under it.
+            raise self._fail("reading from", exc) from exc
+
+    def write(self, data: bytes) -> None:
+        with self._write_lock:
+            port = self._port
+            if port is None:
+                raise TransportError(f"{self.url} is not open (the robot link is down; it is being reopened)")
+            try:
+                port.write(data)
+                port.flush()
+            except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+                raise self._fail("writing to", exc) from exc
+
+    def reset_input(self) -> None:
+        port = self._port
+        if port is not None:
+            try:
+                port.reset_input_buffer()
+            except (serial.SerialException, OSError):
+                pass
+
+    def wake(self, pulse_s: float = 0.1) -> bool:
+        """Pulse the BRC line (wired to RTS, sometimes DTR, on USB cables) to wake a sleeping robot.
+
+        Returns False when the port has no modem lines (pty, socket), which is normal for a simulator or
+        a network bridge; the robot must then be awake already.
+        """
+        port = self._port
+        if port is None or self.has_modem_lines is False:
+            return False
+        try:
+            port.rts = True
+            port.dtr = True
+            self._sleep(pulse_s)
+            port.rts = False
+            port.dtr = False
+        except (serial.SerialException, OSError, ValueError, AttributeError) as exc:
+            self.has_modem_lines = False
+            self.log.debug("oi.wake.unsupported", reason=str(exc))
+            return False
+        if not self._has_real_modem_lines(port):
+            self.has_modem_lines = False
+            return False
+        self.has_modem_lines = True
+        return True
+
+    @staticmethod
+    def _has_real_modem_lines(port: Any) -> bool:
+        """socket:// and loop:// accept RTS/DTR silently; only a real serial port has the lines."""
+        return type(port).__module__.startswith("serial.serialposix") or "win32" in type(port).__module__

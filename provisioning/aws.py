@@ -1,0 +1,117 @@
+"""AWS IoT artifacts for the fleet: the least-privilege device policy and the JITP template.
+
+Pure functions returning JSON-ready dicts. The policy grants a robot exactly the topics in CONTRACTS.md
+(shadows, jobs, roomba/<thing>/...), all keyed on ``${iot:Connection.Thing.ThingName}`` so one policy serves
+every robot and none can touch another's topics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+THING = "${iot:Connection.Thing.ThingName}"
+AGENT_TOPICS = ("telemetry", "events", "metrics", "presence")
+RETAINED_TOPICS = ("presence",)
+POLICY_MAX_CHARS = 2048
+
+
+def _arn(partition: str, region: str, account: str, resource: str) -> str:
+    return f"arn:{partition}:iot:{region}:{account}:{resource}"
+
+
+def device_policy(
+    partition: str = "aws",
+    region: str = "*",
+    account: str = "*",
+    shadow_names: Sequence[str] = ("*",),
+) -> dict[str, Any]:
+    """The device policy: connect as its own thing, its shadows (classic + named), jobs and agent topics.
+
+    Everything is scoped to the robot's own thing. Publishing to shadow ``delete`` is not granted (a robot
+    never deletes its shadow); subscribe/receive cover all of its own shadow and job responses. Named
+    shadows default to any name (``*``) because listing names costs policy characters (AWS caps a policy at
+    2048 without whitespace); pass ``shadow_names`` to pin them.
+    """
+    if partition not in PARTITIONS:
+        raise ValueError(f"unknown partition {partition!r}; use one of {', '.join(PARTITIONS)}")
+
+    def arn(resource: str) -> str:
+        return _arn(partition, region, account, resource)
+
+    things = f"$aws/things/{THING}"
+    shadows = [f"{things}/shadow"] + [f"{things}/shadow/name/{name}" for name in shadow_names]
+    publish = [arn(f"topic/{s}/{op}") for s in shadows for op in ("get", "update")]
+    publish.append(arn(f"topic/{things}/jobs/*"))
+    publish += [arn(f"topic/roomba/{THING}/{t}") for t in AGENT_TOPICS]
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "iot:Connect",
+                "Resource": arn(f"client/{THING}"),
+                "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
+            },
+            {"Effect": "Allow", "Action": "iot:Publish", "Resource": publish},
+            {
+                "Effect": "Allow",
+                "Action": "iot:RetainPublish",
+                "Resource": [arn(f"topic/roomba/{THING}/{t}") for t in RETAINED_TOPICS],
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": [arn(f"topicfilter/{things}/shadow/*"), arn(f"topicfilter/{things}/jobs/*")],
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Receive",
+                "Resource": [arn(f"topic/{things}/shadow/*"), arn(f"topic/{things}/jobs/*")],
+            },
+        ],
+    }
+
+
+def policy_size(policy: dict[str, Any]) -> int:
+    """Size as AWS IoT counts it against its 2048-character limit: the JSON without whitespace."""
+    return len(json.dumps(policy, separators=(",", ":")))
+
+
+def jitp_template(policy_name: str = "roomba-agent", thing_type: str | None = None) -> dict[str, Any]:
+    """The just-in-time provisioning template: thing named by the certificate CN, certificate activated,
+    the named device policy attached. Only CN and certificate id are used, so every certificate we issue
+    satisfies it (a declared parameter missing from the certificate would fail provisioning).
+    """
+    thing_properties: dict[str, Any] = {"ThingName": {"Ref": "AWS::IoT::Certificate::CommonName"}}
+    if thing_type:
+        thing_properties["ThingTypeName"] = thing_type
+    return {
+        "Parameters": {
+            "AWS::IoT::Certificate::CommonName": {"Type": "String"},
+            "AWS::IoT::Certificate::Id": {"Type": "String"},
+        },
+        "Resources": {
+            "thing": {
+                "Type": "AWS::IoT::Thing",
+                "OverrideSettings": {
+                    "AttributePayload": "MERGE",
+                    "ThingTypeName": "REPLACE",
+                    "ThingGroups": "DO_NOTHING",
+                },
+                "Properties": thing_properties,
+            },
+            "certificate": {
+                "Type": "AWS::IoT::Certificate",
+                "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"},
+            },
+            "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": policy_name}},
+        },
+    }
+
+
+def registration_config(template: dict[str, Any], role_arn: str) -> dict[str, str]:
+    """``--registration-config`` for ``aws iot register-ca-certificate``: the template body as a string."""
+    return {"templateBody": json.dumps(template, separators=(",", ":")), "roleArn": role_arn}

@@ -1,0 +1,382 @@
+"""``roomba-provision``: the CA, robot keys, station signing, factory batches, checks and AWS artifacts.
+
+Results go to stdout; each error is one line on stderr and a non-zero exit. PINs come from
+``$ROOMBA_PKCS11_PIN`` or ``--pin-file``, never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from hal import logs
+from provisioning import aws, certs, hsm
+from provisioning.batch import PlannedThing, Progress, plan_count, plan_serials, run_batch
+from provisioning.ca import CA_CERT, init_ca, issue_server_cert, load_ca, read_certificate
+from provisioning.device import DEVICE_CERT, DEVICE_KEY, DEVICE_PKCS11, create_identity, keygen
+from provisioning.errors import InvalidInput, OutputExists, ProvisioningError
+from provisioning.fsio import atomic_write
+from provisioning.verify import check_identity
+
+PROG = "roomba-provision"
+
+
+def _add_pkcs11(parser: argparse.ArgumentParser, *, key_label_default: str | None) -> None:
+    group = parser.add_argument_group("PKCS#11 token (PIN from $ROOMBA_PKCS11_PIN or --pin-file)")
+    group.add_argument("--pkcs11-module", metavar="SO", help=f"PKCS#11 module, e.g. {hsm.DEFAULT_MODULE}")
+    group.add_argument("--token", metavar="LABEL", help="token label")
+    group.add_argument("--key-label", metavar="LABEL", default=key_label_default, help="key object label")
+    group.add_argument("--pin-file", metavar="FILE", help="file whose first line is the user PIN")
+
+
+def _add_pin_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pin-file", metavar="FILE", help="PIN for a token CA (else $ROOMBA_PKCS11_PIN)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Provision Roomba robots for AWS IoT.", allow_abbrev=False
+    )
+    parser.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ca = sub.add_parser("ca", allow_abbrev=False, help="manage the company CA").add_subparsers(
+        dest="ca_command", required=True
+    )
+    init = ca.add_parser(
+        "init", allow_abbrev=False, help="create a CA (key file, or key inside a PKCS#11 token)"
+    )
+    init.add_argument("--dir", required=True, type=Path)
+    init.add_argument(
+        "--key-type", choices=("ec", "rsa"), default="ec", help="EC P-256 (default) or RSA 2048"
+    )
+    init.add_argument("--cn", default="Roomba Fleet Development CA", help="CA common name")
+    init.add_argument("--org", default="Roomba Fleet", help="CA organisation")
+    init.add_argument("--days", type=int, default=certs.DEFAULT_CA_DAYS)
+    init.add_argument("--path-length", type=int, default=0)
+    _add_pkcs11(init, key_label_default="roomba-ca")
+    verif = ca.add_parser(
+        "verification-cert",
+        allow_abbrev=False,
+        help="proof-of-possession certificate for AWS CA registration",
+    )
+    verif.add_argument("--ca", required=True, type=Path)
+    verif.add_argument("--registration-code", required=True)
+    verif.add_argument("--out", required=True, type=Path)
+    _add_pin_file(verif)
+    server = ca.add_parser(
+        "server-cert", allow_abbrev=False, help="TLS server certificate (e.g. for the local Mosquitto broker)"
+    )
+    server.add_argument("--ca", required=True, type=Path)
+    server.add_argument("--out", required=True, type=Path, help="directory for server.crt and server.key")
+    server.add_argument("--hostname", action="append", default=[], help="DNS SAN (repeatable)")
+    server.add_argument("--ip", action="append", default=[], help="IP SAN (repeatable)")
+    server.add_argument("--days", type=int, default=certs.DEFAULT_SERVER_DAYS)
+    server.add_argument("--replace", action="store_true", help="rotate an existing server certificate")
+    _add_pin_file(server)
+
+    device = sub.add_parser("device", allow_abbrev=False, help="device keys and identities").add_subparsers(
+        dest="device_command", required=True
+    )
+    kg = device.add_parser("keygen", allow_abbrev=False, help="on the robot: make the device key and a CSR")
+    kg.add_argument("--thing", required=True)
+    kg.add_argument("--out", required=True, type=Path)
+    kg.add_argument("--key-type", choices=("ec", "rsa"), default="ec")
+    _add_pkcs11(kg, key_label_default=None)
+    create = device.add_parser(
+        "create", allow_abbrev=False, help="keygen and sign in one step (simulation, development)"
+    )
+    create.add_argument("--ca", required=True, type=Path)
+    create.add_argument("--thing", required=True)
+    create.add_argument("--out", required=True, type=Path)
+    create.add_argument("--days", type=int, default=certs.DEFAULT_DEVICE_DAYS)
+    create.add_argument("--root-ca", type=Path, help="server root for root-ca.crt (default: this CA)")
+    create.add_argument("--chain", action="store_true", help="device.crt = certificate + CA certificate")
+    _add_pin_file(create)
+
+    sign = sub.add_parser(
+        "sign", allow_abbrev=False, help="at the station: check a CSR and issue a client certificate"
+    )
+    sign.add_argument("--ca", required=True, type=Path)
+    sign.add_argument("--csr", required=True, type=Path)
+    sign.add_argument("--out", required=True, type=Path)
+    sign.add_argument("--days", type=int, default=certs.DEFAULT_DEVICE_DAYS)
+    sign.add_argument(
+        "--chain", action="store_true", help="append the CA certificate (AWS JITP first connect)"
+    )
+    sign.add_argument("--force", action="store_true", help="replace an existing certificate file")
+    _add_pin_file(sign)
+
+    batch = sub.add_parser(
+        "batch", allow_abbrev=False, help="a factory batch of identities plus a manifest (resumable)"
+    )
+    batch.add_argument("--ca", required=True, type=Path)
+    what = batch.add_mutually_exclusive_group(required=True)
+    what.add_argument("--count", type=int)
+    what.add_argument("--serials", type=Path, help="file with one serial number per line")
+    batch.add_argument("--prefix", default="robot-")
+    batch.add_argument("--out", required=True, type=Path)
+    batch.add_argument("--days", type=int, default=certs.DEFAULT_DEVICE_DAYS)
+    batch.add_argument("--root-ca", type=Path, help="server root for root-ca.crt (default: this CA)")
+    batch.add_argument("--chain", action="store_true")
+    _add_pin_file(batch)
+
+    verify = sub.add_parser(
+        "verify", allow_abbrev=False, help="check an installed identity the way the agent will"
+    )
+    verify.add_argument("--dir", required=True, type=Path)
+    verify.add_argument("--ca", required=True, type=Path, help="CA directory or CA certificate file")
+    verify.add_argument("--thing", help="expected thing name (default: only check the CN is legal)")
+    verify.add_argument("--warn-days", type=int, default=30)
+
+    awsp = sub.add_parser("aws", allow_abbrev=False, help="AWS IoT artifacts").add_subparsers(
+        dest="aws_command", required=True
+    )
+    policy = awsp.add_parser("policy", allow_abbrev=False, help="least-privilege device policy JSON")
+    policy.add_argument("--partition", choices=aws.PARTITIONS, default="aws")
+    policy.add_argument("--region", default="*")
+    policy.add_argument("--account", default="*")
+    policy.add_argument("--shadow", action="append", default=[], help="pin named shadows (default: any)")
+    jitp = awsp.add_parser(
+        "jitp-template", allow_abbrev=False, help="just-in-time provisioning template JSON"
+    )
+    jitp.add_argument("--policy-name", default="roomba-agent")
+    jitp.add_argument("--thing-type")
+    jitp.add_argument("--role-arn", help="wrap as --registration-config {templateBody, roleArn}")
+    return parser
+
+
+def _write_output(path: Path, data: bytes, *, force: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, data, 0o644, overwrite=force)
+
+
+def _pkcs11_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "pkcs11_module": args.pkcs11_module,
+        "token_label": args.token,
+        "pin_file": args.pin_file,
+    }
+
+
+def cmd_ca_init(args: argparse.Namespace, out: TextIO) -> int:
+    extra = _pkcs11_args(args)
+    if args.pkcs11_module or args.token:
+        extra["key_label"] = args.key_label
+    ca = init_ca(
+        args.dir,
+        key_type=args.key_type,
+        common_name=args.cn,
+        organization=args.org,
+        days=args.days,
+        path_length=args.path_length,
+        **extra,
+    )
+    with ca:
+        where = "in token " + repr(args.token) if ca.in_token else f"in {args.dir / 'ca.key'}"
+        print(f"CA created: {ca.cert_path} (key {where})", file=out)
+        print(f"certificate id: {certs.certificate_id(ca.certificate)}", file=out)
+    return 0
+
+
+def cmd_verification_cert(args: argparse.Namespace, out: TextIO) -> int:
+    with load_ca(args.ca, pin_file=args.pin_file) as ca:
+        try:
+            cert = ca.verification_certificate(args.registration_code)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+    _write_output(args.out, certs.cert_pem(cert))
+    print(f"verification certificate: {args.out}", file=out)
+    return 0
+
+
+def cmd_server_cert(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.hostname and not args.ip:
+        raise InvalidInput("give at least one --hostname or --ip for the server certificate")
+    with load_ca(args.ca, pin_file=args.pin_file) as ca:
+        try:
+            cert_path, key_path = issue_server_cert(
+                ca, args.out, args.hostname, args.ip, days=args.days, replace=args.replace
+            )
+        except ValueError as exc:
+            raise InvalidInput(f"bad --hostname/--ip: {exc}") from None
+    print(f"server certificate: {cert_path}\nserver key: {key_path}", file=out)
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
+    result = keygen(
+        args.thing, args.out, key_type=args.key_type, key_label=args.key_label, **_pkcs11_args(args)
+    )
+    where = (
+        f"token {args.token!r} label {result.token_key.key_label!r}"
+        if result.token_key
+        else str(result.key_path)
+    )
+    print(f"device key: {where}\nCSR: {result.csr_path}", file=out)
+    return 0
+
+
+def cmd_device_create(args: argparse.Namespace, out: TextIO) -> int:
+    with load_ca(args.ca, pin_file=args.pin_file) as ca:
+        ident = create_identity(ca, args.thing, args.out, args.days, root_ca=args.root_ca, chain=args.chain)
+    print(f"identity: {ident.dir}\ncertificate id: {ident.certificate_id}", file=out)
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        data = args.csr.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read CSR {args.csr}: {exc.strerror}") from None
+    csr = certs.load_csr(data)
+    info = certs.check_csr(csr)
+    if args.out.exists() and not args.force:
+        raise OutputExists(f"{args.out} already exists; pass --force to replace it")
+    with load_ca(args.ca, pin_file=args.pin_file) as ca:
+        cert = ca.sign_csr(csr, days=args.days)
+        pem = certs.cert_pem(cert) + (ca.certificate_pem if args.chain else b"")
+    _write_output(args.out, pem, force=args.force)
+    print(
+        f"certificate: {args.out}\nthing: {info.thing}\nkey: {info.key_description}\n"
+        f"certificate id: {certs.certificate_id(cert)}",
+        file=out,
+    )
+    return 0
+
+
+class _TtyProgress:
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, p: Progress) -> None:
+        if p.done == p.total or p.done % 10 == 0:
+            rate = p.created / p.elapsed_s if p.elapsed_s > 0 else 0.0
+            self.stream.write(f"\r{PROG}: {p.done}/{p.total} ({100 * p.done // p.total}%) {rate:.0f}/s ")
+            if p.done == p.total:
+                self.stream.write("\n")
+            self.stream.flush()
+
+
+def cmd_batch(args: argparse.Namespace, out: TextIO) -> int:
+    plan: list[PlannedThing]
+    if args.serials is not None:
+        try:
+            lines = args.serials.read_text().splitlines()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read serials file {args.serials}: {exc.strerror}") from None
+        plan = plan_serials(lines, args.prefix, str(args.serials))
+    else:
+        plan = plan_count(args.count, args.prefix)
+    progress = _TtyProgress(sys.stderr) if sys.stderr.isatty() else None
+    with load_ca(args.ca, pin_file=args.pin_file) as ca:
+        try:
+            result = run_batch(
+                ca, args.out, plan, days=args.days, root_ca=args.root_ca, chain=args.chain, progress=progress
+            )
+        except KeyboardInterrupt:
+            print(f"\n{PROG}: interrupted; rerun the same command to resume", file=sys.stderr)
+            return 130
+    rate = result.created / result.elapsed_s if result.elapsed_s > 0 else 0.0
+    print(
+        json.dumps(
+            {
+                "total": result.total,
+                "created": result.created,
+                "skipped": result.skipped,
+                "recovered": result.recovered,
+                "manifest": str(result.manifest_path),
+                "per_s": round(rate, 1),
+            }
+        ),
+        file=out,
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    ca_path = args.ca / CA_CERT if args.ca.is_dir() else args.ca
+    if not args.dir.is_dir():
+        raise InvalidInput(f"identity directory {args.dir} does not exist")
+    key_path: Path | None = args.dir / DEVICE_KEY
+    if not (args.dir / DEVICE_KEY).exists() and (args.dir / DEVICE_PKCS11).exists():
+        key_path = None
+    findings = check_identity(
+        args.dir / DEVICE_CERT,
+        key_path,
+        ca_path,
+        args.thing,
+        check_modes=True,
+        expiry_warning=dt.timedelta(days=args.warn_days),
+    )
+    for finding in findings:
+        print(f"{PROG}: {finding.severity}: {finding.code}: {finding.message}", file=sys.stderr)
+    if any(f.is_error for f in findings):
+        return 1
+    cert = read_certificate(args.dir / DEVICE_CERT)
+    thing = args.thing or certs.common_name(cert.subject)
+    print(
+        f"ok: {args.dir} is a valid identity for {thing} (expires {cert.not_valid_after_utc.date()})",
+        file=out,
+    )
+    return 0
+
+
+def cmd_aws_policy(args: argparse.Namespace, out: TextIO) -> int:
+    policy = aws.device_policy(args.partition, args.region, args.account, tuple(args.shadow) or ("*",))
+    size = aws.policy_size(policy)
+    if size > aws.POLICY_MAX_CHARS:
+        raise InvalidInput(
+            f"policy is {size} characters without whitespace; AWS IoT allows {aws.POLICY_MAX_CHARS} "
+            "(pin fewer --shadow names)"
+        )
+    print(json.dumps(policy, indent=2), file=out)
+    return 0
+
+
+def cmd_aws_jitp(args: argparse.Namespace, out: TextIO) -> int:
+    template = aws.jitp_template(args.policy_name, args.thing_type)
+    document: Any = aws.registration_config(template, args.role_arn) if args.role_arn else template
+    print(json.dumps(document, indent=2), file=out)
+    return 0
+
+
+def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "ca":
+        handlers = {
+            "init": cmd_ca_init,
+            "verification-cert": cmd_verification_cert,
+            "server-cert": cmd_server_cert,
+        }
+        return handlers[args.ca_command](args, out)
+    if args.command == "device":
+        return {"keygen": cmd_keygen, "create": cmd_device_create}[args.device_command](args, out)
+    if args.command == "aws":
+        return {"policy": cmd_aws_policy, "jitp-template": cmd_aws_jitp}[args.aws_command](args, out)
+    return {"sign": cmd_sign, "batch": cmd_batch, "verify": cmd_verify}[args.command](args, out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level)
+    try:
+        return _dispatch(args, sys.stdout)
+    except ProvisioningError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"{PROG}: error: {exc.strerror or exc} ({exc.filename or 'no file'})", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The command contract and the published JSON Schemas."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.commands import (
+    Command,
+    Rejected,
+    desired_command_patch,
+    load_schema,
+    parse_command,
+    validate_sections,
+)
+
+
+def test_schemas_are_valid_draft_2020_12() -> None:
+    assert load_schema("desired")["$defs"]["command"]["required"] == ["id", "action"]
+    assert "log_level" in load_schema("config")["properties"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"id": "c1", "action": "clean"},
+        {"id": "c2", "action": "locate"},
+        {"id": "c3", "action": "drive", "velocity_mm_s": -200, "radius_mm": 500, "duration_ms": 1500},
+        {"id": "c4", "action": "set_clock"},
+        {"id": "c5", "action": "set_clock", "day": 3, "hour": 15, "minute": 0},
+    ],
+    ids=lambda r: r["action"],
+)
+def test_valid_commands(raw: dict) -> None:
+    cmd = parse_command(raw)
+    assert isinstance(cmd, Command) and cmd.document == raw
+    assert cmd.answer("done") == {**raw, "status": "done", "reason": None}
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ({"id": "c1", "action": "fly"}, "is not one of"),
+        ({"id": "c1", "action": "drive", "velocity_mm_s": 900, "duration_ms": 100}, "maximum of 500"),
+        ({"id": "c1", "action": "drive", "velocity_mm_s": 100}, "duration_ms"),
+        ({"id": "c1", "action": "clean", "velocity_mm_s": 100}, "velocity_mm_s not allowed"),
+        ({"id": "c1", "action": "set_clock", "day": 1}, "hour"),
+        ({"action": "clean"}, "'id' is a required property"),
+        ({"id": "x" * 65, "action": "clean"}, "does not match"),
+        ("clean", "must be an object"),
+    ],
+    ids=[
+        "unknown_action",
+        "velocity_range",
+        "deadman_missing",
+        "stray_argument",
+        "partial_clock",
+        "no_id",
+        "long_id",
+        "not_object",
+    ],
+)
+def test_rejected_commands(raw: object, needle: str) -> None:
+    result = parse_command(raw)
+    assert isinstance(result, Rejected)
+    assert needle in result.reason
+    answer = result.answer()
+    assert answer["status"] == "rejected" and answer["reason"] == result.reason
+
+
+def test_sections_validated_independently() -> None:
+    problems = validate_sections(
+        "desired", {"schedule": {"mon": {"hour": 25, "minute": 0}}, "leds": {"dock": True}, "lasers": 1}
+    )
+    assert set(problems) == {"schedule", "lasers"}
+    assert "schedule.mon.hour" in problems["schedule"]
+    assert validate_sections("config", {"log_level": "debug", "report_min_s": 0.5}) == {}
+    assert "report_min_s" in validate_sections("config", {"report_min_s": 0})
+
+
+def test_command_patch_nulls_old_arguments() -> None:
+    old = {"id": "c1", "action": "drive", "velocity_mm_s": 100, "duration_ms": 500}
+    assert desired_command_patch(old, {"id": "c2", "action": "clean"}) == {
+        "velocity_mm_s": None,
+        "duration_ms": None,
+        "id": "c2",
+        "action": "clean",
+    }
+    assert desired_command_patch(None, {"id": "c1", "action": "stop"}) == {"id": "c1", "action": "stop"}

@@ -1,0 +1,125 @@
+"""End to end: the local cloud (Mosquitto over mutual TLS + shadow service), the simulator over a pty, the
+agent as a subprocess, and an operator client writing desired state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from agent import shadowdoc
+
+CLEAN, SPOT, MAX, DOCK, DRIVE, DRIVE_DIRECT, SONG, PLAY, SCHEDULE, SAFE = 135, 134, 136, 143, 137, 145, 140, 141, 167, 131
+
+
+def no_command_delta(op: Any) -> bool:
+    state = op.get()
+    d = shadowdoc.delta(state.get("desired"), state.get("reported"))
+    return d is None or "command" not in d
+
+
+@pytest.mark.slow
+def test_commands_settings_and_systemd_notify(rig: dict[str, Any]) -> None:
+    op, sim, agent, notify = rig["operator"], rig["sim"], rig["agent"], rig["notify"]
+    wait_until = rig["until"]
+    agent.start()
+    ready = wait_until(lambda: notify.has("READY"), 20, "READY=1 on the notify socket")
+    assert notify.has("STATUS")[0][1]["STATUS"].startswith(("waiting for", "starting"))
+    assert ready[0][1]["READY"] == "1"
+    wait_until(lambda: len(notify.has("WATCHDOG")) >= 2, 5, "watchdog pings")
+    assert any(p.get("state") == "online" for p in op.presence) or wait_until(
+        lambda: any(p.get("state") == "online" for p in op.presence), 5, "online presence")
+    rep = op.wait_reported(lambda r: r.get("link", {}).get("serial") == "up", 15, "first report")
+    assert rep["oi_mode"] in ("passive", "safe") and rep["versions"]["agent"]
+
+    # a mission: OI bytes reach the simulator, the answer comes back in reported, and nothing lingers
+    op.update_desired({"command": {"id": "m1", "action": "clean"}})
+    assert op.wait_command("m1")["status"] == "done"
+    assert sim.opcodes().count(CLEAN) == 1
+    rep = op.wait_reported(lambda r: r.get("mission") == "cleaning", 5, "mission cleaning")
+    assert no_command_delta(op)
+
+    # an invalid request is rejected visibly, with the reason, and does not loop
+    op.update_desired({"command": {"id": "bad-1", "action": "drive", "velocity_mm_s": 9000, "duration_ms": 200}})
+    cmd = op.wait_command("bad-1", ("rejected",))
+    assert "maximum of 500" in cmd["reason"]
+    op.update_desired({"schedule": {"mon": {"hour": 25, "minute": 0}}})
+    rep = op.wait_reported(lambda r: "schedule" in (r.get("errors") or {}), 10, "schedule rejected")
+    assert "schedule.mon.hour" in rep["errors"]["schedule"]
+    time.sleep(1.5)  # several more documents arrive (our own reports): the rejections must not repeat
+    counters = agent.status()["metrics"]["counters"]
+    assert counters["desired_rejected"] == 1 and counters["commands_rejected"] == 1
+
+    # fixing the setting applies it once (opcode 167) and clears the error
+    op.update_desired({"schedule": {"mon": {"hour": 9, "minute": 30}, "fri": {"hour": 10, "minute": 36}}})
+    op.wait_reported(lambda r: r.get("schedule", {}).get("mon") == {"hour": 9, "minute": 30}
+                     and "schedule" not in (r.get("errors") or {}), 10, "schedule applied")
+    sched = [r for r in sim.records() if r["opcode"] == SCHEDULE]
+    assert len(sched) == 1
+
+    # bounded manual driving: Safe, Drive, then the dead-man stop after duration_ms
+    op.update_desired({"command": {"id": "d1", "action": "drive", "velocity_mm_s": 100, "duration_ms": 300}})
+    op.wait_command("d1", ("done",), timeout=10)
+    codes = sim.opcodes()
+    assert codes.count(DRIVE) == 1
+    i = codes.index(DRIVE)
+    assert SAFE in codes[:i] and DRIVE_DIRECT in codes[i:]
+
+    op.update_desired({"command": {"id": "l1", "action": "locate"}})
+    op.wait_command("l1")
+    assert sim.opcodes().count(PLAY) == 1
+
+    # agent settings through the named shadow `config`
+    op.update_desired({"telemetry_s": 2, "log_level": "debug"}, shadow="config")
+    op.wait_reported(lambda r: r.get("telemetry_s") == 2 and r.get("log_level") == "debug", 10,
+                     "config applied", shadow="config")
+
+    # status: human and JSON
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "roomba-agent")
+    out = subprocess.run([exe, "status", "--config", str(rig["config"]), "--json"], capture_output=True,
+                         text=True, timeout=30)
+    doc = json.loads(out.stdout)
+    assert out.returncode == 0 and doc["ready"] and doc["metrics"]["counters"]["commands_done"] >= 3
+    human = subprocess.run([exe, "status", "--config", str(rig["config"])], capture_output=True, text=True,
+                           timeout=30)
+    assert "running and connected" in human.stdout
+
+    # graceful stop: STOPPING=1, a retained offline presence, exit 0
+    agent.signal(signal.SIGTERM)
+    assert agent.proc.wait(15) == 0
+    assert notify.has("STOPPING")
+    wait_until(lambda: op.presence and op.presence[-1].get("state") == "offline", 5, "offline presence")
+    assert "agent stopped" in op.presence[-1].get("reason", "")
+
+
+@pytest.mark.slow
+def test_refuses_unsafe_key(rig: dict[str, Any]) -> None:
+    import subprocess
+    import sys
+    import tomllib
+
+    cfg = tomllib.loads(rig["config"].read_text())
+    key = cfg["connection"]["key"]
+    os.chmod(key, 0o644)
+    try:
+        exe = os.path.join(os.path.dirname(sys.executable), "roomba-agent")
+        out = subprocess.run([exe, "run", "--config", str(rig["config"])], capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 78
+        assert "chmod 600" in out.stderr and "doctor" in out.stderr
+        doc = subprocess.run([exe, "doctor", "--config", str(rig["config"]), "--json"], capture_output=True,
+                             text=True, timeout=60)
+        checks = {c["name"]: c for c in json.loads(doc.stdout)["checks"]}
+        assert doc.returncode == 1
+        assert checks["file modes"]["status"] == "failed" and "chmod 600" in checks["file modes"]["fix"]
+        assert checks["certificates"]["status"] == "skipped"
+        assert checks["clock"]["status"] == "passed"
+    finally:
+        os.chmod(key, 0o600)

@@ -1,0 +1,51 @@
+"""sd_notify against a datagram socket the test opens (filesystem and abstract addresses)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from agent.sdnotify import Notifier
+
+
+def receive(sock: socket.socket) -> dict[str, str]:
+    data = sock.recv(4096).decode()
+    return dict(line.split("=", 1) for line in data.splitlines())
+
+
+def test_filesystem_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(5)
+        n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())})
+        assert n.enabled and n.watchdog_s == 4.0
+        assert n.ready("connected")
+        assert receive(sock) == {"READY": "1", "STATUS": "connected"}
+        assert n.watchdog()
+        assert receive(sock) == {"WATCHDOG": "1"}
+        assert n.stopping()
+        assert receive(sock)["STOPPING"] == "1"
+        n.close()
+
+
+def test_abstract_socket() -> None:
+    name = f"roomba-agent-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(b"\0" + name.encode())
+        sock.settimeout(5)
+        n = Notifier({"NOTIFY_SOCKET": "@" + name})
+        assert n.status("waiting for the serial link")
+        assert receive(sock) == {"STATUS": "waiting for the serial link"}
+        n.close()
+
+
+def test_disabled_and_foreign_watchdog() -> None:
+    n = Notifier({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
+    assert not n.enabled and not n.ready("x") and n.watchdog_s is None
+
+
+def test_dead_socket_is_not_fatal(tmp_path: Path) -> None:
+    n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    assert n.enabled and n.ready("x") is False

@@ -1,0 +1,52 @@
+"""Ledger and outbox on a real SQLite file, across reopen (an agent restart)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.store import Ledger, Outbox, open_db
+
+
+def test_ledger_begin_once_and_survives_reopen(tmp_path: Path) -> None:
+    db = open_db(tmp_path)
+    ledger = Ledger(db)
+    assert ledger.begin("c1", "clean", {"id": "c1", "action": "clean"})
+    assert not ledger.begin("c1", "clean", {"id": "c1", "action": "clean"})
+    assert [e.id for e in ledger.unfinished()] == ["c1"]
+    db.close()
+    ledger = Ledger(open_db(tmp_path))
+    entry = ledger.get("c1")
+    assert entry is not None and entry.status == "accepted"
+    assert not ledger.begin("c1", "clean", {})
+    ledger.finish("c1", "done")
+    assert ledger.unfinished() == [] and ledger.counts() == {"done": 1}
+    assert (tmp_path / "agent.db").stat().st_mode & 0o077 == 0
+
+
+def test_ledger_is_bounded(tmp_path: Path) -> None:
+    ledger = Ledger(open_db(tmp_path), keep=5)
+    for i in range(8):
+        ledger.begin(f"c{i}", "stop", {})
+    assert ledger.get("c0") is None and ledger.get("c7") is not None
+    assert sum(ledger.counts().values()) == 5
+
+
+def test_outbox_order_ack_and_restart(tmp_path: Path) -> None:
+    outbox = Outbox(open_db(tmp_path), "robot-1")
+    ids = [outbox.put("dock_reached", {"n": i}).event_id for i in range(3)]
+    assert ids == ["robot-1:1", "robot-1:2", "robot-1:3"]
+    head = outbox.head()
+    assert head is not None and head.seq == 1 and b'"event_id":"robot-1:1"' in head.to_json()
+    outbox.ack(1)
+    outbox = Outbox(open_db(tmp_path), "robot-1")
+    assert outbox.depth() == 2
+    assert outbox.head() is not None and outbox.head().payload == {"n": 1}  # type: ignore[union-attr]
+    assert outbox.put("x", {}).seq == 4  # never reuses a sequence number
+
+
+def test_outbox_bounded_with_drop_counter(tmp_path: Path) -> None:
+    outbox = Outbox(open_db(tmp_path), "r", max_events=3)
+    for i in range(5):
+        outbox.put("e", {"i": i})
+    assert outbox.depth() == 3 and outbox.dropped() == 2
+    assert outbox.head().payload == {"i": 2}  # type: ignore[union-attr]

@@ -1,0 +1,283 @@
+"""The Robot driving the real simulator over a real pty and over TCP: motion, docking, safety drops and mode
+re-entry, unplug/replug recovery, line noise, and the probe command."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hal.codec import ChargingSources, CorruptFrame
+from hal.errors import CommandRangeError, ModeError, NoResponseError
+from hal.opcodes import OIMode
+from hal.probe import main as probe_main
+from hal.robot import LinkDown, LinkUp, ModeChanged, ModeReentry, Robot, RobotEvent, StateUpdated
+from hal.sim.server import SimServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["pty", "tcp"])
+def hal_sim(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimServer]:
+    """A simulator served in-process on a fresh pty symlink or on a free TCP port on 127.0.0.1."""
+    if request.param == "pty":
+        server = SimServer(link=tmp_path / "robot")
+    else:
+        server = SimServer(tcp=("127.0.0.1", 0))
+    with server:
+        yield server
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[RobotEvent] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: RobotEvent) -> None:
+        if not isinstance(event, StateUpdated):
+            with self._lock:
+                self.events.append(event)
+
+    def of(self, kind: type) -> list[RobotEvent]:
+        with self._lock:
+            return [e for e in self.events if isinstance(e, kind)]
+
+    def wait(self, kind: type, timeout: float = 5.0, count: int = 1) -> list[RobotEvent]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.of(kind)
+            if len(found) >= count:
+                return found
+            time.sleep(0.01)
+        raise AssertionError(f"no {kind.__name__} event within {timeout} s; saw {self.events}")
+
+
+def test_drive_one_second_at_200_mm_s(hal_sim: SimServer) -> None:
+    with Robot(hal_sim.url, hold_mode=OIMode.SAFE) as robot:
+        robot.wait_for(lambda s: s.oi_mode == OIMode.SAFE, timeout=5)
+        start = robot.state
+        robot.drive(200)
+        time.sleep(1.0)
+        robot.stop()
+        robot.wait_for(lambda s: s.sensors.get("requested_right_velocity") == 0 and s.sensors.get("left_encoder_counts") is not None, timeout=2)
+        time.sleep(0.1)
+        end = robot.state
+    encoder_mm = end.pose.distance_mm - start.pose.distance_mm
+    reported_mm = end.reported_distance_mm - start.reported_distance_mm
+    assert 160 <= encoder_mm <= 240, encoder_mm
+    assert 160 <= reported_mm <= 240, reported_mm
+    assert abs(end.pose.x_mm - start.pose.x_mm - encoder_mm) < 5
+    assert abs(end.pose.heading_deg) < 2
+    assert end.link.frames_corrupt == 0 and end.link.frames_ok > 50
+    assert end.link.frames_per_s > 30
+
+
+def test_dock_changes_charging_state_and_sources(hal_sim: SimServer) -> None:
+    with Robot(hal_sim.url, hold_mode=OIMode.PASSIVE) as robot:
+        robot.wait_for(lambda s: s.oi_mode == OIMode.PASSIVE, timeout=5)
+        assert robot.state.sensors["charging_sources"] == 0
+        hal_sim.control({"op": "dock"})
+        state = robot.wait_for(
+            lambda s: s.sensors["charging_sources"] & ChargingSources.HOME_BASE
+            and s.sensors["charging_state"] != 0,
+            timeout=5,
+            what="docked and charging",
+        )
+    assert state.sensors["charging_state"] in (1, 2, 3, 4)
+    assert state.sensors["current"] > 0
+
+
+def test_cliff_in_safe_drops_to_passive_and_robot_restores_safe(hal_sim: SimServer) -> None:
+    recorder = Recorder()
+    with Robot(hal_sim.url, hold_mode=OIMode.SAFE) as robot:
+        robot.add_listener(recorder)
+        robot.wait_for(lambda s: s.oi_mode == OIMode.SAFE, timeout=5)
+        robot.drive(100)
+        time.sleep(0.1)
+        hal_sim.control({"op": "cliff", "on": True})
+        recorder.wait(ModeReentry)
+        drops = [e for e in recorder.of(ModeChanged) if e.new == OIMode.PASSIVE]  # type: ignore[union-attr]
+        assert drops and drops[0].old == OIMode.SAFE  # type: ignore[union-attr]
+        restored = robot.wait_for(lambda s: s.oi_mode == OIMode.SAFE, timeout=5)
+        assert restored.hold_mode == OIMode.SAFE
+        hal_sim.control({"op": "cliff", "on": False})
+        reentry = recorder.of(ModeReentry)[0]
+        assert reentry.mode == OIMode.SAFE and reentry.observed == OIMode.PASSIVE  # type: ignore[union-attr]
+
+
+def test_unplug_and_replug_recovers_state_and_stream(hal_sim: SimServer) -> None:
+    recorder = Recorder()
+    with Robot(hal_sim.url, hold_mode=OIMode.FULL) as robot:
+        robot.add_listener(recorder)
+        robot.wait_for(lambda s: s.oi_mode == OIMode.FULL, timeout=5)
+        robot.drive(200)
+        time.sleep(0.3)
+        robot.stop()
+        robot.wait_for(lambda s: s.sensors.get("requested_right_velocity") == 0 and s.sensors.get("left_encoder_counts") is not None, timeout=2)
+        before = robot.state
+        assert before.pose.distance_mm > 20
+        hal_sim.unplug(0.5)
+        recorder.wait(LinkDown)
+        assert not robot.state.link.connected
+        robot.wait_for(lambda s: s.link.reconnects == 1 and s.link.connected, timeout=10, what="a reconnect")
+        assert any(e.reconnects == 1 for e in recorder.of(LinkUp))  # type: ignore[attr-defined]
+        ok_at_reconnect = robot.state.link.frames_ok
+        after = robot.wait_for(
+            lambda s: s.link.frames_ok > ok_at_reconnect + 5 and s.oi_mode == OIMode.FULL,
+            timeout=5,
+            what="the stream and FULL mode back after the replug",
+        )
+    assert after.link.reconnects == 1 and after.link.connected
+    assert after.pose.distance_mm == pytest.approx(before.pose.distance_mm, abs=5)
+
+
+def test_noisy_line_counts_corrupt_frames_and_keeps_going(hal_sim: SimServer) -> None:
+    recorder = Recorder()
+    with Robot(hal_sim.url, hold_mode=OIMode.PASSIVE) as robot:
+        robot.add_listener(recorder)
+        robot.wait_for(lambda s: s.link.frames_ok > 3, timeout=5)
+        hal_sim.control({"op": "noise", "corrupt": 0.01, "drop": 0.0})
+        state = robot.wait_for(lambda s: s.link.frames_corrupt >= 3, timeout=10, what="corrupt frames")
+        good = state.link.frames_ok
+        state = robot.wait_for(lambda s: s.link.frames_ok > good + 10, timeout=5)
+        hal_sim.control({"op": "noise", "corrupt": 0.0, "drop": 0.0})
+    assert recorder.of(CorruptFrame)
+    assert state.link.frames_corrupt >= 3
+
+
+def test_refused_commands_send_nothing(hal_sim: SimServer) -> None:
+    with Robot(hal_sim.url, hold_mode=OIMode.PASSIVE) as robot:
+        robot.wait_for(lambda s: s.oi_mode == OIMode.PASSIVE, timeout=5)
+        with pytest.raises(ModeError, match="set_mode"):
+            robot.drive(100)
+        robot.set_mode(OIMode.SAFE)
+        with pytest.raises(CommandRangeError, match="velocity"):
+            robot.drive(900)
+        robot.set_leds(dock=True, power_intensity=255)
+        robot.set_digit_leds_ascii("OK")
+        robot.define_song(0, [(60, 16), (64, 16)])
+        robot.play_song(0)
+        robot.set_schedule({"wed": (9, 30)})
+        robot.set_clock(3, 12, 0)
+        time.sleep(0.2)
+        state = robot.state
+        assert state.sensors["requested_velocity"] == 0
+        assert state.oi_mode == OIMode.SAFE
+        assert hal_sim.robot.state()["oi_mode"] == "safe"
+
+
+def test_passive_actions_release_the_hold(hal_sim: SimServer) -> None:
+    with Robot(hal_sim.url, hold_mode=OIMode.SAFE) as robot:
+        robot.wait_for(lambda s: s.oi_mode == OIMode.SAFE, timeout=5)
+        robot.clean()
+        state = robot.wait_for(lambda s: s.oi_mode == OIMode.PASSIVE, timeout=5)
+        assert state.hold_mode is None
+        time.sleep(0.5)
+        assert robot.state.oi_mode == OIMode.PASSIVE
+        robot.seek_dock()
+        robot.set_mode(OIMode.FULL)
+        assert robot.state.hold_mode == OIMode.FULL
+
+
+def test_listener_errors_do_not_stop_the_reader(hal_sim: SimServer) -> None:
+    def broken(event: RobotEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    with Robot(hal_sim.url, hold_mode=None) as robot:
+        robot.add_listener(broken)
+        robot.wait_for(lambda s: s.link.frames_ok > 10, timeout=5)
+
+
+def test_no_robot_is_a_clear_error(tmp_path: Path) -> None:
+    robot = Robot(str(tmp_path / "nothing-here"), hold_mode=None)
+    with pytest.raises(NoResponseError, match="cannot open"):
+        robot.start(wait=0.5)
+    robot.close()
+
+
+def test_probe_once_json_in_process(hal_sim: SimServer) -> None:
+    out = io.StringIO()
+    assert probe_main(["--port", hal_sim.url, "--once", "--json"], out=out) == 0
+    (line,) = out.getvalue().splitlines()
+    sample = json.loads(line)
+    assert sample["oi_mode"] == "PASSIVE"
+    assert sample["sensors"]["voltage"] > 10_000
+    assert sample["link"]["frames_ok"] >= 1 and sample["link"]["frames_corrupt"] == 0
+    assert sample["decoded"]["charging_state"] == "NOT_CHARGING"
+
+
+def test_probe_text_view(hal_sim: SimServer) -> None:
+    out = io.StringIO()
+    assert probe_main(["--port", hal_sim.url, "--count", "2", "--interval", "0.05"], out=out) == 0
+    text = out.getvalue()
+    assert text.count("roomba-agent probe") == 2 and "Battery Charge" in text and "frames/s" in text
+
+
+def test_probe_bad_quirk_is_usage_error(hal_sim: SimServer) -> None:
+    assert probe_main(["--port", hal_sim.url, "--once", "--quirk", "nonsense=on"]) == 2
+
+
+def _free_port_url(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("roomba-sim ready"):
+            fields = dict(part.split("=", 1) for part in line.split()[2:])
+            return fields["url"]
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError("roomba-sim did not print its ready line")
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+@pytest.mark.parametrize("where", ["tcp", "link"])
+def test_probe_cli_against_sim_cli(where: str, tmp_path: Path) -> None:
+    """The real commands end to end: `roomba-sim robot` in one process, `roomba-agent probe` in another."""
+    where_args = ["--tcp", "127.0.0.1:0"] if where == "tcp" else ["--link", str(tmp_path / "robot")]
+    env = {**os.environ, "ROOMBA_LOG_LEVEL": "warning"}
+    sim = subprocess.Popen(
+        [_bin("roomba-sim"), "robot", *where_args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        url = _free_port_url(sim)
+        probe = subprocess.run(
+            [_bin("roomba-agent"), "probe", "--port", url, "--once", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        assert probe.returncode == 0, probe.stderr
+        sample = json.loads(probe.stdout)
+        assert sample["oi_mode"] == "PASSIVE" and sample["link"]["connected"] is True
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+
+
+def test_probe_cli_no_robot(tmp_path: Path) -> None:
+    probe = subprocess.run(
+        [_bin("roomba-agent"), "probe", "--port", str(tmp_path / "absent"), "--once", "--timeout", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "ROOMBA_LOG_LEVEL": "error"},
+    )
+    assert probe.returncode == 1
+    assert "no answer from the robot" in probe.stderr and "cannot open" in probe.stderr

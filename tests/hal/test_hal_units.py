@@ -1,0 +1,200 @@
+"""Pure pieces: odometry (including 16-bit wrap both ways), quirks and their switches, models, backoff, and
+the transport against pyserial's loop:// and a real pty."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tty
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hal.errors import StreamBudgetError, TransportError
+from hal.models import MODELS, get_model
+from hal.odometry import DeltaOdometry, EncoderOdometry, unwrap16
+from hal.quirks import QUIRK_HELP, Quirks, firmware_tuple, for_firmware
+from hal.robot import Robot
+from hal.transport import Backoff, SerialTransport
+
+CREATE2 = MODELS["create2"]
+
+
+def test_mm_per_count_from_spec() -> None:
+    assert CREATE2.mm_per_count == pytest.approx(math.pi * 72.0 / 508.8)
+
+
+def test_straight_line() -> None:
+    odo = EncoderOdometry(CREATE2.mm_per_count, CREATE2.wheelbase_mm)
+    odo.update(100, 100)
+    pose = odo.update(100 + 1000, 100 + 1000)
+    assert pose.x_mm == pytest.approx(1000 * CREATE2.mm_per_count)
+    assert pose.y_mm == pytest.approx(0) and pose.theta_rad == pytest.approx(0)
+
+
+def test_spin_in_place_quarter_turn_ccw() -> None:
+    odo = EncoderOdometry(CREATE2.mm_per_count, CREATE2.wheelbase_mm)
+    odo.update(0, 0)
+    arc = (math.pi / 2) * CREATE2.wheelbase_mm / 2
+    counts = round(arc / CREATE2.mm_per_count)
+    for step in range(1, 11):
+        pose = odo.update(-counts * step // 10, counts * step // 10)
+    assert pose.heading_deg == pytest.approx(90, abs=0.5)
+    assert math.hypot(pose.x_mm, pose.y_mm) < 1
+
+
+@pytest.mark.parametrize(
+    ("start", "delta"),
+    [
+        pytest.param(32700, 200, id="forward_across_plus_max"),
+        pytest.param(-32700, -200, id="backward_across_minus_max"),
+        pytest.param(65500, 100, id="unsigned_reading_forward"),
+        pytest.param(30, -100, id="backward_across_zero_unsigned"),
+    ],
+)
+def test_encoder_wrap_both_directions(start: int, delta: int) -> None:
+    odo = EncoderOdometry(1.0, 235.0)
+
+    def wire(value: int) -> int:  # what signed int16 decoding of the wire bytes gives
+        value &= 0xFFFF
+        return value - 65536 if value >= 32768 else value
+
+    odo.update(wire(start), wire(start))
+    pose = odo.update(wire(start + delta), wire(start + delta))
+    assert pose.distance_mm == pytest.approx(delta)
+
+
+def test_wrap_switched_off_shows_the_jump() -> None:
+    odo = EncoderOdometry(1.0, 235.0, wrap=False)
+    odo.update(32700, 32700)
+    assert odo.update(-32636, -32636).distance_mm == pytest.approx(-65336)
+
+
+@given(st.integers(-32768, 32767), st.integers(-2000, 2000))
+def test_unwrap16_property(start: int, delta: int) -> None:
+    end = ((start + delta + 32768) & 0xFFFF) - 32768
+    assert unwrap16(end - start) == delta
+
+
+def test_rebase_ignores_the_jump_after_reconnect() -> None:
+    odo = EncoderOdometry(1.0, 235.0)
+    odo.update(0, 0)
+    odo.update(500, 500)
+    odo.rebase()
+    odo.update(0, 0)  # the robot rebooted and restarted its counters
+    assert odo.update(10, 10).distance_mm == pytest.approx(510)
+
+
+def test_delta_odometry() -> None:
+    odo = DeltaOdometry(235.0)
+    odo.update(100, 0)
+    pose = odo.update(0, 90)
+    assert (pose.x_mm, pose.heading_deg) == (pytest.approx(100), pytest.approx(90))
+
+
+def test_quirk_mode_plus_one() -> None:
+    assert Quirks().mode(3) == 3
+    q = Quirks().switched("mode_plus_one=on")
+    assert q.mode(4) == 3 and q.mode(2) == 1 and q.mode(0) == 0
+
+
+def test_quirk_angle_scale() -> None:
+    assert Quirks().angle_degrees(90) == 90.0
+    assert Quirks(angle_scale=True).angle_degrees(29) == pytest.approx(29 / 0.324056)
+
+
+def test_quirk_switches_parse() -> None:
+    q = Quirks().switched("mode-plus-one, encoder_wrap=off,angle_scale=yes")
+    assert q.mode_plus_one and not q.encoder_wrap and q.angle_scale
+    assert set(q.active()) == {"mode_plus_one", "encoder_odometry", "angle_scale"}
+    with pytest.raises(ValueError, match="known quirks: mode_plus_one"):
+        Quirks().switched("warp_drive=on")
+    with pytest.raises(ValueError, match="not on/off"):
+        Quirks().switched("encoder_wrap=maybe")
+    assert set(QUIRK_HELP) == {"mode_plus_one", "encoder_odometry", "angle_scale", "encoder_wrap"}
+
+
+def test_quirks_from_firmware() -> None:
+    assert firmware_tuple("r3-robot/tags/release-stm32-3.7.1:6174") == (3, 7, 1)
+    assert firmware_tuple("unknown") is None
+    old = for_firmware("3.4.0", Quirks(encoder_odometry=False))
+    assert old.angle_scale and old.encoder_odometry
+    assert for_firmware("3.4.1", Quirks()) == Quirks()
+    assert for_firmware(None, Quirks()) == Quirks()
+
+
+def test_models() -> None:
+    assert CREATE2.baud == 115200 and CREATE2.stream_budget == 172 and CREATE2.stream_frame_bytes == 84
+    old = get_model("Roomba 400")
+    assert old.baud == 57600 and old.stream_budget == 86 and not old.has_encoders
+    assert old.stream_frame_bytes <= old.stream_budget
+    assert not old.quirks.encoder_odometry
+    for model in MODELS.values():
+        assert model.stream_frame_bytes <= model.stream_budget
+        assert set(model.stream_ids) <= model.packets
+    with pytest.raises(ValueError, match="known models: create2"):
+        get_model("dalek")
+
+
+def test_robot_refuses_a_stream_over_budget() -> None:
+    with pytest.raises(StreamBudgetError, match="57600 baud carries only 86"):
+        Robot("loop://", "create1", stream_ids=[6, 0, 1])
+
+
+def test_backoff_is_capped_with_jitter() -> None:
+    delays = Backoff(initial=0.05, cap=2.0, jitter=0.2).delays(random.Random(1))
+    values = [next(delays) for _ in range(12)]
+    assert values[0] == pytest.approx(0.05, rel=0.21)
+    assert all(v <= 2.0 * 1.2 for v in values) and values[-1] >= 2.0 * 0.8
+    assert values[3] > values[0]
+
+
+def test_transport_loop_url_round_trip() -> None:
+    transport = SerialTransport("loop://", read_timeout=0.01)
+    transport.open()
+    transport.write(b"\x13\x01\x02")
+    data = b""
+    for _ in range(10):
+        data += transport.read()
+    assert data == b"\x13\x01\x02"
+    assert transport.wake(pulse_s=0) is False  # loop:// has no real modem lines
+    transport.close()
+    with pytest.raises(TransportError, match="not open"):
+        transport.write(b"x")
+
+
+def test_transport_on_pty_has_no_modem_lines_and_detects_hangup() -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    transport = SerialTransport(os.ttyname(slave), read_timeout=0.05)
+    try:
+        transport.open()
+        assert transport.wake(pulse_s=0) is False
+        os.write(master, b"hello")
+        got = b""
+        for _ in range(10):
+            got += transport.read()
+            if got == b"hello":
+                break
+        assert got == b"hello"
+        transport.write(b"\x80")
+        assert os.read(master, 1) == b"\x80"
+        os.close(master)
+        os.close(slave)
+        master = slave = -1
+        with pytest.raises(TransportError, match="failed"):
+            for _ in range(20):
+                transport.read()
+        assert not transport.is_open
+    finally:
+        transport.close()
+        for fd in (master, slave):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_transport_open_failure_is_actionable(tmp_path: os.PathLike[str]) -> None:
+    with pytest.raises(TransportError, match="cannot open"):
+        SerialTransport(f"{tmp_path}/nope").open()

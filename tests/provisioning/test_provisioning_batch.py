@@ -1,0 +1,205 @@
+"""Factory batches: resumable after SIGINT and SIGKILL, no duplicates, keys never replaced, atomic output."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from provisioning.batch import MANIFEST, plan_count, plan_serials, run_batch
+from provisioning.ca import CertificateAuthority
+from provisioning.errors import BatchLocked, InvalidInput
+
+CLI = str(Path(sys.executable).parent / "roomba-provision")
+
+
+def manifest_lines(out: Path) -> list[dict[str, str]]:
+    path = out / MANIFEST
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().splitlines() if line.endswith(b"}")]
+
+
+def key_digests(out: Path) -> dict[str, str]:
+    return {
+        d.name: hashlib.sha256((d / "device.key").read_bytes()).hexdigest()
+        for d in out.iterdir()
+        if d.is_dir() and not d.name.startswith(".")
+    }
+
+
+def interrupt_when(proc: subprocess.Popen[bytes], out: Path, lines: int, sig: int) -> None:
+    deadline = time.monotonic() + 60
+    while len(manifest_lines(out)) < lines:
+        assert proc.poll() is None, "batch finished before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+
+
+def assert_complete(out: Path, things: list[str], ca: CertificateAuthority) -> None:
+    entries = manifest_lines(out)
+    assert sorted(e["thing"] for e in entries) == sorted(things)
+    assert (out / MANIFEST).read_bytes().count(b"\n") == len(things)
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+    for entry in entries:
+        d = out / entry["thing"]
+        assert sorted(p.name for p in d.iterdir()) == [
+            "device.crt",
+            "device.csr",
+            "device.key",
+            "root-ca.crt",
+        ]
+        assert oct(d.stat().st_mode & 0o777) == "0o700"
+        assert oct((d / "device.key").stat().st_mode & 0o777) == "0o600"
+        cert = x509.load_pem_x509_certificate((d / "device.crt").read_bytes())
+        assert (
+            entry["certificate_id"]
+            == hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+        )
+        cert.verify_directly_issued_by(ca.certificate)
+
+
+def test_batch_resumes_after_sigint_and_sigkill(
+    tmp_path: Path, file_ca: CertificateAuthority, openssl
+) -> None:
+    out = tmp_path / "batch"
+    cmd = [CLI, "batch", "--ca", str(file_ca.dir), "--count", "400", "--prefix", "robot-", "--out", str(out)]
+
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    interrupt_when(first, out, 25, signal.SIGINT)
+    assert first.returncode == 130
+    assert b"rerun the same command to resume" in first.stderr.read()  # type: ignore[union-attr]
+    first.stdout.close()  # type: ignore[union-attr]
+    first.stderr.close()  # type: ignore[union-attr]
+    after_sigint = key_digests(out)
+
+    second = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    interrupt_when(second, out, len(after_sigint) + 25, signal.SIGKILL)
+    after_kill = key_digests(out)
+    assert all(after_kill[t] == digest for t, digest in after_sigint.items())
+
+    final = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    summary = json.loads(final.stdout)
+    assert summary["total"] == 400 and summary["skipped"] + summary["recovered"] == len(after_kill)
+    assert final.stderr == ""
+    things = [f"robot-{i:03d}" for i in range(1, 401)]
+    assert_complete(out, things, file_ca)
+    assert all(key_digests(out)[t] == digest for t, digest in after_kill.items())
+    assert (
+        openssl("verify", "-CAfile", str(file_ca.cert_path), str(out / "robot-400" / "device.crt")).returncode
+        == 0
+    )
+
+
+def test_batch_recovers_identity_missing_from_torn_manifest(
+    tmp_path: Path, file_ca: CertificateAuthority
+) -> None:
+    out = tmp_path / "b"
+    plan = plan_count(5, "unit-")
+    first = run_batch(file_ca, out, plan)
+    assert (first.created, first.skipped, first.recovered) == (5, 0, 0)
+    keys = key_digests(out)
+    lines = (out / MANIFEST).read_bytes().splitlines(keepends=True)
+    (out / MANIFEST).write_bytes(b"".join(lines[:3]) + lines[3][:20])
+    (out / ".tmp-unit-006.abcd").mkdir()
+    again = run_batch(file_ca, out, plan_count(6, "unit-"))
+    assert (again.created, again.skipped, again.recovered) == (1, 3, 2)
+    assert_complete(out, [f"unit-{i:03d}" for i in range(1, 7)], file_ca)
+    assert all(key_digests(out)[t] == d for t, d in keys.items())
+
+
+def test_batch_from_serials_file(tmp_path: Path, file_ca: CertificateAuthority, run_cli) -> None:
+    serials = tmp_path / "serials.txt"
+    serials.write_text("# line 1 is a comment\nSN1000\n\nSN1001  # trailing comment\nSN1002\n")
+    result = run_cli(
+        "batch",
+        "--ca",
+        str(file_ca.dir),
+        "--serials",
+        str(serials),
+        "--prefix",
+        "rb-",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert result.returncode == 0, result.stderr
+    entries = manifest_lines(tmp_path / "o")
+    assert [(e["thing"], e["serial"]) for e in entries] == [
+        ("rb-SN1000", "SN1000"),
+        ("rb-SN1001", "SN1001"),
+        ("rb-SN1002", "SN1002"),
+    ]
+    assert set(entries[0]) == {
+        "thing",
+        "serial",
+        "certificate_id",
+        "fingerprint_sha256",
+        "not_before",
+        "not_after",
+    }
+    assert result.stderr == ""
+
+
+def test_serials_file_errors() -> None:
+    with pytest.raises(InvalidInput, match="serials:3: serial 'A1' already listed on line 1"):
+        plan_serials(["A1", "B2", "A1"], "r-")
+    with pytest.raises(InvalidInput, match=r"serials:2: .*'/'"):
+        plan_serials(["A1", "B/2"], "r-")
+    with pytest.raises(InvalidInput, match="no serial numbers"):
+        plan_serials(["", "# nothing"], "r-")
+    with pytest.raises(InvalidInput, match="at least 1"):
+        plan_count(0, "r-")
+    assert [p.thing for p in plan_count(3, "x-")] == ["x-001", "x-002", "x-003"]
+    assert plan_count(1000, "x-")[-1].thing == "x-1000" and plan_count(1000, "x-")[0].thing == "x-0001"
+
+
+def test_batch_refuses_concurrent_run(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    out = tmp_path / "locked"
+    out.mkdir()
+    fd = os.open(out / ".batch.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(BatchLocked, match="another batch"):
+            run_batch(file_ca, out, plan_count(2, "x-"))
+    finally:
+        os.close(fd)
+    assert not (out / "x-001").exists()
+
+
+def test_batch_progress_only_on_a_terminal(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [CLI, "batch", "--ca", str(file_ca.dir), "--count", "20", "--out", str(tmp_path / "tty")],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    out, _ = proc.communicate(timeout=60)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.returncode == 0
+    tty_text = b"".join(chunks).decode()
+    assert "20/20 (100%)" in tty_text
+    assert json.loads(out)["created"] == 20
