@@ -109,7 +109,10 @@ def parse_command(raw: Any) -> Command | Rejected:
     if isinstance(action, str) and action in ACTIONS:
         extra = sorted(k for k in raw if k not in ("id", "action", *ACTION_ARGS.get(action, ())))
         if extra:
-            problems["command"] = f"command: {', '.join(extra)} not allowed for action {action!r}"
+            problems["command"] = (
+                f"command: {', '.join(extra)} not allowed for action {action!r} (a new command must set the "
+                "previous command's other fields to null: shadow updates merge)"
+            )
     cid = raw.get("id")
     good_id = isinstance(cid, str) and 0 < len(cid) <= 64
     if problems:

@@ -88,7 +88,7 @@ class Agent:
         self._outbox_retry = Backoff(base_s=0.5, cap_s=30.0)
         self._drive_timer: asyncio.TimerHandle | None = None
         self._driving: str | None = None
-        self._fatal_until = 0.0
+        self._commands_running = 0
         self.loop = asyncio.get_running_loop()
         self.mqtt: Any = None
         self.robot_link: Any = None
@@ -247,9 +247,11 @@ class Agent:
         def done(exc: BaseException | None) -> None:
             self.loop.call_soon_threadsafe(self._command_ran, cmd, exc)
 
+        self._commands_running += 1
         self.worker.submit(lambda: self.robot_link.run(cmd), done)
 
     def _command_ran(self, cmd: Any, exc: BaseException | None) -> None:
+        self._commands_running -= 1
         if exc is not None:
             self.finish_command(cmd.id, "failed", str(exc))
             return
@@ -317,8 +319,11 @@ class Agent:
 
     # --- the pump: flush the sync engine, schedule the next wake-up ------------------------------------
     def pump(self) -> None:
+        """Publish what the sync engine allows now. While a command's OI bytes are being written, wait:
+        its ``done`` then goes out in the same update as ``accepted`` would have (one request, not two)."""
         now = time.monotonic()
-        self.execute(self.sync.flush(now))
+        if self._commands_running == 0:
+            self.execute(self.sync.flush(now))
         if self._wake is not None:
             self._wake.cancel()
         self._wake = self.loop.call_later(max(0.01, self.sync.next_wakeup(now)), self.pump)

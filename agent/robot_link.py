@@ -33,6 +33,7 @@ from hal.robot import LinkDown, LinkUp, ModeChanged, Robot, RobotEvent, RobotSta
 _ID_BY_KEY = {spec.key: pid for pid, spec in PACKETS.items() if 7 <= pid <= 58}
 _WATCH = [PACKETS[p].key for p in (P_BUMPS_DROPS, *P_CLIFFS, P_OVERCURRENTS, P_CHARGING_STATE, P_SOURCES)]
 _CHARGE, _CAPACITY = PACKETS[P_CHARGE].key, PACKETS[P_CAPACITY].key
+_SOURCES = PACKETS[P_SOURCES].key
 DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 LOCATE_SONG = 3
 LOCATE_NOTES = ((84, 8), (88, 8), (91, 8), (96, 16), (91, 8), (96, 24))
@@ -110,6 +111,11 @@ class RobotLink:
             r.define_song(LOCATE_SONG, LOCATE_NOTES)
             r.play_song(LOCATE_SONG)
         elif a == "drive":
+            if r.state.sensors.get(_SOURCES, 0) & 0b10:
+                raise HalError(
+                    "the robot is on its dock, where the OI refuses Safe mode (manual driving); "
+                    "undock it first (a clean/spot mission leaves the dock)"
+                )
             r.set_mode(OIMode.SAFE, wait=1.0)
             velocity = int(cmd.args["velocity_mm_s"])
             radius = cmd.args.get("radius_mm")

@@ -153,23 +153,29 @@ def client_token_of(payload: bytes | str | Mapping[str, Any]) -> str | None:
     return _check_token(doc.get("clientToken"))
 
 
-def _depth(value: Any) -> int:
-    """Nesting levels of objects and arrays (a scalar is 0). Arrays count as a level (conservative)."""
+def _too_deep_or_null_in_array(value: Any, levels_left: int) -> str | None:
+    """One walk for two rules: at most ``MAX_DEPTH`` levels (objects and arrays both count, conservatively)
+    and no null inside an array. Returns the rejection message, or None."""
     if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
+        if levels_left == 0:
+            return MSG_TOO_DEEP
+        for v in value.values():
+            if isinstance(v, dict | list):
+                problem = _too_deep_or_null_in_array(v, levels_left - 1)
+                if problem:
+                    return problem
+        return None
     if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
-
-
-def _has_null_in_array(value: Any, in_array: bool = False) -> bool:
-    if value is None:
-        return in_array
-    if isinstance(value, dict):
-        return any(_has_null_in_array(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_null_in_array(v, True) for v in value)
-    return False
+        if levels_left == 0:
+            return MSG_TOO_DEEP
+        for v in value:
+            if v is None:
+                return MSG_INVALID_JSON
+            if isinstance(v, dict | list):
+                problem = _too_deep_or_null_in_array(v, levels_left - 1)
+                if problem:
+                    return problem
+    return None
 
 
 def parse_update(payload: bytes | str | Mapping[str, Any]) -> UpdateRequest:
@@ -200,10 +206,10 @@ def parse_update(payload: bytes | str | Mapping[str, Any]) -> UpdateRequest:
         if state is not None:
             for section in SECTIONS:
                 value = state.get(section)
-                if value is not None and _depth(value) > MAX_DEPTH:
-                    raise ShadowError(400, MSG_TOO_DEEP)
-                if _has_null_in_array(value):
-                    raise ShadowError(400, MSG_INVALID_JSON)
+                if value is not None:
+                    problem = _too_deep_or_null_in_array(value, MAX_DEPTH)
+                    if problem:
+                        raise ShadowError(400, problem)
     except ShadowError as err:
         err.client_token = token
         raise
@@ -308,8 +314,11 @@ def merge_state(current: Mapping[str, Any] | None, patch: Mapping[str, Any] | No
     return _merge(dict(current) if current else None, None, patch, 0)[0]
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _compact_size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    return len(_COMPACT(value).encode("utf-8"))
 
 
 def apply_update(

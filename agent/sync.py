@@ -399,9 +399,17 @@ class ShadowSync:
                 continue
             if side is self.classic and now - side.last_publish >= self.heartbeat_s:
                 side.current["heartbeat"] = int(self.wall_clock())
-            patch = diff(side.acked or {}, prune(side.current))
+            current = prune(side.current)
+            patch = diff(side.acked or {}, current)
             if not patch:
                 continue
+            if "command" in patch and isinstance(current.get("command"), Mapping):
+                # the answer travels whole, so a watcher of update/accepted sees id and status together
+                before = (side.acked or {}).get("command") or {}
+                patch["command"] = {
+                    **{k: None for k in before if k not in current["command"]},
+                    **current["command"],
+                }
             urgent = side is self.config or bool(URGENT_KEYS & patch.keys()) or "heartbeat" in patch
             if not urgent and now - side.last_sensor_publish < self.report_min_s:
                 continue

@@ -67,7 +67,11 @@ def realistic_frames(count: int, seed: int = 7) -> list[bytes]:
             side_brush_motor_current=rng.randint(20, 90),
             stasis=1,
         )
-        for key in ("light_bump_left_signal", "light_bump_front_left_signal", "light_bump_center_left_signal"):
+        for key in (
+            "light_bump_left_signal",
+            "light_bump_front_left_signal",
+            "light_bump_center_left_signal",
+        ):
             values[key] = rng.randint(0, 1500)
         frames.append(encode_frame([100], values))
     return frames

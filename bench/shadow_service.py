@@ -16,11 +16,11 @@ platform_notes.md recommends for the stand-in.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import socket
 import ssl
-import json
 import statistics
 import sys
 import threading
@@ -35,9 +35,10 @@ from awsiot import mqtt5_client_builder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleet import mqtt_lite as mq  # noqa: E402
-from fleet.testing import IdentityPaths, LocalCloud  # noqa: E402
-from hal import logs  # noqa: E402
+from fleet import mqtt_lite as mq
+from fleet.testing import IdentityPaths, LocalCloud
+from fleet.tlsio import TlsConnection
+from hal import logs
 
 QOS0 = mqtt5.QoS.AT_MOST_ONCE
 QOS1 = mqtt5.QoS.AT_LEAST_ONCE
@@ -47,6 +48,11 @@ def make_client(
     cloud: LocalCloud, ident: IdentityPaths, bootstrap: io.ClientBootstrap, on_publish: Any
 ) -> tuple[mqtt5.Client, Future[None]]:
     connected: Future[None] = Future()
+
+    def on_success(_data: mqtt5.LifecycleConnectSuccessData) -> None:
+        if not connected.done():
+            connected.set_result(None)
+
     client = mqtt5_client_builder.mtls_from_path(
         endpoint=cloud.endpoint,
         port=cloud.port,
@@ -58,7 +64,7 @@ def make_client(
         enable_metrics_collection=False,
         extended_validation_and_flow_control_options=mqtt5.ExtendedValidationAndFlowControlOptions.NONE,
         on_publish_received=on_publish,
-        on_lifecycle_connection_success=lambda _d: connected.done() or connected.set_result(None),
+        on_lifecycle_connection_success=on_success,
     )
     client.start()
     return client, connected
@@ -149,14 +155,18 @@ def measure_throughput(
     for f in futures:
         f.result(60)
     subs = [
-        c.subscribe(mqtt5.SubscribePacket([mqtt5.Subscription(f"$aws/things/{t}/shadow/update/accepted", QOS0)]))
+        c.subscribe(
+            mqtt5.SubscribePacket([mqtt5.Subscription(f"$aws/things/{t}/shadow/update/accepted", QOS0)])
+        )
         for c, t in zip(clients, things, strict=True)
     ]
     for s in subs:
         s.result(10)
     for c, t in zip(clients, things, strict=True):
         for _ in range(window):
-            c.publish(mqtt5.PublishPacket(topic=f"$aws/things/{t}/shadow/update", payload=payloads[t], qos=QOS1))
+            c.publish(
+                mqtt5.PublishPacket(topic=f"$aws/things/{t}/shadow/update", payload=payloads[t], qos=QOS1)
+            )
     time.sleep(1.0)  # warm-up
     pids = {name: cloud.child_pid(name) for name in ("shadow-service", "mosquitto")}
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -182,26 +192,24 @@ def measure_throughput_lean(
     """Many robots on raw TLS sockets speaking MQTT 3.1.1 via ``fleet.mqtt_lite``: a load generator cheap
     enough that the figure measures the stand-in (broker + shadow service), not the client library."""
     things = [f"bench-{i:03d}" for i in range(robots)]
-    socks: dict[ssl.SSLSocket, tuple[str, mq.PacketParser]] = {}
+    conns: dict[socket.socket, tuple[str, TlsConnection, mq.PacketParser]] = {}
     for thing in things:
         ident = cloud.identity(thing)
         ctx = ssl.create_default_context(cafile=str(ident.ca))
         ctx.load_cert_chain(str(ident.cert), str(ident.key))
-        raw = socket.create_connection((cloud.endpoint, cloud.port), timeout=10)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = ctx.wrap_socket(raw, server_hostname=cloud.endpoint)
-        sock.sendall(mq.connect(thing, keepalive=60))
-        sock.sendall(mq.subscribe(1, [(f"$aws/things/{thing}/shadow/update/accepted", 0)]))
+        conn = TlsConnection.connect(cloud.endpoint, cloud.port, ctx)
+        conn.send(mq.connect(thing, keepalive=60))
+        conn.send(mq.subscribe(1, [(f"$aws/things/{thing}/shadow/update/accepted", 0)]))
         parser = mq.PacketParser()
         acked = False
         while not acked:
-            parser.feed(sock.recv(65536))
+            parser.feed(conn.recv())
             acked = any(p.type == mq.SUBACK for p in parser.packets())
-        socks[sock] = (thing, parser)
+        conns[conn.sock] = (thing, conn, parser)
     payload = json.dumps({"state": {"reported": {"battery": 80, "mode": "clean"}}}).encode()
     requests = {t: mq.publish(f"$aws/things/{t}/shadow/update", payload, 1, 7) for t in things}
-    for sock, (thing, _p) in socks.items():
-        sock.sendall(requests[thing] * window)
+    for thing, conn, _p in conns.values():
+        conn.send(requests[thing] * window)
     count = 0
     pids = {name: cloud.child_pid(name) for name in ("shadow-service", "mosquitto")}
     warm_until = time.perf_counter() + 1.0
@@ -217,23 +225,21 @@ def measure_throughput_lean(
             own0 = time.process_time()
         if t0 and now >= end:
             break
-        readable, _, _ = select.select(list(socks), [], [], 1.0)
+        readable, _, _ = select.select(list(conns), [], [], 1.0)
         for sock in readable:
-            thing, parser = socks[sock]
-            parser.feed(sock.recv(262144))
-            while sock.pending():
-                parser.feed(sock.recv(262144))
+            thing, conn, parser = conns[sock]
+            parser.feed(conn.recv())
             answered = sum(1 for p in parser.packets() if p.type == mq.PUBLISH)
             if answered:
                 count += answered
-                sock.sendall(requests[thing] * answered)
+                conn.send(requests[thing] * answered)
     elapsed = time.perf_counter() - t0
     done = count - start_count
     cpu_used = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
     cpu_used["bench_clients"] = time.process_time() - own0
     cpu_us_per_update.update({k: round(v / max(done, 1) * 1e6, 1) for k, v in cpu_used.items()})
-    for sock in socks:
-        sock.close()
+    for _t, conn, _p in conns.values():
+        conn.close()
     return done / elapsed
 
 

@@ -45,7 +45,7 @@ def prepare(cloud: CloudDir, port: int | None = None) -> Settings:
     """Make ``cloud`` ready for ``up``: CA, server cert, service and operator identities, broker files."""
     cloud.root.mkdir(parents=True, exist_ok=True)
     settings = cloud.load_settings()
-    if port is not None and port != settings.port or not cloud.settings_path.exists():
+    if (port is not None and port != settings.port) or not cloud.settings_path.exists():
         settings = cloud.update_settings(port=port if port is not None else settings.port)
     with ensure_ca(cloud) as ca:
         if not cloud.server_cert.exists() or not cloud.server_key.exists():

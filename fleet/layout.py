@@ -38,7 +38,6 @@ class Settings:
     rate_limit_per_thing: float = 20.0
     response_qos: int = 1
     durable: bool = False
-    flush_interval_ms: int = 100
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Settings:

@@ -57,7 +57,9 @@ def _packet(first: int, body: bytes) -> bytes:
 
 def connect(client_id: str, *, keepalive: int = 30, clean_session: bool = True) -> bytes:
     flags = 0x02 if clean_session else 0x00
-    return _packet(CONNECT << 4, _str("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive) + _str(client_id))
+    return _packet(
+        CONNECT << 4, _str("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive) + _str(client_id)
+    )
 
 
 def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:

@@ -55,8 +55,11 @@ def parse_topic(topic: str) -> ShadowTopic | None:
     return ShadowTopic(parts[2], name, op, topic[: -len(op) - 1])
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _dumps(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODE(doc).encode("utf-8")
 
 
 @dataclass
@@ -124,13 +127,15 @@ class ShadowEngine:
             self.counters["rejected"] += 1
             if err.code == 429:
                 self.counters["throttled"] += 1
-            log.debug("shadow.request.rejected", thing=req.thing, op=req.operation, code=err.code, why=err.message)
+            log.debug(
+                "shadow.request.rejected", thing=req.thing, op=req.operation, code=err.code, why=err.message
+            )
             return [(rejected, _dumps(sd.error_document(err, ts)))]
         except Exception:
             self.counters["rejected"] += 1
             log.exception("shadow.request.failed", thing=req.thing, op=req.operation)
-            err = ShadowError(500, sd.MSG_INTERNAL, _best_effort_token(payload))
-            return [(rejected, _dumps(sd.error_document(err, ts)))]
+            failure = ShadowError(500, sd.MSG_INTERNAL, _best_effort_token(payload))
+            return [(rejected, _dumps(sd.error_document(failure, ts)))]
 
     def _dispatch(self, req: ShadowTopic, payload: bytes, now: float, ts: int) -> list[tuple[str, bytes]]:
         try:
@@ -149,9 +154,13 @@ class ShadowEngine:
         if req.operation == "update":
             request = sd.parse_update(payload)
             base = 0
-            if stored is not None and current is None and stored.deleted_at is not None:
-                if ts - stored.deleted_at <= self.remember_deleted_s:
-                    base = stored.deleted_version
+            if (
+                stored is not None
+                and current is None
+                and stored.deleted_at is not None
+                and ts - stored.deleted_at <= self.remember_deleted_s
+            ):
+                base = stored.deleted_version
             result = sd.apply_update(current, request, ts, base)
             self._store(key, StoredShadow(result.shadow))
             self.counters["accepted"] += 1

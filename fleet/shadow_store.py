@@ -1,9 +1,10 @@
-"""Shadow persistence in SQLite: all shadows load at start, changed ones are written in batches.
+"""Shadow persistence in SQLite: all shadows load at start; changed ones are written in one transaction.
 
-SQLite in WAL mode gives atomic, crash-consistent commits without a file per shadow. By default a batch is
-committed every ``flush_interval_ms`` with ``synchronous=NORMAL`` (a crash of the service loses at most the
-last interval; an OS crash may lose the last commits, never corrupts). ``durable=True`` commits every
-request with ``synchronous=FULL`` (fsync per update) for those who want AWS-like durability over speed.
+SQLite in WAL mode gives atomic, crash-consistent commits without a file per shadow. The service commits
+each batch of requests before it answers them. By default ``synchronous=NORMAL``: a crash of the service
+process loses nothing it answered; an OS crash or power loss may lose the last commits but never corrupts
+the database. ``durable=True`` uses ``synchronous=FULL`` (an fsync per commit), as close to AWS's
+durability as a single file gets, at a cost in throughput.
 """
 
 from __future__ import annotations

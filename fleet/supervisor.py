@@ -142,7 +142,10 @@ class Supervisor:
                 f"restarting in {child.backoff:.1f}s (see {child.log_path})"
             )
             log.warning(
-                "fleet.child.crashed", child=self.name_of(child), code=proc.returncode, backoff_s=child.backoff
+                "fleet.child.crashed",
+                child=self.name_of(child),
+                code=proc.returncode,
+                backoff_s=child.backoff,
             )
 
     @staticmethod

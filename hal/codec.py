@@ -18,11 +18,12 @@ from typing import Literal
 
 from hal.errors import CommandRangeError, ModeError, StreamBudgetError
 from hal.opcodes import OPCODES, OIMode, Op
-from hal.packets import PACKETS, members
+from hal.packets import PACKETS, members, pack
 
 __all__ = [
-    "BAUD_CODES",
     "RADIUS_STRAIGHT",
+    "RADIUS_STRAIGHT_ALT",
+    "REST",
     "SPIN_CCW",
     "SPIN_CW",
     "BatteryLine",
@@ -33,6 +34,7 @@ __all__ = [
     "ChargingState",
     "CorruptFrame",
     "FirmwareBanner",
+    "FrameValues",
     "Layout",
     "LightBumper",
     "ParserStats",
@@ -43,6 +45,50 @@ __all__ = [
     "StreamParser",
     "TextLine",
     "WheelOvercurrents",
+    "baud",
+    "buttons",
+    "check_mode",
+    "check_stream_budget",
+    "clean",
+    "control",
+    "decode_packet",
+    "decode_reply",
+    "digit_leds_ascii",
+    "digit_leds_raw",
+    "drive",
+    "drive_direct",
+    "drive_pwm",
+    "drive_straight",
+    "encode_frame",
+    "enter_mode",
+    "full",
+    "interpret",
+    "leds",
+    "max_clean",
+    "motors",
+    "parse_text_line",
+    "pause_resume_stream",
+    "play",
+    "power",
+    "pwm_motors",
+    "query_list",
+    "readings",
+    "reply_length",
+    "reset",
+    "safe",
+    "schedule",
+    "scheduling_leds",
+    "seek_dock",
+    "sensors",
+    "set_day_time",
+    "song",
+    "spin",
+    "spot",
+    "start",
+    "stop_oi",
+    "stream",
+    "stream_budget",
+    "stream_frame_size",
 ]
 
 # --------------------------------------------------------------------------------------------- encoders
@@ -155,7 +201,7 @@ def drive(velocity: int, radius: int = RADIUS_STRAIGHT) -> bytes:
     (−1) and :data:`SPIN_CCW` (1) turn in place.
     """
     v = _int("drive", "velocity", velocity, -500, 500)
-    if radius in (RADIUS_STRAIGHT, RADIUS_STRAIGHT_ALT) and not isinstance(radius, bool):
+    if type(radius) is int and radius in (RADIUS_STRAIGHT, RADIUS_STRAIGHT_ALT):
         r = radius
     else:
         r = _int("drive", "radius", radius, -2000, 2000) & 0xFFFF
@@ -284,8 +330,8 @@ def song(number: int, notes: Sequence[tuple[int, int]]) -> bytes:
         if len(pair) != 2:
             raise CommandRangeError("song", f"notes[{i}]", pair, "a (note, duration) pair")
         note, duration = pair
-        if note != REST:
-            _int("song", f"notes[{i}].note", note, 31, 127)
+        if _int("song", f"notes[{i}].note", note, 0, 127) != REST and note < 31:
+            raise CommandRangeError("song", f"notes[{i}].note", note, "31..127, or 0 for a rest")
         out += bytes([note, _int("song", f"notes[{i}].duration", duration, 0, 255)])
     return bytes(out)
 
@@ -342,7 +388,7 @@ def schedule(times: Mapping[int | str, tuple[int, int]]) -> bytes:
         if not isinstance(index, int):
             raise CommandRangeError("schedule", "day", day, "0..6 (0 = Sunday) or sun..sat")
         i = _int("schedule", "day", index, 0, 6)
-        if not isinstance(hm, tuple) or len(hm) != 2:
+        if not isinstance(hm, tuple | list) or len(hm) != 2:
             raise CommandRangeError("schedule", f"times[{day!r}]", hm, "an (hour, minute) pair")
         days |= 1 << i
         pairs[2 * i] = _int("schedule", f"times[{day!r}].hour", hm[0], 0, 23)
@@ -526,7 +572,7 @@ class Layout:
     def decode_reply(self, data: bytes | bytearray | memoryview) -> dict[str, int]:
         if len(data) != self.reply_size:
             raise ValueError(f"reply to {list(self.ids)} is {self.reply_size} bytes, got {len(data)}")
-        return dict(zip(self.keys, self.reply_struct.unpack(data)))
+        return dict(zip(self.keys, self.reply_struct.unpack(data), strict=False))
 
 
 def reply_length(packet_ids: Sequence[int]) -> int:
@@ -565,8 +611,6 @@ def check_stream_budget(packet_ids: Sequence[int], baud_rate: int) -> None:
 
 def encode_frame(packet_ids: Sequence[int], values: Mapping[str, int]) -> bytes:
     """Build a stream frame, as the robot would. For tests, benchmarks and simulators."""
-    from hal.packets import pack
-
     body = bytearray()
     for pid in packet_ids:
         body.append(pid)
@@ -607,7 +651,7 @@ class FrameValues(Mapping[str, int]):
         return default if i is None else self.raw[i]
 
     def to_dict(self) -> dict[str, int]:
-        return dict(zip(self._keys, self.raw))
+        return dict(zip(self._keys, self.raw, strict=False))
 
     def __repr__(self) -> str:
         return f"FrameValues({self.to_dict()!r})"
@@ -719,7 +763,9 @@ class StreamParser:
     The buffer is capped: if a peer floods it without ever completing a frame, the oldest bytes are dropped.
     """
 
-    def __init__(self, ids: Sequence[int] | None = None, *, max_buffer: int = 4096, max_line: int = 256) -> None:
+    def __init__(
+        self, ids: Sequence[int] | None = None, *, max_buffer: int = 4096, max_line: int = 256
+    ) -> None:
         self._buf = bytearray()
         self._text = bytearray()
         self._layouts: dict[tuple[int, ...], Layout] = {}
@@ -751,7 +797,12 @@ class StreamParser:
     @property
     def stats(self) -> ParserStats:
         return ParserStats(
-            self.frames_ok, self.frames_corrupt, self.bytes_discarded, self.resyncs, self.text_lines, self.overflows
+            self.frames_ok,
+            self.frames_corrupt,
+            self.bytes_discarded,
+            self.resyncs,
+            self.text_lines,
+            self.overflows,
         )
 
     @property
@@ -825,7 +876,9 @@ class StreamParser:
                 ok += 1
                 append(
                     SensorFrame(
-                        FrameValues(candidate.keys, candidate.index, candidate.frame_struct.unpack_from(buf, h)),
+                        FrameValues(
+                            candidate.keys, candidate.index, candidate.frame_struct.unpack_from(buf, h)
+                        ),
                         candidate.ids,
                         now,
                     )
@@ -838,7 +891,7 @@ class StreamParser:
             del buf[:pos]
         return events
 
-    def _walk(self, buf: bytearray, h: int, end: int, nbytes: int) -> Layout | None | Literal[False]:
+    def _walk(self, buf: bytearray, h: int, end: int, nbytes: int) -> Layout | Literal[False] | None:
         """Read a frame's id list using the packet table: a Layout, None (need more bytes) or False (not a
         frame: unknown id, or the sizes do not add up to n-bytes)."""
         if nbytes == 0:

@@ -30,7 +30,9 @@ class CommandRangeError(HalError, ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{command}: {field}={value!r} is out of range (allowed: {allowed}); nothing was sent")
+        super().__init__(
+            f"{command}: {field}={value!r} is out of range (allowed: {allowed}); nothing was sent"
+        )
 
 
 class StreamBudgetError(HalError, ValueError):

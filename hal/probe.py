@@ -91,7 +91,11 @@ def _render(state: RobotState) -> str:
             continue
         value = _jsonable(reading.value)
         shown = (",".join(value) or "none") if isinstance(value, list) else str(value)
-        units = "" if spec.units in ("bool", "enum", "bitfield", "raw", "char", "index", "count", "level") else spec.units
+        units = (
+            ""
+            if spec.units in ("bool", "enum", "bitfield", "raw", "char", "index", "count", "level")
+            else spec.units
+        )
         lines.append(f"  {spec.id:>2} {spec.name:<32} {shown or '-':>14} {units}")
     return "\n".join(lines)
 
@@ -101,13 +105,19 @@ def _parser() -> argparse.ArgumentParser:
         prog="roomba-agent probe",
         description="Connect to a robot (or simulator) and print decoded sensors and link health.",
     )
-    parser.add_argument("--port", required=True, help="pyserial URL: /dev/ttyUSB0, socket://HOST:PORT, a pty path")
-    parser.add_argument("--model", default="create2", choices=sorted(MODELS), help="robot model (default create2)")
+    parser.add_argument(
+        "--port", required=True, help="pyserial URL: /dev/ttyUSB0, socket://HOST:PORT, a pty path"
+    )
+    parser.add_argument(
+        "--model", default="create2", choices=sorted(MODELS), help="robot model (default create2)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
     parser.add_argument("--once", action="store_true", help="print one sample and exit")
     parser.add_argument("--count", type=int, default=0, help="stop after N samples (default: until Ctrl-C)")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples (default 0.5)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the robot (default 5)")
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the robot (default 5)"
+    )
     parser.add_argument(
         "--mode",
         default="passive",

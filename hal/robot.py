@@ -25,6 +25,7 @@ from hal.logs import get_logger
 from hal.models import RobotModel, get_model
 from hal.odometry import DeltaOdometry, EncoderOdometry, Pose
 from hal.opcodes import OPCODES, OIMode
+from hal.packets import members
 from hal.quirks import Quirks, for_firmware
 from hal.transport import Backoff, SerialTransport
 
@@ -116,7 +117,7 @@ class LinkUp:
 RobotEvent = StateUpdated | ModeChanged | ModeReentry | LinkDown | LinkUp | StreamEvent
 Listener = Callable[[RobotEvent], None]
 
-_PASSIVE_ACTIONS = frozenset({133, 134, 135, 136, 143})
+_RATE_WINDOW_S = 2.0
 
 
 class Robot:
@@ -125,7 +126,9 @@ class Robot:
     ``hold_mode`` is the OI mode to enter and keep (None: just Start, i.e. Passive, and never fight the
     robot). ``stream_ids`` defaults to the model's (group 100 on a Create 2) and must fit the 15 ms slot at
     the model's baud rate. ``silence_s``: with no frame for this long the Robot wakes the robot and restarts
-    the stream.
+    the stream. ``keep_awake_s``: in Passive the robot sleeps after 5 minutes without activity, so the BRC
+    line is pulsed this often where the port has modem lines. ``release_on_close``: leave the robot in Passive
+    on :meth:`close`.
     """
 
     def __init__(
@@ -138,6 +141,8 @@ class Robot:
         stream_ids: Sequence[int] | None = None,
         baud: int | None = None,
         silence_s: float = 1.0,
+        keep_awake_s: float = 60.0,
+        release_on_close: bool = True,
         backoff: Backoff | None = None,
         transport: SerialTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -148,12 +153,23 @@ class Robot:
         self.baud = baud or self.model.baud
         self.stream_ids = tuple(stream_ids or self.model.stream_ids)
         codec.check_stream_budget(self.stream_ids, self.baud)
+        if 35 not in {m for pid in self.stream_ids for m in members(pid)}:
+            raise ValueError(
+                f"stream {list(self.stream_ids)} lacks packet 35 (OI Mode): the Robot verifies and holds the "
+                "mode through it; add 35 to stream_ids"
+            )
         self.port_url = port_url
         self._transport = transport or SerialTransport(port_url, self.baud)
         self._parser = StreamParser(self.stream_ids)
         self._clock = clock
         self._backoff = backoff or Backoff()
         self._silence_s = silence_s
+        self._keep_awake_s = keep_awake_s
+        self._release_on_close = release_on_close
+        self._awake_pulse_at = 0.0
+        self._up_at = 0.0
+        self._dormant = False
+        self._warned_mode = False
         self._hold = OIMode(hold_mode) if hold_mode is not None else None
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -173,7 +189,9 @@ class Robot:
         self._firmware: str | None = None
         self._last_error: str | None = None
         self._battery: BatteryLine | None = None
-        self._encoders = EncoderOdometry(self.model.mm_per_count, self.model.wheelbase_mm, wrap=self.quirks.encoder_wrap)
+        self._encoders = EncoderOdometry(
+            self.model.mm_per_count, self.model.wheelbase_mm, wrap=self.quirks.encoder_wrap
+        )
         self._deltas = DeltaOdometry(self.model.wheelbase_mm)
         self._reported_distance = 0.0
         self._reported_angle = 0.0
@@ -193,10 +211,16 @@ class Robot:
         return self
 
     def close(self) -> None:
-        """Pause the stream, stop the reader thread, close the port. The robot is left in its mode."""
+        """Stop the wheels, pause the stream and, if we had taken control (Safe/Full), hand the robot back in
+        Passive (where it charges, as the spec recommends); then stop the reader thread and close the port."""
         if self._thread is not None and self._transport.is_open:
             with contextlib.suppress(HalError):
+                in_control = self._state.oi_mode in (OIMode.SAFE, OIMode.FULL)
+                if in_control:
+                    self._transport.write(codec.drive_direct(0, 0))
                 self._transport.write(codec.pause_resume_stream(False))
+                if in_control and self._release_on_close:
+                    self._transport.write(codec.start())
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -217,7 +241,9 @@ class Robot:
         last = self._last_frame_at
         if last is None:
             return state
-        return replace(state, link=replace(state.link, last_frame_age_s=max(0.0, self._clock() - last)))
+        age = max(0.0, self._clock() - last)
+        rate = state.link.frames_per_s if age < _RATE_WINDOW_S else 0.0
+        return replace(state, link=replace(state.link, last_frame_age_s=age, frames_per_s=rate))
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call ``callback(event)`` from the reader thread for every :data:`RobotEvent`; returns a remover."""
@@ -249,7 +275,9 @@ class Robot:
         state = self.state
         if not predicate(state):
             link = state.link
-            error = f"; last link error: {self._last_error}" if self._last_error and not link.connected else ""
+            error = (
+                f"; last link error: {self._last_error}" if self._last_error and not link.connected else ""
+            )
             raise NoResponseError(
                 f"timed out after {timeout} s waiting for {what} from {self.port_url} "
                 f"(connected={link.connected}, frames ok={link.frames_ok}, corrupt={link.frames_corrupt}, "
@@ -273,7 +301,9 @@ class Robot:
         if mode is not None and mode not in spec.allowed_modes:
             hint = ""
             if self._hold in spec.allowed_modes:
-                hint = f"; the Robot is re-entering {self._hold.name} (the robot dropped out of it), try again"
+                hint = (
+                    f"; the Robot is re-entering {self._hold.name} (the robot dropped out of it), try again"
+                )
             elif OIMode.SAFE in spec.allowed_modes:
                 hint = "; call set_mode(OIMode.SAFE) or set_mode(OIMode.FULL) first"
             raise ModeError(f"{spec.name} is ignored by the robot in {mode.name}{hint}; nothing was sent")
@@ -285,9 +315,15 @@ class Robot:
         With ``wait``, block until packet 35 confirms the mode (:class:`NoResponseError` otherwise).
         """
         mode = OIMode(mode)
+        was_dormant, self._dormant = self._dormant, False
         self._hold = mode if mode != OIMode.OFF else None
         self._reentry_delay, self._reentry_attempts = 0.2, 0
         self._publish_hold()
+        if was_dormant and mode != OIMode.OFF:
+            self._handshake(self._clock())  # powered off: wake it, Start, mode, stream
+            if wait is not None:
+                self.wait_for(lambda s: s.oi_mode == mode, timeout=wait, what=f"OI mode {mode.name}")
+            return
         if mode in (OIMode.SAFE, OIMode.FULL) and self._state.oi_mode in (None, OIMode.OFF):
             self._transport.write(codec.start())
         self._transport.write(codec.enter_mode(mode))
@@ -335,7 +371,10 @@ class Robot:
         self._passive_action(codec.seek_dock())
 
     def power_off(self) -> None:
+        """133 Power: the robot powers down. The Robot stops waking it (no silence handshakes, no BRC
+        keep-awake) until :meth:`set_mode` is called."""
         self._passive_action(codec.power())
+        self._dormant = True
 
     def set_leds(
         self,
@@ -381,6 +420,11 @@ class Robot:
     # ------------------------------------------------------------------ reader thread
 
     def _run(self) -> None:
+        """Open, read, feed the parser, supervise; on a link error close and reopen with backoff.
+
+        The backoff only resets once a frame has arrived on the new link, so a port that opens and fails at
+        once (a flapping adapter, a server that accepts and hangs up) is retried at the capped pace too.
+        """
         delays = self._backoff.delays()
         first_failure = True
         while not self._stop.is_set():
@@ -396,13 +440,16 @@ class Robot:
                         self.log.debug("oi.link.open_failed", error=str(exc))
                     self._stop.wait(next(delays))
                     continue
-                delays = self._backoff.delays()
                 first_failure = True
                 self._on_link_up()
             try:
                 data = self._transport.read()
             except TransportError as exc:
                 self._on_link_down(str(exc))
+                if self._last_frame_at is None or self._last_frame_at < self._up_at:
+                    self._stop.wait(next(delays))
+                else:
+                    delays = self._backoff.delays()
                 continue
             now = self._clock()
             try:
@@ -416,6 +463,7 @@ class Robot:
 
     def _on_link_up(self) -> None:
         now = self._clock()
+        self._up_at = now
         if self._ever_connected:
             self._reconnects += 1
         self._ever_connected = True
@@ -438,6 +486,9 @@ class Robot:
     def _handshake(self, now: float) -> None:
         """Wake the robot, Start, re-enter the held mode, and (re)start the stream."""
         self._handshake_at = now
+        self._awake_pulse_at = now
+        if self._dormant:
+            return
         try:
             self._transport.wake()
             self._transport.write(codec.start())
@@ -448,8 +499,15 @@ class Robot:
             self._on_link_down(str(exc))
 
     def _supervise(self, now: float) -> None:
-        if not self._transport.is_open:
+        if not self._transport.is_open or self._dormant:
             return
+        if (
+            self._transport.has_modem_lines
+            and self._state.oi_mode == OIMode.PASSIVE
+            and now - self._awake_pulse_at > self._keep_awake_s
+        ):
+            self._awake_pulse_at = now
+            self._transport.wake()
         last = self._last_frame_at if self._last_frame_at is not None else self._handshake_at
         if now - max(last, self._handshake_at) > self._silence_s:
             self.log.info("oi.stream.silent", seconds=round(now - last, 2))
@@ -481,7 +539,7 @@ class Robot:
         sensors.update(frame.values.to_dict())
         times = self._frame_times
         times.append(now)
-        while times and now - times[0] > 2.0:
+        while times and now - times[0] > _RATE_WINDOW_S:
             times.popleft()
         self._last_frame_at = now
         pose = self._update_pose(frame.values)
@@ -493,6 +551,14 @@ class Robot:
                 mode = OIMode(self.quirks.mode(raw_mode))
             except ValueError:
                 mode = old_mode
+                if not self._warned_mode:
+                    self._warned_mode = True
+                    self.log.warning(
+                        "oi.mode.unknown",
+                        raw=raw_mode,
+                        hint="packet 35 above 3: this firmware reports the mode one too high; "
+                        "switch on the mode_plus_one quirk",
+                    )
         state = RobotState(
             model=self.model.name,
             sensors=MappingProxyType(dict(sensors)),
@@ -509,7 +575,9 @@ class Robot:
         with self._lock:
             self._state = state
         if mode is not None and mode != old_mode:
-            self.log.info("oi.mode.changed", old=old_mode.name if old_mode is not None else None, new=mode.name)
+            self.log.info(
+                "oi.mode.changed", old=old_mode.name if old_mode is not None else None, new=mode.name
+            )
             self._emit(ModeChanged(old_mode, mode, now))
         self._emit(StateUpdated(state))
         if mode is not None:
@@ -520,7 +588,11 @@ class Robot:
             self._reported_distance += values["distance"]
         if "angle" in values:
             self._reported_angle += self.quirks.angle_degrees(values["angle"])
-        if self.quirks.encoder_odometry and "left_encoder_counts" in values and "right_encoder_counts" in values:
+        if (
+            self.quirks.encoder_odometry
+            and "left_encoder_counts" in values
+            and "right_encoder_counts" in values
+        ):
             self._encoders.wrap = self.quirks.encoder_wrap
             return self._encoders.update(values["left_encoder_counts"], values["right_encoder_counts"])
         if "distance" in values and "angle" in values:
@@ -529,7 +601,7 @@ class Robot:
 
     def _hold_mode(self, mode: OIMode, now: float) -> None:
         hold = self._hold
-        if hold is None or mode == hold or hold == OIMode.PASSIVE and mode != OIMode.OFF:
+        if hold is None or mode == hold or (hold == OIMode.PASSIVE and mode != OIMode.OFF):
             if hold is not None and mode == hold:
                 self._reentry_delay, self._reentry_attempts = 0.2, 0
             return

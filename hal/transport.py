@@ -154,5 +154,5 @@ class SerialTransport:
 
     @staticmethod
     def _has_real_modem_lines(port: Any) -> bool:
-        """socket:// and loop:// accept RTS/DTR silently; only a real serial port has the lines."""
-        return type(port).__module__.startswith("serial.serialposix") or "win32" in type(port).__module__
+        """socket://, rfc2217:// and loop:// accept RTS/DTR without a wire behind them."""
+        return not type(port).__module__.startswith("serial.urlhandler")

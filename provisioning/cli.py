@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +20,14 @@ from hal import logs
 from provisioning import aws, certs, hsm
 from provisioning.batch import PlannedThing, Progress, plan_count, plan_serials, run_batch
 from provisioning.ca import CA_CERT, init_ca, issue_server_cert, load_ca, read_certificate
-from provisioning.device import DEVICE_CERT, DEVICE_KEY, DEVICE_PKCS11, create_identity, keygen
+from provisioning.device import (
+    DEVICE_CERT,
+    DEVICE_KEY,
+    DEVICE_PKCS11,
+    create_identity,
+    install_certificate,
+    keygen,
+)
 from provisioning.errors import InvalidInput, OutputExists, ProvisioningError
 from provisioning.fsio import atomic_write
 from provisioning.verify import check_identity
@@ -88,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("--out", required=True, type=Path)
     kg.add_argument("--key-type", choices=("ec", "rsa"), default="ec")
     _add_pkcs11(kg, key_label_default=None)
+    install = device.add_parser(
+        "install", allow_abbrev=False, help="on the robot: install the signed certificate"
+    )
+    install.add_argument("--dir", required=True, type=Path, help="identity directory made by keygen")
+    install.add_argument("--cert", required=True, type=Path, help="certificate from `roomba-provision sign`")
+    install.add_argument("--root-ca", type=Path, help="server root CA (AmazonRootCA1.pem for AWS)")
+    install.add_argument("--force", action="store_true", help="replace an installed certificate")
     create = device.add_parser(
         "create", allow_abbrev=False, help="keygen and sign in one step (simulation, development)"
     )
@@ -222,6 +238,19 @@ def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_device_install(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        pem = args.cert.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read certificate {args.cert}: {exc.strerror}") from None
+    ident = install_certificate(args.dir, pem, root_ca=args.root_ca, force=args.force)
+    print(
+        f"installed: {ident.cert_path}\nthing: {ident.thing}\ncertificate id: {ident.certificate_id}",
+        file=out,
+    )
+    return 0
+
+
 def cmd_device_create(args: argparse.Namespace, out: TextIO) -> int:
     with load_ca(args.ca, pin_file=args.pin_file) as ca:
         ident = create_identity(ca, args.thing, args.out, args.days, root_ca=args.root_ca, chain=args.chain)
@@ -263,6 +292,14 @@ class _TtyProgress:
             self.stream.flush()
 
 
+class _Terminated(Exception):
+    """SIGTERM during a batch: unwind like Ctrl-C so the current identity is finished or rolled back."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def cmd_batch(args: argparse.Namespace, out: TextIO) -> int:
     plan: list[PlannedThing]
     if args.serials is not None:
@@ -274,14 +311,17 @@ def cmd_batch(args: argparse.Namespace, out: TextIO) -> int:
     else:
         plan = plan_count(args.count, args.prefix)
     progress = _TtyProgress(sys.stderr) if sys.stderr.isatty() else None
-    with load_ca(args.ca, pin_file=args.pin_file) as ca:
-        try:
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with load_ca(args.ca, pin_file=args.pin_file) as ca:
             result = run_batch(
                 ca, args.out, plan, days=args.days, root_ca=args.root_ca, chain=args.chain, progress=progress
             )
-        except KeyboardInterrupt:
-            print(f"\n{PROG}: interrupted; rerun the same command to resume", file=sys.stderr)
-            return 130
+    except (KeyboardInterrupt, _Terminated) as exc:
+        print(f"\n{PROG}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     rate = result.created / result.elapsed_s if result.elapsed_s > 0 else 0.0
     print(
         json.dumps(
@@ -355,7 +395,8 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         }
         return handlers[args.ca_command](args, out)
     if args.command == "device":
-        return {"keygen": cmd_keygen, "create": cmd_device_create}[args.device_command](args, out)
+        handlers = {"keygen": cmd_keygen, "create": cmd_device_create, "install": cmd_device_install}
+        return handlers[args.device_command](args, out)
     if args.command == "aws":
         return {"policy": cmd_aws_policy, "jitp-template": cmd_aws_jitp}[args.aws_command](args, out)
     return {"sign": cmd_sign, "batch": cmd_batch, "verify": cmd_verify}[args.command](args, out)
@@ -373,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stop the interpreter's flush from failing again
+        return 1
     except OSError as exc:
         print(f"{PROG}: error: {exc.strerror or exc} ({exc.filename or 'no file'})", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ from hal.logs import get_logger
 from provisioning import certs, hsm
 from provisioning.ca import CertificateAuthority, read_certificate
 from provisioning.errors import InvalidInput, KeyExists
-from provisioning.fsio import write_directory
+from provisioning.fsio import atomic_write, write_directory
 from provisioning.names import check_thing_name
 
 DEVICE_KEY = "device.key"
@@ -175,3 +175,45 @@ def keygen(
     )
     log.info("device.keygen", thing=thing, in_token=False)
     return KeygenResult(thing, directory, directory / DEVICE_CSR, directory / DEVICE_KEY, None)
+
+
+def install_certificate(
+    out_dir: str | os.PathLike[str],
+    cert_pem: bytes,
+    *,
+    root_ca: str | os.PathLike[str] | bytes | None = None,
+    force: bool = False,
+) -> Identity:
+    """On the robot: install the certificate the station issued for this robot's CSR.
+
+    Refuses a certificate whose public key or CN differs from ``device.csr`` (someone else's certificate,
+    or one for a key that was since regenerated), so a robot never ends up with a key/cert mismatch.
+    """
+    directory = Path(out_dir)
+    if not (directory / DEVICE_KEY).exists() and not (directory / DEVICE_PKCS11).exists():
+        raise InvalidInput(f"{directory} holds no device key; run `roomba-provision device keygen` first")
+    try:
+        csr = certs.load_csr((directory / DEVICE_CSR).read_bytes())
+    except FileNotFoundError:
+        raise InvalidInput(
+            f"{directory / DEVICE_CSR} is missing; cannot match the certificate to this robot"
+        ) from None
+    try:
+        cert = x509.load_pem_x509_certificates(cert_pem)[0]
+    except ValueError:
+        raise InvalidInput("the certificate to install is not a PEM certificate") from None
+    if not certs.public_keys_match(cert.public_key(), csr.public_key()):
+        raise InvalidInput("certificate is not for this robot's key (public key differs from device.csr)")
+    thing = certs.common_name(cert.subject) or ""
+    if thing != certs.common_name(csr.subject):
+        raise InvalidInput(
+            f"certificate CN {thing!r} differs from the CSR's {certs.common_name(csr.subject)!r}"
+        )
+    if root_ca is None and not (directory / ROOT_CA).exists():
+        raise InvalidInput(f"{directory} has no {ROOT_CA}; pass the server root CA (e.g. AmazonRootCA1.pem)")
+    if root_ca is not None:
+        root_pem = root_ca if isinstance(root_ca, bytes) else certs.cert_pem(read_certificate(Path(root_ca)))
+        atomic_write(directory / ROOT_CA, root_pem, 0o644, overwrite=True)
+    atomic_write(directory / DEVICE_CERT, cert_pem, 0o644, overwrite=force)
+    log.info("device.cert.installed", thing=thing, certificate_id=certs.certificate_id(cert))
+    return Identity.from_certificate(directory, cert, thing)

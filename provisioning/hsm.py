@@ -89,20 +89,18 @@ def load_module(module: str) -> Any:
 
 
 def _find_token(module: str, label: str) -> Any:
+    """The token labelled ``label``.
+
+    No C_Finalize/C_Initialize retry: that would cut every other session in the process (awscrt's too), so
+    a token initialised after this process loaded the module stays invisible until the process restarts.
+    """
     lib = load_module(module)
     try:
         return lib.get_token(token_label=label)
     except p11e.NoSuchToken:
-        pass
+        raise TokenNotFound(f"no PKCS#11 token labelled {label!r} in {module}") from None
     except p11e.MultipleTokensReturned:
         raise TokenNotFound(f"more than one token is labelled {label!r} in {module}") from None
-    # Tokens initialised after the module was loaded are only visible after C_Finalize/C_Initialize.
-    with _lock:
-        lib.reinitialize()
-    try:
-        return lib.get_token(token_label=label)
-    except p11e.NoSuchToken:
-        raise TokenNotFound(f"no PKCS#11 token labelled {label!r} in {module}") from None
 
 
 def _raise_login_error(exc: Exception, label: str) -> NoReturn:

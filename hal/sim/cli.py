@@ -42,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="roomba-sim", description="Simulated iRobot Create 2 (Open Interface)"
     )
     parser.add_argument("--log-level", default="info", help="debug shows every command received")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, help="debug shows every command received")
     sub = parser.add_subparsers(dest="command", required=True)
-    robot = sub.add_parser("robot", help="serve one simulated robot")
+    robot = sub.add_parser("robot", help="serve one simulated robot", parents=[common])
     where = robot.add_mutually_exclusive_group(required=True)
     where.add_argument("--link", help="path of a symlink to the pty slave (open it like /dev/ttyUSB0)")
     where.add_argument(
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     robot.add_argument("--speed", type=_positive, default=1.0, help="world time runs this many times faster")
     robot.add_argument("--record", help="append every command received as a JSON line to this file")
     robot.add_argument("--docked", action="store_true", help="start on the dock (charging)")
-    ctl = sub.add_parser("ctl", help="send one control request to a running simulator")
+    ctl = sub.add_parser("ctl", help="send one control request to a running simulator", parents=[common])
     ctl.add_argument("socket", help="the --control socket path")
     ctl.add_argument("request", help='a JSON object, e.g. \'{"op": "state"}\'')
     ctl.add_argument("--timeout", type=float, default=5.0)

@@ -112,7 +112,7 @@ class PacedOutput:
         self.sent += n
         return out
 
-    def next_ready(self, chunk: int = 24) -> float | None:
+    def next_ready(self, chunk: int = 96) -> float | None:
         """When at least ``chunk`` bytes (or all that is queued) will have been delivered."""
         if not self._buf:
             return None

@@ -118,9 +118,14 @@ class SimRobot:
         pace: bool = True,
         world: World | None = None,
         max_events: int = 10_000,
+        tick_s: float = TICK_S,
     ) -> None:
+        """``tick_s`` is the world step and stream period: keep the real robot's 15 ms on a serial link; a
+        fleet simulator that only needs state (not OI timing) may pass a longer one to save CPU."""
         if speed <= 0:
             raise ValueError(f"speed must be positive, got {speed}")
+        if not 0.001 <= tick_s <= 1.0:
+            raise ValueError(f"tick_s must be between 0.001 and 1 s, got {tick_s}")
         self.rng = random.Random(seed)
         self.world = world or World(rng=random.Random(self.rng.getrandbits(32)))
         if docked:
@@ -134,7 +139,8 @@ class SimRobot:
         self.mode = OIMode.OFF
         self.baud = DEFAULT_BAUD
         self._rx = bytearray()
-        self._next_tick = now + TICK_S
+        self.tick_s = float(tick_s)
+        self._next_tick = now + self.tick_s
         self._last_command_world = self.world.time
         self.stream_ids: tuple[int, ...] = ()
         self.stream_on = False
@@ -216,7 +222,7 @@ class SimRobot:
             self._next_tick = now
         while self._next_tick <= now:
             self._tick(self._next_tick)
-            self._next_tick += TICK_S
+            self._next_tick += self.tick_s
         self._release_scheduled(now)
         if self._wake_at is not None and now >= self._wake_at:
             self._finish_wake(now)
@@ -262,7 +268,8 @@ class SimRobot:
             if args[0] >= len(BAUD_CODES):
                 return f"baud code {args[0]} is not 0-11"
             self.baud = BAUD_CODES[args[0]]
-            self.output.baud = self.baud
+            if self.output.baud is not None:
+                self.output.baud = self.baud
         elif opcode in (Op.CONTROL, Op.SAFE, Op.FULL):
             w.end_mission()
             self._stop_drive()
@@ -355,7 +362,7 @@ class SimRobot:
     def _drive(self, velocity: int, radius: int) -> None:
         self.requested_velocity, self.requested_radius = velocity, radius
         v = float(max(-500, min(500, velocity)))
-        if radius in STRAIGHT_RADII:
+        if radius in STRAIGHT_RADII or radius == 0:  # the spec leaves 0 undefined: straight, never a crash
             left = right = v
         elif radius == -1:
             left, right = v, -v
@@ -407,7 +414,8 @@ class SimRobot:
         self.stream_ids = ()
         self.songs.clear()
         self.baud = DEFAULT_BAUD
-        self.output.baud = DEFAULT_BAUD
+        if self.output.baud is not None:
+            self.output.baud = DEFAULT_BAUD
         self.output.clear()
         w.enc_left = w.enc_right = 0.0
         w.odo_distance_mm = w.odo_angle_deg = 0.0
@@ -458,7 +466,7 @@ class SimRobot:
 
     def _tick(self, t: float) -> None:
         w = self.world
-        w.step(TICK_S * self.speed)
+        w.step(self.tick_s * self.speed)
         if self.mode is OIMode.SAFE:
             self._safety(t)
         if (

@@ -171,26 +171,43 @@ class SimServer:
         self.open()
         self._loop_thread_id = threading.get_ident()
         robot = self.robot
+        errors = 0
         try:
             while not self._stopping:
-                now = time.monotonic()
-                self._run_requests()
-                if self._unplugged_until is not None and now >= self._unplugged_until:
-                    self._unplugged_until = None
-                    self._plug()
-                    self.log.info("sim.link.restored", url=self.url, pty=self.pty_name)
-                out = robot.poll(now)
-                if out:
-                    self._write(out)
-                self._handle_events()
-                deadline = robot.next_deadline(now)
-                if self._unplugged_until is not None:
-                    deadline = min(deadline, self._unplugged_until)
-                timeout = max(0.0, deadline - time.monotonic())
-                for key, _mask in self._sel.select(timeout):
-                    self._dispatch(key.data, key.fileobj)
+                try:
+                    self._loop_once(robot)
+                    errors = 0
+                except Exception:
+                    errors += 1
+                    self.log.exception("sim.loop.error", consecutive=errors)
+                    if errors >= 100:
+                        raise
+                    time.sleep(0.01)
         finally:
             self._loop_thread_id = None
+
+    def _loop_once(self, robot: SimRobot) -> None:
+        now = time.monotonic()
+        self._run_requests()
+        if self._unplugged_until is not None and now >= self._unplugged_until:
+            try:
+                self._plug()
+            except OSError as exc:
+                self._unplugged_until = now + 1.0
+                self.log.warning("sim.link.restore_failed", error=str(exc), retry_s=1.0)
+            else:
+                self._unplugged_until = None
+                self.log.info("sim.link.restored", url=self.url, pty=self.pty_name)
+        out = robot.poll(now)
+        if out:
+            self._write(out)
+        self._handle_events()
+        deadline = robot.next_deadline(now)
+        if self._unplugged_until is not None:
+            deadline = min(deadline, self._unplugged_until)
+        timeout = max(0.0, deadline - time.monotonic())
+        for key, _mask in self._sel.select(timeout):
+            self._dispatch(key.data, key.fileobj)
 
     def _dispatch(self, kind: str, fileobj: Any) -> None:
         now = time.monotonic()
@@ -407,7 +424,7 @@ class SimServer:
             if not line.strip():
                 continue
             answer = self._handle_control_line(line)
-            sock.setblocking(True)
+            sock.settimeout(2.0)
             try:
                 sock.sendall(json.dumps(answer).encode() + b"\n")
             except OSError:

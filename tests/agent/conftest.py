@@ -45,8 +45,11 @@ class Operator:
         self.responses: dict[str, dict[str, Any]] = {}
         self.connects = 0
         self.subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"operator-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"operator-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
         self.client.tls_set(ca_certs=str(ident.ca), certfile=str(ident.cert), keyfile=str(ident.key))
         self.client.reconnect_delay_set(0.05, 0.2)
         self.client.on_connect = self._on_connect
@@ -58,8 +61,9 @@ class Operator:
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         self.subscribed.clear()
-        client.subscribe([(f"{self.base}/#", 1), (f"roomba/{self.thing}/events", 1),
-                          (f"roomba/{self.thing}/presence", 1)])
+        client.subscribe(
+            [(f"{self.base}/#", 1), (f"roomba/{self.thing}/events", 1), (f"roomba/{self.thing}/presence", 1)]
+        )
         with self.lock:
             self.connects += 1
 
@@ -73,8 +77,11 @@ class Operator:
                 self.events.append(doc)
             elif msg.topic.endswith("/presence"):
                 self.presence.append(doc)
-            elif (isinstance(doc, dict) and str(doc.get("clientToken", "")).startswith("op-")
-                  and msg.topic.endswith(("/accepted", "/rejected"))):
+            elif (
+                isinstance(doc, dict)
+                and str(doc.get("clientToken", "")).startswith("op-")
+                and msg.topic.endswith(("/accepted", "/rejected"))
+            ):
                 self.responses[doc["clientToken"]] = {"topic": msg.topic, **doc}
 
     def prefix(self, shadow: str | None) -> str:
@@ -84,21 +91,43 @@ class Operator:
         token = f"op-{uuid.uuid4().hex[:10]}"
         body = {"state": {"desired": desired}, "clientToken": token}
         self.client.publish(f"{self.prefix(shadow)}/update", json.dumps(body), qos=1)
-        wait_until(lambda: token in self.responses, 10, "desired update accepted")
+        wait_until(lambda: token in self.responses, 20, "desired update accepted")
         assert self.responses[token]["topic"].endswith("/accepted"), self.responses[token]
 
-    def get(self, shadow: str | None = None) -> dict[str, Any]:
-        token = f"op-{uuid.uuid4().hex[:10]}"
-        self.client.publish(f"{self.prefix(shadow)}/get", json.dumps({"clientToken": token}), qos=1)
-        resp = wait_until(lambda: self.responses.get(token), 10, "shadow get")
+    def command(self, cmd: dict[str, Any]) -> None:
+        """Replace desired.command the way the fleet must (docs/agent.md): old arguments nulled."""
+        from agent.commands import desired_command_patch
+
+        previous = (self.get().get("desired") or {}).get("command")
+        self.update_desired({"command": desired_command_patch(previous, cmd)})
+
+    def get(self, shadow: str | None = None, timeout: float = 30) -> dict[str, Any]:
+        """Asked again every 2 s: after a broker restart the shadow service needs a moment to come back."""
+        tokens: list[str] = []
+
+        def answered() -> dict[str, Any] | None:
+            for t in tokens:
+                if t in self.responses:
+                    return self.responses[t]
+            if not tokens or time.monotonic() - sent[0] > 2:
+                tokens.append(f"op-{uuid.uuid4().hex[:10]}")
+                sent[0] = time.monotonic()
+                self.client.publish(
+                    f"{self.prefix(shadow)}/get", json.dumps({"clientToken": tokens[-1]}), qos=1
+                )
+            return None
+
+        sent = [0.0]
+        resp = wait_until(answered, timeout, "shadow get")
         state = resp.get("state") or {}
         return state if isinstance(state, dict) else {}
 
     def reported(self, shadow: str | None = None) -> dict[str, Any]:
         return self.get(shadow).get("reported") or {}
 
-    def wait_reported(self, predicate: Callable[[dict[str, Any]], Any], timeout: float, what: str,
-                      shadow: str | None = None) -> dict[str, Any]:
+    def wait_reported(
+        self, predicate: Callable[[dict[str, Any]], Any], timeout: float, what: str, shadow: str | None = None
+    ) -> dict[str, Any]:
         box: dict[str, Any] = {}
 
         def check() -> bool:
@@ -111,9 +140,16 @@ class Operator:
             raise AssertionError(f"{exc}; last reported: {json.dumps(box.get('r'))[:1500]}") from None
         return box["r"]
 
-    def wait_command(self, command_id: str, statuses: tuple[str, ...] = ("done",), timeout: float = 15) -> dict:
-        rep = self.wait_reported(lambda r: (r.get("command") or {}).get("id") == command_id
-                                 and r["command"].get("status") in statuses, timeout, f"command {command_id}")
+    def wait_command(
+        self, command_id: str, statuses: tuple[str, ...] = ("done",), timeout: float = 15
+    ) -> dict:
+        rep = self.wait_reported(
+            lambda r: (
+                (r.get("command") or {}).get("id") == command_id and r["command"].get("status") in statuses
+            ),
+            timeout,
+            f"command {command_id}",
+        )
         return dict(rep["command"])
 
     def close(self) -> None:
@@ -126,12 +162,26 @@ class Sim:
         self.link = tmp / "robot.tty"
         self.control = tmp / "robot.ctl"
         self.record = tmp / "record.jsonl"
-        self.proc = subprocess.Popen(
-            [str(BIN / "roomba-sim"), "robot", "--link", str(self.link), "--control", str(self.control),
-             "--record", str(self.record), *extra],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(tmp / "sim.log", "wb"),
+        with open(tmp / "sim.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(BIN / "roomba-sim"),
+                    "robot",
+                    "--link",
+                    str(self.link),
+                    "--control",
+                    str(self.control),
+                    "--record",
+                    str(self.record),
+                    *extra,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        wait_until(
+            lambda: self.link.exists() and self.control.exists(), 20, "simulator pty and control socket"
         )
-        wait_until(lambda: self.link.exists() and self.control.exists(), 20, "simulator pty and control socket")
 
     def ctl(self, request: dict[str, Any]) -> dict[str, Any]:
         from hal.sim.server import send_control
@@ -197,17 +247,26 @@ class AgentProc:
     def __init__(self, config: Path, tmp: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.tmp = tmp
-        self.env = {**os.environ, "ROOMBA_AGENT_RECONNECT_MAX_MS": "1500", "ROOMBA_LOG_FORMAT": "json",
-                    **(env or {})}
+        self.env = {
+            **os.environ,
+            "ROOMBA_AGENT_RECONNECT_MAX_MS": "1500",
+            "ROOMBA_LOG_FORMAT": "json",
+            **(env or {}),
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> AgentProc:
         self.starts += 1
-        self.proc = subprocess.Popen([str(BIN / "roomba-agent"), "run", "--config", str(self.config)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.tmp / f"agent-{self.starts}.log", "wb"), env=self.env,
-                                     start_new_session=True)
+        with open(self.tmp / f"agent-{self.starts}.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "roomba-agent"), "run", "--config", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=self.env,
+                start_new_session=True,
+            )
         return self
 
     def status(self) -> dict[str, Any]:
@@ -269,8 +328,17 @@ def rig(local_cloud: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Ite
     notify = NotifySocket(tmp_path)
     agent = AgentProc(config, tmp_path, env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
     try:
-        yield {"cloud": local_cloud, "thing": thing, "sim": sim, "config": config, "operator": operator,
-               "agent": agent, "notify": notify, "tmp": tmp_path, "until": wait_until}
+        yield {
+            "cloud": local_cloud,
+            "thing": thing,
+            "sim": sim,
+            "config": config,
+            "operator": operator,
+            "agent": agent,
+            "notify": notify,
+            "tmp": tmp_path,
+            "until": wait_until,
+        }
     finally:
         agent.stop()
         operator.close()

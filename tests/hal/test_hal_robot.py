@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -24,14 +25,13 @@ from hal.sim.server import SimServer
 
 pytestmark = pytest.mark.timeout(60)
 
+E = TypeVar("E")
+
 
 @pytest.fixture(params=["pty", "tcp"])
 def hal_sim(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimServer]:
     """A simulator served in-process on a fresh pty symlink or on a free TCP port on 127.0.0.1."""
-    if request.param == "pty":
-        server = SimServer(link=tmp_path / "robot")
-    else:
-        server = SimServer(tcp=("127.0.0.1", 0))
+    server = SimServer(link=tmp_path / "robot") if request.param == "pty" else SimServer(tcp=("127.0.0.1", 0))
     with server:
         yield server
 
@@ -46,11 +46,11 @@ class Recorder:
             with self._lock:
                 self.events.append(event)
 
-    def of(self, kind: type) -> list[RobotEvent]:
+    def of(self, kind: type[E]) -> list[E]:
         with self._lock:
             return [e for e in self.events if isinstance(e, kind)]
 
-    def wait(self, kind: type, timeout: float = 5.0, count: int = 1) -> list[RobotEvent]:
+    def wait(self, kind: type[E], timeout: float = 5.0, count: int = 1) -> list[E]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = self.of(kind)
@@ -67,7 +67,13 @@ def test_drive_one_second_at_200_mm_s(hal_sim: SimServer) -> None:
         robot.drive(200)
         time.sleep(1.0)
         robot.stop()
-        robot.wait_for(lambda s: s.sensors.get("requested_right_velocity") == 0 and s.sensors.get("left_encoder_counts") is not None, timeout=2)
+        robot.wait_for(
+            lambda s: (
+                s.sensors.get("requested_right_velocity") == 0
+                and s.sensors.get("left_encoder_counts") is not None
+            ),
+            timeout=2,
+        )
         time.sleep(0.1)
         end = robot.state
     encoder_mm = end.pose.distance_mm - start.pose.distance_mm
@@ -86,8 +92,10 @@ def test_dock_changes_charging_state_and_sources(hal_sim: SimServer) -> None:
         assert robot.state.sensors["charging_sources"] == 0
         hal_sim.control({"op": "dock"})
         state = robot.wait_for(
-            lambda s: s.sensors["charging_sources"] & ChargingSources.HOME_BASE
-            and s.sensors["charging_state"] != 0,
+            lambda s: (
+                bool(s.sensors["charging_sources"] & ChargingSources.HOME_BASE)
+                and s.sensors["charging_state"] != 0
+            ),
             timeout=5,
             what="docked and charging",
         )
@@ -104,13 +112,13 @@ def test_cliff_in_safe_drops_to_passive_and_robot_restores_safe(hal_sim: SimServ
         time.sleep(0.1)
         hal_sim.control({"op": "cliff", "on": True})
         recorder.wait(ModeReentry)
-        drops = [e for e in recorder.of(ModeChanged) if e.new == OIMode.PASSIVE]  # type: ignore[union-attr]
-        assert drops and drops[0].old == OIMode.SAFE  # type: ignore[union-attr]
+        drops = [e for e in recorder.of(ModeChanged) if e.new == OIMode.PASSIVE]
+        assert drops and drops[0].old == OIMode.SAFE
         restored = robot.wait_for(lambda s: s.oi_mode == OIMode.SAFE, timeout=5)
         assert restored.hold_mode == OIMode.SAFE
         hal_sim.control({"op": "cliff", "on": False})
         reentry = recorder.of(ModeReentry)[0]
-        assert reentry.mode == OIMode.SAFE and reentry.observed == OIMode.PASSIVE  # type: ignore[union-attr]
+        assert reentry.mode == OIMode.SAFE and reentry.observed == OIMode.PASSIVE
 
 
 def test_unplug_and_replug_recovers_state_and_stream(hal_sim: SimServer) -> None:
@@ -121,14 +129,20 @@ def test_unplug_and_replug_recovers_state_and_stream(hal_sim: SimServer) -> None
         robot.drive(200)
         time.sleep(0.3)
         robot.stop()
-        robot.wait_for(lambda s: s.sensors.get("requested_right_velocity") == 0 and s.sensors.get("left_encoder_counts") is not None, timeout=2)
+        robot.wait_for(
+            lambda s: (
+                s.sensors.get("requested_right_velocity") == 0
+                and s.sensors.get("left_encoder_counts") is not None
+            ),
+            timeout=2,
+        )
         before = robot.state
         assert before.pose.distance_mm > 20
         hal_sim.unplug(0.5)
         recorder.wait(LinkDown)
         assert not robot.state.link.connected
         robot.wait_for(lambda s: s.link.reconnects == 1 and s.link.connected, timeout=10, what="a reconnect")
-        assert any(e.reconnects == 1 for e in recorder.of(LinkUp))  # type: ignore[attr-defined]
+        assert any(e.reconnects == 1 for e in recorder.of(LinkUp))
         ok_at_reconnect = robot.state.link.frames_ok
         after = robot.wait_for(
             lambda s: s.link.frames_ok > ok_at_reconnect + 5 and s.oi_mode == OIMode.FULL,

@@ -141,6 +141,9 @@ def test_models() -> None:
 def test_robot_refuses_a_stream_over_budget() -> None:
     with pytest.raises(StreamBudgetError, match="57600 baud carries only 86"):
         Robot("loop://", "create1", stream_ids=[6, 0, 1])
+    with pytest.raises(ValueError, match="lacks packet 35"):
+        Robot("loop://", stream_ids=[101])
+    assert Robot("loop://", stream_ids=[43, 44, 35]).stream_ids == (43, 44, 35)
 
 
 def test_backoff_is_capped_with_jitter() -> None:

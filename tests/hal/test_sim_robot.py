@@ -7,6 +7,8 @@ import re
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hal.opcodes import OPCODES, OIMode, Op
 from hal.packets import GROUP_IDS, PACKETS, SINGLE_IDS, members, unpack
@@ -636,3 +638,78 @@ def test_every_single_packet_has_a_value_in_range() -> None:
         value = unpack(pid, clock.ask([Op.SENSORS, pid]))
         if pid not in (43, 44):
             assert spec.min <= value <= spec.max, (pid, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chunks=st.lists(st.binary(min_size=0, max_size=40), max_size=12),
+    mode=st.sampled_from([OIMode.OFF, OIMode.PASSIVE, OIMode.SAFE, OIMode.FULL]),
+)
+def test_random_bytes_never_crash_the_robot_and_replies_stay_bounded(
+    chunks: list[bytes], mode: OIMode
+) -> None:
+    clock = make(mode)
+    for chunk in chunks:
+        clock.send(chunk)
+        clock.run(0.02, step=0.01)
+    state = clock.robot.state()
+    assert state["oi_mode"] in ("off", "passive", "safe", "full")
+    assert len(clock.out) <= 1000 * (1 + len(chunks))
+
+
+def test_baud_command_changes_the_pacing_rate() -> None:
+    robot = SimRobot(seed=0)
+    clock = Clock(robot)
+    clock.send([Op.START, Op.BAUD, 7])  # 19200 baud: 1920 bytes/s
+    assert robot.baud == 19200
+    clock.send([Op.SENSORS, 100])
+    early = clock.run(0.021, step=0.001)  # 80 bytes need 41.7 ms at 19200 baud
+    assert 30 < len(early) < 45
+    assert len(early + clock.run(0.05, step=0.01)) == 80
+
+
+def test_a_longer_tick_for_the_fleet_simulator_keeps_physics_and_streams_per_tick() -> None:
+    robot = SimRobot(seed=0, pace=False, tick_s=0.1)
+    clock = Clock(robot)
+    clock.send([Op.START, Op.SAFE, Op.DRIVE_DIRECT, 0, 200, 0, 200, Op.STREAM, 1, 35])
+    frames = split_frames(clock.run(1.0 + 1e-6, step=0.1))
+    assert len(frames) == 10
+    assert robot.world.y - 700.0 == pytest.approx(200, abs=1)
+    with pytest.raises(ValueError, match="tick_s"):
+        SimRobot(tick_s=5.0)
+
+
+@pytest.mark.parametrize("radius", [0, 1, -1, 32767, -32768, 2500, -2500, 10, -10])
+def test_drive_accepts_every_radius_without_crashing(radius: int) -> None:
+    clock = make(OIMode.FULL)
+    clock.send([Op.DRIVE, *struct.pack(">hh", 300, radius)])
+    clock.run(0.1)
+    assert abs(clock.robot.world.cmd_left) <= 500 and abs(clock.robot.world.cmd_right) <= 500
+    assert struct.unpack(">h", clock.ask([Op.SENSORS, 40]))[0] == radius
+
+
+@st.composite
+def valid_commands(draw: st.DrawFn) -> bytes:
+    opcode = draw(st.sampled_from(sorted(set(OPCODES) - {Op.RESET, Op.POWER})))
+    spec = OPCODES[opcode]
+    if spec.data_bytes is not None:
+        args = draw(st.binary(min_size=spec.data_bytes, max_size=spec.data_bytes))
+    elif opcode == Op.SONG:
+        n = draw(st.integers(0, 20))
+        args = bytes([draw(st.integers(0, 255)), n]) + draw(st.binary(min_size=2 * n, max_size=2 * n))
+    else:
+        ids = draw(st.lists(st.integers(0, 255), max_size=12))
+        args = bytes([len(ids), *ids])
+    return bytes([opcode]) + args
+
+
+@settings(max_examples=400, deadline=None)
+@given(script=st.lists(valid_commands(), min_size=1, max_size=15))
+def test_any_sequence_of_well_formed_commands_keeps_the_parser_aligned(script: list[bytes]) -> None:
+    clock = make(OIMode.FULL, speed=50.0)
+    for command in script:
+        clock.send(command)
+        clock.run(0.03, step=0.015)
+    clock.robot.stream_on = False
+    clock.run(0.2, step=0.05)
+    assert clock.ask([Op.START, Op.SENSORS, 35], settle=0.5)[-1:] == bytes([OIMode.PASSIVE])

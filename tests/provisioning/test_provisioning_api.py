@@ -102,6 +102,18 @@ def test_create_identity_into_existing_dir_with_other_files(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_create_identity_into_empty_existing_dir(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    (tmp_path / "r").mkdir(mode=0o755)
+    ident = create_identity(file_ca, "robot-005", tmp_path / "r")
+    assert stat.S_IMODE((tmp_path / "r").stat().st_mode) == 0o700
+    assert sorted(p.name for p in ident.dir.iterdir()) == [
+        "device.crt",
+        "device.csr",
+        "device.key",
+        "root-ca.crt",
+    ]
+
+
 def test_create_identity_bad_thing_name(tmp_path: Path, file_ca: CertificateAuthority) -> None:
     with pytest.raises(ThingNameNotAllowed):
         create_identity(file_ca, "robot 1", tmp_path / "x")

@@ -72,33 +72,38 @@ def assert_complete(out: Path, things: list[str], ca: CertificateAuthority) -> N
         cert.verify_directly_issued_by(ca.certificate)
 
 
-def test_batch_resumes_after_sigint_and_sigkill(
+def default_sigint() -> None:
+    """Undo an inherited SIG_IGN (background jobs of a non-interactive shell) so Ctrl-C is delivered."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_batch_resumes_after_sigint_sigterm_and_sigkill(
     tmp_path: Path, file_ca: CertificateAuthority, openssl
 ) -> None:
     out = tmp_path / "batch"
     cmd = [CLI, "batch", "--ca", str(file_ca.dir), "--count", "400", "--prefix", "robot-", "--out", str(out)]
-
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    interrupt_when(first, out, 25, signal.SIGINT)
-    assert first.returncode == 130
-    assert b"rerun the same command to resume" in first.stderr.read()  # type: ignore[union-attr]
-    first.stdout.close()  # type: ignore[union-attr]
-    first.stderr.close()  # type: ignore[union-attr]
-    after_sigint = key_digests(out)
-
-    second = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    interrupt_when(second, out, len(after_sigint) + 25, signal.SIGKILL)
-    after_kill = key_digests(out)
-    assert all(after_kill[t] == digest for t, digest in after_sigint.items())
+    digests: dict[str, str] = {}
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -signal.SIGKILL)):
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint
+        )
+        interrupt_when(proc, out, len(digests) + 25, sig)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == code, err
+        if sig != signal.SIGKILL:
+            assert err.strip().endswith(b"interrupted; rerun the same command to resume")
+        now = key_digests(out)
+        assert all(now[t] == digest for t, digest in digests.items())
+        digests = now
 
     final = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
     summary = json.loads(final.stdout)
-    assert summary["total"] == 400 and summary["skipped"] + summary["recovered"] == len(after_kill)
+    assert summary["total"] == 400 and summary["skipped"] + summary["recovered"] == len(digests)
     assert final.stderr == ""
     things = [f"robot-{i:03d}" for i in range(1, 401)]
     assert_complete(out, things, file_ca)
-    assert all(key_digests(out)[t] == digest for t, digest in after_kill.items())
+    assert all(key_digests(out)[t] == digest for t, digest in digests.items())
     assert (
         openssl("verify", "-CAfile", str(file_ca.cert_path), str(out / "robot-400" / "device.crt")).returncode
         == 0

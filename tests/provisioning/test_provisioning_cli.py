@@ -106,6 +106,25 @@ def test_keygen_then_sign_at_station(run_cli, tmp_path: Path, ca_dir: Path, open
     assert len(pems) == 2 and pems[1] == x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
     assert openssl("verify", "-CAfile", str(ca_dir / "ca.crt"), str(chained)).returncode == 0
 
+    one_error_line(run_cli("device", "install", "--dir", str(robot), "--cert", str(out)), "root-ca.crt")
+    result = run_cli(
+        "device", "install", "--dir", str(robot), "--cert", str(chained), "--root-ca", str(ca_dir / "ca.crt")
+    )
+    assert result.returncode == 0, result.stderr
+    result = run_cli("verify", "--dir", str(robot), "--ca", str(ca_dir), "--thing", "robot-042")
+    assert result.returncode == 0, result.stderr
+    one_error_line(run_cli("device", "install", "--dir", str(robot), "--cert", str(out)), "already exists")
+
+    other = tmp_path / "other"
+    assert run_cli("device", "keygen", "--thing", "robot-042", "--out", str(other)).returncode == 0
+    one_error_line(
+        run_cli(
+            "device", "install", "--dir", str(other), "--cert", str(out), "--root-ca", str(ca_dir / "ca.crt")
+        ),
+        "not for this robot's key",
+    )
+    assert not (other / "device.crt").exists()
+
 
 def test_sign_rejects_bad_csrs(run_cli, tmp_path: Path, ca_dir: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())

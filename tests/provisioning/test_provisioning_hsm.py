@@ -8,9 +8,9 @@ import pytest
 from pkcs11 import Attribute, ObjectClass
 from pkcs11 import exceptions as p11e
 
-from provisioning import hsm
+from provisioning import certs, hsm
 from provisioning.ca import init_ca, load_ca
-from provisioning.device import create_identity, keygen
+from provisioning.device import create_identity, install_certificate, keygen
 from provisioning.errors import KeyExists, PinMissing, TokenNotFound, WrongPin
 from provisioning.verify import check_identity
 
@@ -78,6 +78,9 @@ def test_device_key_in_token(tmp_path: Path, softhsm: dict[str, str], token: str
         assert priv[Attribute.EXTRACTABLE] is False
         key = hsm.TokenEcKey(sess, "token-robot")
         assert cert.public_key() == key.public_key()
+    ident = install_certificate(tmp_path / "robot", certs.cert_pem(cert), root_ca=file_ca.cert_path)
+    assert ident.key_path is None
+    assert check_identity(ident.cert_path, None, file_ca.cert_path, "token-robot") == []
     with pytest.raises(KeyExists):
         keygen(
             "token-robot", tmp_path / "robot2", pkcs11_module=softhsm["module"], token_label=token, pin="4321"

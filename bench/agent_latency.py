@@ -1,0 +1,241 @@
+"""Command latency: desired update -> OI bytes at the simulator -> reported answer, for our agent and for a
+handler written the way the SDK's shadow sample does it (V2 client, default builder settings, futures).
+
+Both run in the same local cloud (``roomba-fleet up``), each with its own simulator on a pty. Prints ONE JSON
+line. Usage: ``.venv/bin/python bench/agent_latency.py [--commands 200] [--gap-ms 120]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+CLEAN = 135
+
+
+def pct(values: list[float], p: float) -> float:
+    data = sorted(values)
+    return round(data[min(len(data) - 1, int(p * len(data)))], 3)
+
+
+def wait_until(pred: Any, timeout: float, what: str) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise SystemExit(f"bench: timed out waiting for {what}")
+
+
+class Sim:
+    def __init__(self, tmp: Path, name: str) -> None:
+        self.link, self.record = tmp / f"{name}.tty", tmp / f"{name}.jsonl"
+        with open(tmp / f"{name}.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "roomba-sim"), "robot", "--link", str(self.link), "--record", str(self.record)],
+                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+        wait_until(self.link.exists, 20, "simulator")
+
+    def clean_times(self) -> list[float]:
+        if not self.record.exists():
+            return []
+        out = []
+        for line in self.record.read_text().splitlines():
+            rec = json.loads(line)
+            if rec["opcode"] == CLEAN:
+                out.append(float(rec["t"]))
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Operator:
+    """The fleet side: writes desired.command, timestamps the robot's reported answer."""
+
+    def __init__(self, cloud: Any, thing: str) -> None:
+        ident = cloud.operator()
+        self.thing = thing
+        self.base = f"$aws/things/{thing}/shadow"
+        self.answers: dict[str, float] = {}
+        self.rejected: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-op-{thing}", protocol=mqtt.MQTTv5)
+        self.c.tls_set(ca_certs=str(ident.ca), certfile=str(ident.cert), keyfile=str(ident.key))
+        self.c.on_connect = self._on_connect
+        self.c.on_subscribe = lambda *a: self.ready.set()
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", cloud.port)
+        self.c.loop_start()
+        wait_until(self.ready.is_set, 20, "operator")
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.subscribe([(f"{self.base}/update/accepted", 0), (f"{self.base}/update/rejected", 0)])
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        doc = json.loads(msg.payload)
+        if msg.topic.endswith("/rejected"):
+            self.rejected.append(doc)
+            return
+        cmd = ((doc.get("state") or {}).get("reported") or {}).get("command") or {}
+        if cmd.get("id") and cmd.get("status") in ("accepted", "done"):
+            self.answers.setdefault(cmd["id"], now)
+
+    def send(self, cmd_id: str) -> float:
+        body = json.dumps({"state": {"desired": {"command": {"id": cmd_id, "action": "clean"}}}})
+        t0 = time.time()
+        self.c.publish(f"{self.base}/update", body, qos=0)
+        return t0
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def sample_style_handler(cloud: Any, thing: str, port: str, stop: threading.Event, started: threading.Event) -> None:
+    """The baseline, shaped like samples/service_clients/shadow.py: default builder settings (only the
+    endpoint, port, credentials and client id), IotShadowClientV2 with (2, 2, 30 s), a delta stream whose
+    events are handled on the main thread, and update_shadow(...).result() for the answer."""
+    from awscrt import mqtt_request_response
+    from awsiot import ServiceStreamOptions, iotshadow, mqtt5_client_builder
+
+    from hal.robot import Robot
+
+    ident = cloud.identity(thing)
+    connected = threading.Event()
+    client = mqtt5_client_builder.mtls_from_path(
+        endpoint="127.0.0.1", port=cloud.port, cert_filepath=str(ident.cert), pri_key_filepath=str(ident.key),
+        ca_filepath=str(ident.ca), client_id=thing,
+        on_lifecycle_connection_success=lambda d: connected.set())
+    client.start()
+    connected.wait(20)
+    shadow = iotshadow.IotShadowClientV2(client, mqtt_request_response.ClientOptions(
+        max_request_response_subscriptions=2, max_streaming_subscriptions=2, operation_timeout_in_seconds=30))
+    deltas: queue.Queue[Any] = queue.Queue()
+    stream = shadow.create_shadow_delta_updated_stream(
+        iotshadow.ShadowDeltaUpdatedSubscriptionRequest(thing_name=thing),
+        ServiceStreamOptions(incoming_event_listener=deltas.put))
+    stream.open()
+    robot = Robot(port, hold_mode=None).start(wait=10)
+    desired: dict[str, Any] = {}
+    time.sleep(1.0)  # stream subscription settles
+    started.set()
+    while not stop.is_set():
+        try:
+            event = deltas.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        command = dict((event.state or {}).get("command") or {})
+        desired.update(command)
+        if desired.get("action") == "clean":
+            robot.clean()
+        answer = {**desired, "status": "done"}
+        shadow.update_shadow(iotshadow.UpdateShadowRequest(
+            thing_name=thing, state=iotshadow.ShadowState(reported={"command": answer}))).result()
+    robot.close()
+    client.stop()
+
+
+def run_series(op: Operator, sim: Sim, n: int, gap_s: float, prefix: str) -> dict[str, list[float]]:
+    totals, to_oi = [], []
+    base = len(sim.clean_times())
+    for i in range(n):
+        cid = f"{prefix}-{uuid.uuid4().hex[:8]}-{i}"
+        t0 = op.send(cid)
+        try:
+            t2 = wait_until(lambda cid=cid: op.answers.get(cid), 10, f"answer to {cid}")
+        except SystemExit:
+            raise SystemExit(f"bench: no answer to {cid}; rejected updates seen: {op.rejected[-3:]}") from None
+        times = wait_until(lambda k=base + i + 1: (lambda t: t if len(t) >= k else None)(sim.clean_times()), 5,
+                           "record")
+        totals.append((t2 - t0) * 1000)
+        to_oi.append((times[base + i] - t0) * 1000)
+        time.sleep(gap_s)
+    return {"total": totals, "oi": to_oi}
+
+
+def cfg_state(path: Path) -> str:
+    import tomllib
+
+    return str(tomllib.loads(path.read_text())["state_dir"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--commands", type=int, default=200)
+    ap.add_argument("--gap-ms", type=float, default=120, help="pause between commands (shadow rate limits)")
+    args = ap.parse_args()
+    os.environ.setdefault("ROOMBA_LOG_LEVEL", "error")
+    from hal.logs import configure
+
+    configure("error")
+    from fleet.testing import LocalCloud
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    with LocalCloud.start() as cloud:
+        sim_a, sim_b = Sim(tmp, "agent"), Sim(tmp, "baseline")
+        cfg = Path(cloud.add_robot("bench-agent", str(sim_a.link)))
+        cloud.add_robot("bench-baseline", str(sim_b.link))
+        env = {**os.environ, "ROOMBA_LOG_LEVEL": "warning"}
+        with open(tmp / "agent.log", "wb") as log:
+            agent = subprocess.Popen([str(BIN / "roomba-agent"), "run", "--config", str(cfg)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=log)
+        stop, started = threading.Event(), threading.Event()
+        base_thread = threading.Thread(target=sample_style_handler,
+                                       args=(cloud, "bench-baseline", str(sim_b.link), stop, started), daemon=True)
+        base_thread.start()
+        try:
+            op_a, op_b = Operator(cloud, "bench-agent"), Operator(cloud, "bench-baseline")
+            time.sleep(3.0)  # agent connected, first reports done
+            try:
+                ours = run_series(op_a, sim_a, args.commands, args.gap_ms / 1000, "a")
+            except SystemExit:
+                time.sleep(3)
+                st = json.loads((Path(cfg_state(cfg)) / "status.json").read_text())
+                print(json.dumps(st["metrics"]), st["last_command"], file=sys.stderr)
+                raise
+            wait_until(started.is_set, 30, "baseline handler")
+            base = run_series(op_b, sim_b, args.commands, args.gap_ms / 1000, "b")
+        finally:
+            stop.set()
+            agent.terminate()
+            agent.wait(15)
+            base_thread.join(10)
+            sim_a.stop()
+            sim_b.stop()
+    result = {
+        "commands": args.commands,
+        "p50_ms": pct(ours["total"], 0.5),
+        "p99_ms": pct(ours["total"], 0.99),
+        "oi_p50_ms": pct(ours["oi"], 0.5),
+        "baseline_p50_ms": pct(base["total"], 0.5),
+        "baseline_p99_ms": pct(base["total"], 0.99),
+        "baseline_oi_p50_ms": pct(base["oi"], 0.5),
+    }
+    result["speedup_p50"] = round(result["baseline_p50_ms"] / max(result["p50_ms"], 1e-6), 1)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Simulator cost figures, printed as one JSON line: ``python -m hal.sim.bench``.
+
+Why: the fleet simulator runs hundreds of ``SimRobot`` cores in one process, and a single ``roomba-sim`` must
+stay cheap beside the agent it feeds. Measures the sans-I/O core per 15 ms tick (idle, and moving while
+streaming group 100) and the CPU of a real ``roomba-sim robot --link`` process, idle and streaming group 100
+to a pyserial reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import serial
+
+from hal.sim.robot import TICK_S, SimRobot
+
+
+def core_us_per_tick(script: bytes, ticks: int = 20_000) -> float:
+    robot = SimRobot(seed=0, pace=False)
+    robot.feed(script, 0.0)
+    now = 0.0
+    started = time.perf_counter()
+    for _ in range(ticks):
+        now += TICK_S
+        robot.poll(now)
+    return (time.perf_counter() - started) / ticks * 1e6
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(seconds: float = 5.0) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="rsim-bench-") as tmp:
+        link = Path(tmp) / "tty"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hal.sim.cli", "--log-level", "warning", "robot", "--link", str(link)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            before = _cpu_seconds(proc.pid)
+            time.sleep(seconds)
+            idle = (_cpu_seconds(proc.pid) - before) / seconds
+            with serial.Serial(str(link), 115200, timeout=1) as port:
+                port.write(bytes([128, 132, 137, 0, 100, 0, 1, 148, 1, 100]))
+                time.sleep(0.3)
+                port.reset_input_buffer()
+                before, started, received = _cpu_seconds(proc.pid), time.monotonic(), 0
+                while time.monotonic() - started < seconds:
+                    received += len(port.read(4096))
+                elapsed = time.monotonic() - started
+                streaming = (_cpu_seconds(proc.pid) - before) / elapsed
+                port.write(bytes([150, 0]))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    return {
+        "process_idle_cpu_pct": round(100 * idle, 2),
+        "process_stream100_cpu_pct": round(100 * streaming, 2),
+        "stream100_frames_per_s": round(received / elapsed / 84, 1),
+    }
+
+
+def main() -> int:
+    result: dict[str, object] = {
+        "bench": "sim",
+        "core_idle_us_per_tick": round(core_us_per_tick(bytes([128])), 1),
+        "core_stream100_moving_us_per_tick": round(
+            core_us_per_tick(bytes([128, 132, 137, 0, 100, 0, 1, 148, 1, 100])), 1
+        ),
+        **process_cpu(),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""``roomba-fleet`` commands end to end: robot add, shadow get/update/delete, watch, up's supervision,
+persistence across restarts, and the clear errors when the cloud is not running or mosquitto is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.cli import main
+from fleet.supervisor import pid_alive
+from fleet.testing import LocalCloud
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_robot_add_writes_contract_config_and_prints_its_path_last(
+    local_cloud: LocalCloud, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _err = run_cli(
+        capsys, "robot", "add", "cli-robot", *local_cloud.cli_args, "--serial-port", "socket://127.0.0.1:7123"
+    )
+    assert code == 0
+    path = Path(out.strip().splitlines()[-1])
+    config = tomllib.loads(path.read_text())
+    assert config["thing_name"] == "cli-robot"
+    assert Path(config["state_dir"]).is_relative_to(local_cloud.dir.root)
+    conn = config["connection"]
+    assert (conn["endpoint"], conn["port"], conn["local"]) == ("127.0.0.1", local_cloud.port, True)
+    for key in ("root_ca", "cert", "key"):
+        assert Path(conn[key]).is_file()
+    assert config["robot"] == {"serial_port": "socket://127.0.0.1:7123", "model": "create2"}
+    assert os.stat(conn["key"]).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("name", ["bad name", "local-cloud-operator", "x" * 129])
+def test_robot_add_refuses_bad_names(
+    local_cloud: LocalCloud, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    code, _out, err = run_cli(capsys, "robot", "add", name, *local_cloud.cli_args)
+    assert code == 1 and "roomba-fleet robot add:" in err
+
+
+def test_shadow_commands_print_json(local_cloud: LocalCloud, capsys: pytest.CaptureFixture[str]) -> None:
+    d = local_cloud.cli_args
+    code, out, err = run_cli(capsys, "shadow", "get", "op-robot", *d)
+    assert code == 1 and json.loads(out)["code"] == 404 and "404" in err
+    code, out, _ = run_cli(capsys, "shadow", "update", "op-robot", '{"state":{"desired":{"power":"on"}}}', *d)
+    assert code == 0 and json.loads(out)["version"] == 1
+    code, out, _ = run_cli(capsys, "shadow", "get", "op-robot", *d)
+    doc = json.loads(out)
+    assert code == 0 and doc["state"] == {"desired": {"power": "on"}, "delta": {"power": "on"}}
+    code, out, _ = run_cli(
+        capsys, "shadow", "update", "op-robot", '{"state":{"desired":{"v":1}}}', "--name", "cfg", *d
+    )
+    assert code == 0 and json.loads(out)["version"] == 1
+    code, out, _ = run_cli(capsys, "shadow", "update", "op-robot", '{"state":{"bogus":{}}}', *d)
+    assert code == 1 and json.loads(out)["message"] == "State contains an invalid node: 'bogus'"
+    code, _out, err = run_cli(capsys, "shadow", "update", "op-robot", "{oops", *d)
+    assert code == 2 and "not valid JSON" in err
+    code, out, _ = run_cli(capsys, "shadow", "delete", "op-robot", *d)
+    assert code == 0 and json.loads(out)["version"] == 1
+
+
+def test_commands_say_clearly_when_the_cloud_is_not_running(
+    new_cloud: Callable[..., LocalCloud], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cloud = new_cloud()
+    cloud.stop()
+    for argv in (["shadow", "get", "r1"], ["watch", "--once", "--json"]):
+        code, _out, err = run_cli(capsys, *argv, *cloud.cli_args)
+        assert code == 2
+        assert "is not running" in err and "roomba-fleet up --dir" in err
+    code, _out, err = run_cli(capsys, "shadow", "get", "r1", "--dir", str(tmp_path / "nothing-here"))
+    assert code == 2 and "not a local cloud directory" in err
+
+
+def test_up_without_mosquitto_explains_how_to_install(tmp_path: Path) -> None:
+    env = dict(os.environ, ROOMBA_MOSQUITTO=str(tmp_path / "no-such-mosquitto"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "up", "--dir", str(tmp_path / "c"), "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "apt-get install -y mosquitto" in proc.stderr and "make setup" in proc.stderr
+
+
+def test_watch_shows_presence_and_reported_state(
+    local_cloud: LocalCloud, paho_robot: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local_cloud.add_robot("watch-never")
+    robot = paho_robot(local_cloud, "watch-robot", will=json.dumps({"state": "offline"}).encode())
+    robot.subscribe("$aws/things/watch-robot/shadow/update/accepted")
+    robot.publish("roomba/watch-robot/presence", {"state": "online"}, retain=True)
+    robot.publish("$aws/things/watch-robot/shadow/update", {"state": {"reported": {"battery": 77}}})
+    assert robot.collect(1)
+    code, out, _ = run_cli(capsys, "watch", "--once", "--json", *local_cloud.cli_args)
+    assert code == 0
+    rows = {r["thing"]: r for r in json.loads(out)["robots"]}
+    assert rows["watch-robot"]["connection"] == "online"
+    assert rows["watch-robot"]["reported"] == {"battery": 77}
+    assert rows["watch-robot"]["version"] == 1
+    assert rows["watch-never"]["connection"] == "never"
+
+    robot.client.loop_stop()
+    sock = robot.client.socket()
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        code, out, _ = run_cli(capsys, "watch", "--once", "--json", *local_cloud.cli_args)
+        rows = {r["thing"]: r for r in json.loads(out)["robots"]}
+        if rows["watch-robot"]["connection"] == "offline":
+            break
+        time.sleep(0.2)
+    assert rows["watch-robot"]["connection"] == "offline"
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_up_restarts_crashed_children_and_shadows_persist_across_restarts(
+    new_cloud: Callable[..., LocalCloud], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cloud = new_cloud()
+    d = cloud.cli_args
+    assert run_cli(capsys, "shadow", "update", "keeper", '{"state":{"reported":{"n":1}}}', *d)[0] == 0
+    assert run_cli(capsys, "shadow", "update", "keeper", '{"state":{"desired":{"n":2}}}', *d)[0] == 0
+
+    old_service = cloud.child_pid("shadow-service")
+    os.kill(old_service, signal.SIGKILL)
+    assert _wait_for(lambda: cloud.run_info()["restarts"]["shadow-service"] == 1)
+    code, out, _ = run_cli(capsys, "shadow", "get", "keeper", "--timeout", "15", *d)
+    assert code == 0 and json.loads(out)["version"] == 2, "shadow lost or service not back after a crash"
+
+    old_broker = cloud.child_pid("mosquitto")
+    os.kill(old_broker, signal.SIGKILL)
+    assert _wait_for(lambda: cloud.run_info()["restarts"]["mosquitto"] == 1)
+    code = 2
+    deadline = time.monotonic() + 20
+    while code != 0 and time.monotonic() < deadline:
+        code, out, _ = run_cli(capsys, "shadow", "get", "keeper", *d)
+        time.sleep(0.2)
+    assert code == 0 and json.loads(out)["state"]["delta"] == {"n": 2}
+    stderr = (cloud.dir.root / "up.stderr").read_text()
+    assert "shadow-service exited" in stderr and "restarting in" in stderr
+
+    children = cloud.run_info()["children"].values()
+    cloud.stop()
+    assert not any(pid_alive(pid) for pid in children), "up left a child running after SIGTERM"
+
+    again = new_cloud()
+    code, out, _ = run_cli(capsys, "shadow", "get", "keeper", *again.cli_args)
+    doc = json.loads(out)
+    assert code == 0
+    assert doc["version"] == 2
+    assert doc["state"] == {"reported": {"n": 1}, "desired": {"n": 2}, "delta": {"n": 2}}

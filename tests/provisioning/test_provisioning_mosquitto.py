@@ -1,0 +1,148 @@
+"""What we issue works with a real Mosquitto over mutual TLS: CA, server certificate, device certificates."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from provisioning import certs
+from provisioning.ca import CertificateAuthority, init_ca, issue_server_cert
+from provisioning.device import Identity, create_identity, install_certificate, keygen
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def broker(tmp_path: Path, file_ca: CertificateAuthority) -> Iterator[int]:
+    cert, key = issue_server_cert(file_ca, tmp_path / "broker", ["localhost"], ["127.0.0.1"])
+    acl = tmp_path / "acl"
+    acl.write_text("pattern readwrite roomba/%u/#\n")
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"user root\nper_listener_settings false\nallow_anonymous false\nacl_file {acl}\n"
+        f"listener {port} 127.0.0.1\ncafile {file_ca.cert_path}\ncertfile {cert}\nkeyfile {key}\n"
+        "require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n"
+    )
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mosquitto did not start listening"
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def connect(ident: Identity, port: int) -> tuple[mqtt.Client, queue.Queue[object]]:
+    events: queue.Queue[object] = queue.Queue()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=ident.thing)
+    client.tls_set(ca_certs=str(ident.ca_path), certfile=str(ident.cert_path), keyfile=str(ident.key_path))
+    client.on_connect = lambda c, u, flags, rc, props: events.put(("connect", rc.is_failure))
+    client.on_message = lambda c, u, msg: events.put(("message", msg.topic, msg.payload))
+    client.on_subscribe = lambda c, u, mid, codes, props: events.put(
+        ("subscribed", [x.is_failure for x in codes])
+    )
+    client.connect("127.0.0.1", port, keepalive=30)
+    client.loop_start()
+    return client, events
+
+
+def test_device_connects_and_publishes_over_mutual_tls(
+    tmp_path: Path, broker: int, file_ca: CertificateAuthority
+) -> None:
+    ident = create_identity(file_ca, "robot-mqtt", tmp_path / "robot-mqtt")
+    client, events = connect(ident, broker)
+    try:
+        assert events.get(timeout=10) == ("connect", False)
+        client.subscribe("roomba/robot-mqtt/#", qos=1)
+        assert events.get(timeout=10) == ("subscribed", [False])
+        client.publish("roomba/robot-mqtt/telemetry", b"hello", qos=1).wait_for_publish(10)
+        assert events.get(timeout=10) == ("message", "roomba/robot-mqtt/telemetry", b"hello")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_certificate_from_another_ca_is_refused(
+    tmp_path: Path, broker: int, file_ca: CertificateAuthority
+) -> None:
+    rogue_ca = init_ca(tmp_path / "rogue", common_name="Rogue CA")
+    rogue = create_identity(rogue_ca, "robot-rogue", tmp_path / "rogue-id", root_ca=file_ca.cert_path)
+    ctx = ssl.create_default_context(cafile=str(rogue.ca_path))
+    ctx.load_cert_chain(rogue.cert_path, rogue.key_path)
+    with (
+        socket.create_connection(("127.0.0.1", broker), timeout=10) as raw,
+        pytest.raises(ssl.SSLError, match=r"(?i)unknown ca|certificate"),
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.recv(1)
+
+
+def test_token_device_key_connects_with_awscrt(
+    tmp_path: Path, broker: int, file_ca: CertificateAuthority, softhsm: dict[str, str], token: str
+) -> None:
+    """The robot flow with the key in a token: keygen in the token, station signs, awscrt connects via PKCS#11."""
+    from awscrt import io, mqtt5
+    from awsiot import mqtt5_client_builder
+
+    robot = tmp_path / "robot"
+    result = keygen(
+        "robot-p11", robot, pkcs11_module=softhsm["module"], token_label=token, pin=softhsm["pin"]
+    )
+    cert = file_ca.sign_csr(result.csr_path.read_bytes())
+    ident = install_certificate(robot, certs.cert_pem(cert), root_ca=file_ca.cert_path)
+
+    connected: queue.Queue[str] = queue.Queue()
+    stopped: queue.Queue[str] = queue.Queue()
+    client = mqtt5_client_builder.mtls_with_pkcs11(
+        pkcs11_lib=io.Pkcs11Lib(file=softhsm["module"]),
+        user_pin=softhsm["pin"],
+        token_label=token,
+        private_key_label="robot-p11",
+        cert_filepath=str(ident.cert_path),
+        endpoint="127.0.0.1",
+        port=broker,
+        ca_filepath=str(ident.ca_path),
+        client_id="robot-p11",
+        on_lifecycle_connection_success=lambda data: connected.put("ok"),
+        on_lifecycle_connection_failure=lambda data: connected.put(f"failed: {data.exception}"),
+        on_lifecycle_stopped=lambda data: stopped.put("stopped"),
+    )
+    client.start()
+    try:
+        assert connected.get(timeout=15) == "ok"
+        publish = client.publish(
+            mqtt5.PublishPacket(topic="roomba/robot-p11/events", payload=b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE)
+        )
+        code = publish.result(10).puback.reason_code
+        assert code in (mqtt5.PubackReasonCode.SUCCESS, mqtt5.PubackReasonCode.NO_MATCHING_SUBSCRIBERS)
+    finally:
+        client.stop()
+        assert stopped.get(timeout=10) == "stopped"
