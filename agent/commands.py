@@ -37,8 +37,12 @@ def load_schema(name: str) -> dict[str, Any]:
 @cache
 def _section_validator(name: str, key: str) -> jsonschema.Draft202012Validator:
     schema = load_schema(name)
-    sub = {"$defs": schema.get("$defs", {}), **schema["properties"][key]}
-    return jsonschema.Draft202012Validator(sub)
+    defs = schema.get("$defs", {})
+    prop = schema["properties"][key]
+    ref = prop.get("$ref", "")
+    if ref.startswith("#/$defs/") and len(prop) == 1:
+        prop = defs[ref.removeprefix("#/$defs/")]  # resolved once here, not on every validation
+    return jsonschema.Draft202012Validator({"$defs": defs, **prop})
 
 
 def _describe(section: str, error: jsonschema.ValidationError) -> str:

@@ -39,6 +39,7 @@ from hal.logs import configure, get_logger
 
 EX_CONFIG = 78  # sysexits: systemd's RestartPreventExitStatus keeps a bad config from restart-looping
 STATUS_FILE = "status.json"
+INLINE_ACTIONS = frozenset({"clean", "spot", "max", "dock", "set_clock"})
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
@@ -150,8 +151,14 @@ class Agent:
 
         now = time.monotonic()
         if isinstance(event, Message):
+            if "documents" in event.topic:
+                sys.stderr.write(f"loop {time.time():.5f}\n")
             self.metrics.inc("messages_received")
-            self.execute(self.sync.on_message(event.topic, event.payload, now))
+            _t0 = time.perf_counter()
+            _effs = self.sync.on_message(event.topic, event.payload, now)
+            if "documents" in event.topic:
+                sys.stderr.write(f"onmsg {1000*(time.perf_counter()-_t0):.2f}\n")
+            self.execute(_effs)
         elif isinstance(event, Connected):
             self.metrics.inc("connections")
             self.log.info("mqtt.connected", session_present=event.session_present)
@@ -247,6 +254,19 @@ class Agent:
         def done(exc: BaseException | None) -> None:
             self.loop.call_soon_threadsafe(self._command_ran, cmd, exc)
 
+        if cmd.action in INLINE_ACTIONS:
+            # one short serial write: run it right here, no thread hop (this is the latency path)
+            try:
+                sys.stderr.write(f"run {time.time():.5f}\n")
+                self.robot_link.run(cmd)
+                sys.stderr.write(f"ran {time.time():.5f}\n")
+            except Exception as exc:
+                self._commands_running += 1
+                self._command_ran(cmd, exc)
+                return
+            self._commands_running += 1
+            self._command_ran(cmd, None)
+            return
         self._commands_running += 1
         self.worker.submit(lambda: self.robot_link.run(cmd), done)
 
@@ -535,6 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         notifier.status("refusing to connect: " + problems[0].message[:200])
         return EX_CONFIG
     reconnect_max = int(os.environ.get("ROOMBA_AGENT_RECONNECT_MAX_MS", "120000"))
+    # hand-offs between the HAL reader, CRT and loop threads wait for the GIL; 5 ms by default
+    sys.setswitchinterval(0.0005)
     try:
         return asyncio.run(run_agent(config, notifier, reconnect_max))
     except OSError as exc:

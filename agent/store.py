@@ -88,10 +88,9 @@ class Ledger:
             "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?)",
             (command_id, action, status, reason, json.dumps(document), now, now),
         )
-        if cur.rowcount and self._keep:
-            self._db.execute(
-                "DELETE FROM commands WHERE rowid <= (SELECT MAX(rowid) FROM commands) - ?", (self._keep,)
-            )
+        rowid = cur.lastrowid or 0
+        if cur.rowcount and self._keep and rowid % 64 == 0:
+            self._db.execute("DELETE FROM commands WHERE rowid <= ?", (rowid - self._keep,))
         return bool(cur.rowcount)
 
     def finish(self, command_id: str, status: str, reason: str | None = None) -> None:

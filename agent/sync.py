@@ -321,7 +321,10 @@ class ShadowSync:
         return effects
 
     def _on_command(self, raw: Any) -> list[Effect]:
+        import sys as _s
+        _t0 = time.perf_counter()
         parsed = parse_command(raw)
+        _s.stderr.write(f"parse {1000*(time.perf_counter()-_t0):.2f}\n")
         side = self.classic
         cid = parsed.id
         entry = self.ledger.get(cid) if cid else None
@@ -344,7 +347,10 @@ class ShadowSync:
                     cid, str(parsed.echo.get("action")) if parsed.echo else None, "rejected", parsed.reason
                 )
             ]
-        if not self.ledger.begin(parsed.id, parsed.action, parsed.document):
+        _t0 = time.perf_counter()
+        _b = self.ledger.begin(parsed.id, parsed.action, parsed.document)
+        _s.stderr.write(f"begin {1000*(time.perf_counter()-_t0):.2f}\n")
+        if not _b:
             self.metrics.inc("commands_duplicate")
             return []
         self.active_commands[parsed.id] = parsed

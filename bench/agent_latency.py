@@ -169,6 +169,7 @@ def run_series(op: Operator, sim: Sim, n: int, gap_s: float, prefix: str) -> dic
         times = wait_until(lambda k=base + i + 1: (lambda t: t if len(t) >= k else None)(sim.clean_times()), 5,
                            "record")
         totals.append((t2 - t0) * 1000)
+        print(f"sent {t0:.5f}\noi {times[base+i]:.5f}\nanswer {t2:.5f}", file=sys.stderr)
         to_oi.append((times[base + i] - t0) * 1000)
         time.sleep(gap_s)
     return {"total": totals, "oi": to_oi}

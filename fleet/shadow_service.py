@@ -68,6 +68,7 @@ class ShadowService:
         return self._next_id
 
     def _connect(self) -> tuple[TlsConnection, mq.PacketParser]:
+        self._early = []
         conn = TlsConnection.connect(self.settings.endpoint, self.settings.port, self.tls)
         try:
             conn.send(mq.connect(SERVICE_IDENTITY, keepalive=KEEPALIVE_S, clean_session=False))
@@ -85,18 +86,22 @@ class ShadowService:
         return conn, parser
 
     def _expect(self, conn: TlsConnection, parser: mq.PacketParser, ptype: int) -> mq.Packet:
+        """Wait for one packet type; anything else that arrives (e.g. requests queued in our persistent
+        session, which the broker sends right after CONNACK) is kept for ``_serve``."""
         deadline = time.monotonic() + 10
-        backlog: list[mq.Packet] = []
-        while time.monotonic() < deadline:
+        found: mq.Packet | None = None
+        while found is None and time.monotonic() < deadline:
             if not conn.wait_readable(0.5):
                 continue
             parser.feed(conn.recv())
             for pkt in parser.packets():
-                if pkt.type == ptype:
-                    self._early = backlog
-                    return pkt
-                backlog.append(pkt)
-        raise ConnectionLost(f"no packet type {ptype} from the broker within 10 s")
+                if found is None and pkt.type == ptype:
+                    found = pkt
+                else:
+                    self._early.append(pkt)
+        if found is None:
+            raise ConnectionLost(f"no packet type {ptype} from the broker within 10 s")
+        return found
 
     def _handle(self, packets: list[mq.Packet], out: bytearray) -> None:
         now = time.time()

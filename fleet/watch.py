@@ -22,7 +22,7 @@ from hal import logs
 
 PRESENCE = "roomba/+/presence"
 DOCUMENTS = "$aws/things/+/shadow/update/documents"
-GET_ACCEPTED = "$aws/things/+/shadow/get/accepted"
+GET_RESPONSES = "$aws/things/+/shadow/get/+"
 
 
 @dataclass
@@ -103,21 +103,24 @@ class FleetView:
 def snapshot(client: OperatorClient, view: FleetView, settle: float) -> None:
     """Retained presence (until our own marker echoes back), then one shadow get per robot."""
     marker = f"local-cloud/operator/{uuid.uuid4().hex}"
-    client.subscribe([PRESENCE, DOCUMENTS, GET_ACCEPTED, marker], qos=1)
+    client.subscribe([PRESENCE, DOCUMENTS, GET_RESPONSES, marker], qos=1)
     client.publish(marker, b"{}", qos=1)
     for pkt in client.messages(settle):
         if pkt.topic == marker:
             break
         view.apply(pkt.topic, pkt.payload, time.time())
-    pending = set(view.rows)
-    for thing in sorted(pending):
-        client.publish(
-            f"$aws/things/{thing}/shadow/get", json.dumps({"clientToken": uuid.uuid4().hex[:16]}).encode()
-        )
-    for pkt in client.messages(settle):
-        answered = view.apply(pkt.topic, pkt.payload, time.time())
-        if pkt.topic.endswith("/get/accepted") and answered:
-            pending.discard(answered)
+    pending: dict[str, str] = {}
+    for thing in sorted(view.rows):
+        token = uuid.uuid4().hex[:16]
+        pending[token] = thing
+        client.publish(f"$aws/things/{thing}/shadow/get", json.dumps({"clientToken": token}).encode())
+    for pkt in client.messages(settle if pending else 0):
+        view.apply(pkt.topic, pkt.payload, time.time())
+        if pkt.topic.endswith(("/get/accepted", "/get/rejected")):
+            try:
+                pending.pop(json.loads(pkt.payload).get("clientToken"), None)
+            except (ValueError, AttributeError):
+                pass
         if not pending:
             break
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from hal.logs import configure, get_logger
+from hal.sim.robot import QUIRKS
 from hal.sim.server import SimServer, send_control
 
 
@@ -56,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     robot.add_argument("--speed", type=_positive, default=1.0, help="world time runs this many times faster")
     robot.add_argument("--record", help="append every command received as a JSON line to this file")
     robot.add_argument("--docked", action="store_true", help="start on the dock (charging)")
+    robot.add_argument(
+        "--firmware", help="version in the reset banner, e.g. 3.4.0 (<= 3.4.0 has the angle bug)"
+    )
+    robot.add_argument(
+        "--quirk",
+        action="append",
+        default=[],
+        choices=sorted(QUIRKS),
+        help="emulate a firmware quirk (repeatable): " + "; ".join(f"{k}: {v}" for k, v in QUIRKS.items()),
+    )
     ctl = sub.add_parser("ctl", help="send one control request to a running simulator", parents=[common])
     ctl.add_argument("socket", help="the --control socket path")
     ctl.add_argument("request", help='a JSON object, e.g. \'{"op": "state"}\'')
@@ -74,6 +85,8 @@ def _run_robot(args: argparse.Namespace) -> int:
             seed=args.seed,
             speed=args.speed,
             docked=args.docked,
+            firmware=args.firmware,
+            quirks=frozenset(args.quirk),
         )
         server.open()
     except (OSError, ValueError) as exc:

@@ -35,29 +35,40 @@ STREAM_HEADER = 19
 STREAM_BACKLOG = 512  # bytes the transmit queue may hold before stream frames are cut (spec: "corrupted")
 MAX_CATCH_UP_S = 30.0
 
+FIRMWARE_VERSION = "3.7.1"
 FIRMWARE = "r3-robot/tags/release-stm32-3.7.1:6174 CLEAN"
 BUILD_STAMP = "2015-12-18-1607-L   "
-# The real Create 2 reset timeline (oi_facts.md section 6, from YARC's capture of firmware 3.7.1).
-RESET_BANNER: tuple[tuple[float, bytes], ...] = (
-    (0.015, b"Soft reset!\n"),
-    (1.0, b"\xfe"),
-    (
-        3.0,
-        b"Roomba by iRobot!\r\nstm32\r\n" + BUILD_STAMP.encode() + b"\r\nbattery-current-zero 254\r\n",
-    ),
-    (
-        4.0,
-        b"\r\n"
-        + BUILD_STAMP.encode()
-        + b"\r\n"
-        + FIRMWARE.encode()
-        + b"\r\n\r\nbootloader id: 3115 C200 0033 5860 \r\nassembly: 3.5-lite\r\nrevision: 8\r\n"
-        b"flash version: 10\r\nflash info crc passed: 1\r\n\r\nbattery-current-zero 252\r\n"
-        b"estimate-battery-level-from-voltage 2697 mAH 17734 mV\r\nstart-charge: "
-        + BUILD_STAMP.encode()
-        + b"\r\nDetermining battery type.\r\n",
-    ),
-)
+ANGLE_BUG_FACTOR = 0.324056
+QUIRKS = {
+    "mode_plus_one": "packet 35 reports the OI mode one too high (some Roomba 6xx)",
+    "angle_scale": "Angle (20) reports degrees x 0.324056 (firmware up to 3.4.0; on by default for those)",
+}
+
+
+def reset_banner(version: str = FIRMWARE_VERSION) -> tuple[tuple[float, bytes], ...]:
+    """The real Create 2 reset timeline (oi_facts.md section 6, YARC's capture of firmware 3.7.1)."""
+    firmware = f"r3-robot/tags/release-stm32-{version}:6174 CLEAN".encode()
+    stamp = BUILD_STAMP.encode()
+    return (
+        (0.015, b"Soft reset!\n"),
+        (1.0, b"\xfe"),
+        (3.0, b"Roomba by iRobot!\r\nstm32\r\n" + stamp + b"\r\nbattery-current-zero 254\r\n"),
+        (
+            4.0,
+            b"\r\n"
+            + stamp
+            + b"\r\n"
+            + firmware
+            + b"\r\n\r\nbootloader id: 3115 C200 0033 5860 \r\nassembly: 3.5-lite\r\nrevision: 8\r\n"
+            b"flash version: 10\r\nflash info crc passed: 1\r\n\r\nbattery-current-zero 252\r\n"
+            b"estimate-battery-level-from-voltage 2697 mAH 17734 mV\r\nstart-charge: "
+            + stamp
+            + b"\r\nDetermining battery type.\r\n",
+        ),
+    )
+
+
+RESET_BANNER = reset_banner()
 BOOT_BUSY_S = 3.0
 BANNER_DONE_S = 5.0
 
@@ -119,6 +130,8 @@ class SimRobot:
         world: World | None = None,
         max_events: int = 10_000,
         tick_s: float = TICK_S,
+        firmware: str = FIRMWARE_VERSION,
+        quirks: frozenset[str] | set[str] = frozenset(),
     ) -> None:
         """``tick_s`` is the world step and stream period: keep the real robot's 15 ms on a serial link; a
         fleet simulator that only needs state (not OI timing) may pass a longer one to save CPU."""
@@ -126,6 +139,15 @@ class SimRobot:
             raise ValueError(f"speed must be positive, got {speed}")
         if not 0.001 <= tick_s <= 1.0:
             raise ValueError(f"tick_s must be between 0.001 and 1 s, got {tick_s}")
+        unknown = set(quirks) - set(QUIRKS)
+        if unknown:
+            raise ValueError(f"unknown quirk(s) {sorted(unknown)}; known: {', '.join(QUIRKS)}")
+        version = _version_tuple(firmware)
+        if version is None:
+            raise ValueError(f"firmware must look like 3.7.1, got {firmware!r}")
+        self.firmware = firmware
+        self.quirks = frozenset(quirks) | ({"angle_scale"} if version <= (3, 4, 0) else set())
+        self._banner = reset_banner(firmware)
         self.rng = random.Random(seed)
         self.world = world or World(rng=random.Random(self.rng.getrandbits(32)))
         if docked:
@@ -421,7 +443,7 @@ class SimRobot:
         w.odo_distance_mm = w.odo_angle_deg = 0.0
         self._set_mode(OIMode.OFF, now, "Reset")
         self._boot_until = now + BOOT_BUSY_S
-        self._scheduled = [(now + delay, text) for delay, text in RESET_BANNER]
+        self._scheduled = [(now + delay, text) for delay, text in self._banner]
         self._next_bat_line = now + BANNER_DONE_S
         self.events.append(PowerEvent(now, "reset"))
 
@@ -546,6 +568,14 @@ class SimRobot:
         except struct.error:  # a value outside its packet's width: wrap it as the firmware's counters do
             return b"".join(pack(m, v, wrap=True) for m, v in zip(ids, values, strict=True))
 
+    def _take_angle(self) -> int:
+        if "angle_scale" not in self.quirks:
+            return self.world.take_angle()
+        w = self.world
+        raw = int(w.odo_angle_deg * ANGLE_BUG_FACTOR)
+        w.odo_angle_deg -= raw / ANGLE_BUG_FACTOR
+        return max(-32768, min(32767, raw))
+
     def sensor_value(self, pid: int) -> int:
         """A single packet's current value (reading 19/20 consumes them, as on the robot)."""
         return self._getters[pid]()
@@ -570,7 +600,7 @@ class SimRobot:
             17: lambda: w.ir_omni,
             18: lambda: w.buttons,
             19: w.take_distance,
-            20: w.take_angle,
+            20: self._take_angle,
             21: lambda: int(w.charging_state),
             22: lambda: min(65535, w.voltage_mv),
             23: lambda: max(-32768, min(32767, int(w.current_ma))),
@@ -585,7 +615,7 @@ class SimRobot:
             32: const(0),
             33: const(0),
             34: lambda: w.charging_sources,
-            35: lambda: int(self.mode),
+            35: lambda: int(self.mode) + (1 if "mode_plus_one" in self.quirks and self.mode else 0),
             36: lambda: self.song_number,
             37: lambda: 1 if w.time < self._song_until else 0,
             38: lambda: len(self.stream_ids),
@@ -697,6 +727,8 @@ class SimRobot:
         w = self.world
         return {
             "oi_mode": self.mode.name.lower(),
+            "firmware": self.firmware,
+            "quirks": sorted(self.quirks),
             "asleep": self.asleep,
             "mission": w.mission.value,
             "pose": {"x": round(w.x, 1), "y": round(w.y, 1), "theta_deg": round(math.degrees(w.theta), 2)},
@@ -734,6 +766,13 @@ class SimRobot:
             },
             "rx_dropped": self.dropped_rx,
         }
+
+
+def _version_tuple(text: str) -> tuple[int, int, int] | None:
+    parts = text.strip().split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1]), int(parts[2])
 
 
 def _wrap16(value: int) -> int:

@@ -46,10 +46,15 @@ class SimServer:
         seed: int = 0,
         speed: float = 1.0,
         docked: bool = False,
+        firmware: str | None = None,
+        quirks: frozenset[str] | set[str] = frozenset(),
     ) -> None:
         if (link is None) == (tcp is None):
             raise ValueError("serve on exactly one of a pty link path or a TCP (host, port)")
-        self.robot = robot or SimRobot(seed=seed, speed=speed, now=time.monotonic(), docked=docked)
+        extra: dict[str, Any] = {"firmware": firmware} if firmware else {}
+        self.robot = robot or SimRobot(
+            seed=seed, speed=speed, now=time.monotonic(), docked=docked, quirks=quirks, **extra
+        )
         self.link_path = Path(link) if link is not None else None
         self.tcp_addr = tcp
         self.control_path = Path(control) if control is not None else None

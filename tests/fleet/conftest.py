@@ -6,6 +6,7 @@ Other packages' tests can copy these few lines; the machinery is in ``fleet.test
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import ssl
 import threading
@@ -16,9 +17,23 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.testing import LocalCloud
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging_config() -> Iterator[None]:
+    """CLI ``main()`` calls configure logging onto capsys's stream; put the previous set-up back so later
+    tests (any package's) never log to a closed capture."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from fleet import broker, mqtt_lite
 from fleet.shadow_engine import ShadowEngine, StoredShadow, parse_topic
@@ -122,7 +123,9 @@ def test_internal_failure_is_500_not_a_crash(monkeypatch: pytest.MonkeyPatch) ->
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr("agent.shadowdoc.apply_update", boom)
-    out = _answers(engine, "$aws/things/r1/shadow/update", {"state": {}, "clientToken": "z"})
+    with structlog.testing.capture_logs() as logs:
+        out = _answers(engine, "$aws/things/r1/shadow/update", {"state": {}, "clientToken": "z"})
+    assert [e["event"] for e in logs] == ["shadow.request.failed"]
     assert out["$aws/things/r1/shadow/update/rejected"] == {
         "code": 500,
         "message": "Internal service failure",
@@ -215,7 +218,7 @@ def test_broker_config_is_mutual_tls_with_identity_and_nodelay(tmp_path: Path) -
 
 def test_missing_mosquitto_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROOMBA_MOSQUITTO", "/nonexistent/mosquitto")
-    with pytest.raises(broker.BrokerMissing, match="apt-get install -y mosquitto.*make setup"):
+    with pytest.raises(broker.BrokerMissing, match=r"apt-get install -y mosquitto.*make setup"):
         broker.find_mosquitto()
 
 

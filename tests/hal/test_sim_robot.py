@@ -7,7 +7,7 @@ import re
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hal.opcodes import OPCODES, OIMode, Op
@@ -705,6 +705,7 @@ def valid_commands(draw: st.DrawFn) -> bytes:
 
 @settings(max_examples=400, deadline=None)
 @given(script=st.lists(valid_commands(), min_size=1, max_size=15))
+@example(script=[b"\x81\x00", b"\x8e\x00"])  # Baud 300 must not switch pacing on for an unpaced robot
 def test_any_sequence_of_well_formed_commands_keeps_the_parser_aligned(script: list[bytes]) -> None:
     clock = make(OIMode.FULL, speed=50.0)
     for command in script:
@@ -713,3 +714,43 @@ def test_any_sequence_of_well_formed_commands_keeps_the_parser_aligned(script: l
     clock.robot.stream_on = False
     clock.run(0.2, step=0.05)
     assert clock.ask([Op.START, Op.SENSORS, 35], settle=0.5)[-1:] == bytes([OIMode.PASSIVE])
+
+
+def test_clean_from_the_dock_backs_off_and_a_low_battery_sends_it_home_to_charge() -> None:
+    clock = make(OIMode.PASSIVE, docked=True, speed=10.0)
+    w = clock.robot.world
+    assert w.docked
+    clock.send([Op.CLEAN])
+    clock.run(3.0, step=0.1)
+    assert not w.docked and w.travelled_mm > 500 and w.mission is Mission.CLEAN
+    clock.robot.control({"op": "battery", "percent": 14}, clock.now)
+    clock.run(0.2, step=0.1)
+    assert w.mission is Mission.SEEK_DOCK
+    for _ in range(600):
+        clock.run(0.1, step=0.1)
+        if w.docked:
+            break
+    assert w.docked and w.mission is Mission.NONE
+    clock.run(0.5, step=0.1)
+    assert w.charging_state is ChargingState.FULL_CHARGING and w.current_ma > 0
+
+
+def test_quirk_mode_plus_one_reports_full_as_4() -> None:
+    clock = make(OIMode.FULL, quirks={"mode_plus_one"})
+    assert clock.ask([Op.SENSORS, 35]) == b"\x04"
+    with pytest.raises(ValueError, match="unknown quirk"):
+        SimRobot(quirks={"turbo"})
+
+
+def test_old_firmware_has_the_angle_bug_and_says_its_version_in_the_banner() -> None:
+    clock = make(OIMode.SAFE, firmware="3.4.0")
+    assert "angle_scale" in clock.robot.quirks
+    clock.send([Op.DRIVE, 0, 100, 0, 1])
+    clock.run(math.radians(90) * 235.0 / 2 / 100.0)
+    clock.send([Op.DRIVE, 0, 0, 0, 1])
+    raw = struct.unpack(">h", clock.ask([Op.SENSORS, 20]))[0]
+    assert raw / 0.324056 == pytest.approx(90, abs=4)
+    clock.send([Op.RESET])
+    assert b"r3-robot/tags/release-stm32-3.4.0:" in clock.run(4.5, step=0.05)
+    with pytest.raises(ValueError, match="firmware must look like"):
+        SimRobot(firmware="latest")

@@ -1,11 +1,17 @@
-"""Fixtures for provisioning tests: a key-file CA per session and helpers to run openssl."""
+"""Provisioning test fixtures: a key-file CA, a private SoftHSM store used from child processes, CLI runners."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -35,25 +41,24 @@ def openssl() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 TOKEN_PIN = "4321"
-TOKEN_LABELS = [f"roomba-test-{i}" for i in range(8)]
+REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A private SoftHSM2 store with a pool of tokens, made before python-pkcs11 loads the module.
+@dataclass(frozen=True)
+class SoftHsm:
+    """A private SoftHSM2 store (never the system one), used only by child processes.
 
-    SoftHSM reads ``SOFTHSM2_CONF`` once per process, so the whole session shares this store; never the
-    system token directory.
+    SoftHSM reads ``SOFTHSM2_CONF`` once per process at C_Initialize, and other areas' tests may load the
+    module into the pytest process with their own store; so every PKCS#11 step here runs in a child
+    process whose environment points at this store, and the pytest process never loads the module.
     """
-    root = tmp_path_factory.mktemp("softhsm")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
-    )
-    previous = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    for label in TOKEN_LABELS:
+
+    module: str
+    pin: str
+    conf: Path
+    env: dict[str, str]
+
+    def init_token(self, label: str) -> str:
         subprocess.run(
             [
                 "softhsm2-util",
@@ -62,28 +67,63 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
                 "--label",
                 label,
                 "--pin",
-                TOKEN_PIN,
+                self.pin,
                 "--so-pin",
                 "87654321",
             ],
             check=True,
             capture_output=True,
             timeout=30,
+            env=self.env,
         )
-    yield {"module": SOFTHSM_MODULE, "pin": TOKEN_PIN, "conf": str(conf)}
-    if previous is None:
-        os.environ.pop("SOFTHSM2_CONF", None)
-    else:
-        os.environ["SOFTHSM2_CONF"] = previous
+        return label
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``roomba-provision`` in a child process using this store."""
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "roomba-provision"), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**self.env, **(env or {})},
+        )
+
+    def python(self, code: str, **params: object) -> Any:
+        """Run ``code`` in a child Python with ``params`` as JSON on stdin; it prints one JSON result."""
+        prelude = "import json, sys\nparams = json.loads(sys.stdin.read())\n"
+        result = subprocess.run(
+            [sys.executable, "-c", prelude + textwrap.dedent(code)],
+            input=json.dumps(params, default=str),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=self.env,
+            cwd=REPO,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
+    root = tmp_path_factory.mktemp("softhsm")
+    (root / "tokens").mkdir()
+    conf = root / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
+    )
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf), "ROOMBA_LOG_LEVEL": "warning"}
+    env.pop("ROOMBA_PKCS11_PIN", None)
+    return SoftHsm(SOFTHSM_MODULE, TOKEN_PIN, conf, env)
 
 
 _token_counter = itertools.count()
 
 
 @pytest.fixture
-def token(softhsm: dict[str, str]) -> str:
-    """A fresh token label from the session pool (each test gets its own)."""
-    return TOKEN_LABELS[next(_token_counter) % len(TOKEN_LABELS)]
+def token(softhsm: SoftHsm) -> str:
+    """A fresh, initialised token for this test."""
+    return softhsm.init_token(f"roomba-test-{os.getpid()}-{next(_token_counter)}")
 
 
 @pytest.fixture

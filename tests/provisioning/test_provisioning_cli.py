@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,8 +13,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-
-from provisioning import hsm
 
 
 def cli_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -180,93 +177,6 @@ def test_verification_cert_file_ca(run_cli, tmp_path: Path, ca_dir: Path, openss
         ),
         "registration code",
     )
-
-
-def test_hsm_ca_via_cli(run_cli, tmp_path: Path, softhsm: dict[str, str], token: str, openssl) -> None:
-    ca = tmp_path / "hsm-ca"
-    base = ["--pkcs11-module", softhsm["module"], "--token", token]
-    env = {hsm.PIN_ENV: softhsm["pin"], "ROOMBA_LOG_LEVEL": "debug"}
-    result = cli_process("ca", "init", "--dir", str(ca), *base, env=env)
-    assert result.returncode == 0, result.stderr
-    assert softhsm["pin"] not in result.stdout + result.stderr
-    assert not (ca / "ca.key").exists()
-    assert json.loads((ca / "ca-pkcs11.json").read_text())["token_label"] == token
-
-    verif = tmp_path / "verif.pem"
-    result = run_cli(
-        "ca",
-        "verification-cert",
-        "--ca",
-        str(ca),
-        "--registration-code",
-        "XYZ789",
-        "--out",
-        str(verif),
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    assert openssl("verify", "-CAfile", str(ca / "ca.crt"), str(verif)).returncode == 0
-
-    pin_file = tmp_path / "pin"
-    pin_file.write_text(softhsm["pin"] + "\n")
-    result = run_cli(
-        "device",
-        "create",
-        "--ca",
-        str(ca),
-        "--thing",
-        "hsm-2",
-        "--out",
-        str(tmp_path / "d"),
-        "--pin-file",
-        str(pin_file),
-    )
-    assert result.returncode == 0, result.stderr
-    assert (
-        openssl("verify", "-CAfile", str(ca / "ca.crt"), str(tmp_path / "d" / "device.crt")).returncode == 0
-    )
-
-    no_pin = {hsm.PIN_ENV: ""}
-    one_error_line(
-        run_cli(
-            "device", "create", "--ca", str(ca), "--thing", "x", "--out", str(tmp_path / "e"), env=no_pin
-        ),
-        hsm.PIN_ENV,
-    )
-    wrong = {hsm.PIN_ENV: "0000"}
-    one_error_line(
-        run_cli("device", "create", "--ca", str(ca), "--thing", "x", "--out", str(tmp_path / "e"), env=wrong),
-        "rejected the PIN",
-    )
-    one_error_line(
-        run_cli(
-            "ca",
-            "init",
-            "--dir",
-            str(tmp_path / "c2"),
-            "--pkcs11-module",
-            softhsm["module"],
-            "--token",
-            "missing-token",
-            env=env,
-        ),
-        "no PKCS#11 token labelled 'missing-token'",
-    )
-    one_error_line(
-        run_cli(
-            "ca",
-            "init",
-            "--dir",
-            str(tmp_path / "c3"),
-            "--pkcs11-module",
-            "/nonexistent/lib.so",
-            "--token",
-            token,
-            env=env,
-        ),
-        "does not exist",
-    )
-    assert not (tmp_path / "e").exists()
 
 
 def test_no_pin_on_command_line(run_cli, tmp_path: Path) -> None:

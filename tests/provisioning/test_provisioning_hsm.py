@@ -1,87 +1,211 @@
-"""A CA and device keys inside a real SoftHSM2 token: non-extractable, used for every signature."""
+"""A CA and device keys inside a real SoftHSM2 token: non-extractable, used for every signature.
+
+Every PKCS#11 step runs in a child process (see ``SoftHsm`` in conftest.py).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import pytest
-from pkcs11 import Attribute, ObjectClass
-from pkcs11 import exceptions as p11e
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from provisioning import certs, hsm
-from provisioning.ca import init_ca, load_ca
-from provisioning.device import create_identity, install_certificate, keygen
-from provisioning.errors import KeyExists, PinMissing, TokenNotFound, WrongPin
+from provisioning.ca import CertificateAuthority
 from provisioning.verify import check_identity
 
+KEY_ATTRIBUTES = """
+from pkcs11 import Attribute, ObjectClass
+from pkcs11 import exceptions as p11e
+from provisioning import hsm
 
-def test_token_ca_signs_and_key_cannot_leave(
-    tmp_path: Path, softhsm: dict[str, str], token: str, openssl
-) -> None:
-    ca = init_ca(tmp_path / "ca", pkcs11_module=softhsm["module"], token_label=token, pin=softhsm["pin"])
+with hsm.session(params["module"], params["token"], params["pin"]) as sess:
+    priv = sess.get_key(object_class=ObjectClass.PRIVATE_KEY, label=params["label"])
     try:
-        assert not (tmp_path / "ca" / "ca.key").exists()
-        assert (tmp_path / "ca" / "ca-pkcs11.json").exists()
-        assert softhsm["pin"] not in (tmp_path / "ca" / "ca-pkcs11.json").read_text()
-        assert ca.in_token
-        assert openssl("verify", "-CAfile", str(ca.cert_path), str(ca.cert_path)).returncode == 0
-        priv = ca.key.pkcs11_private_key  # type: ignore[union-attr]
-        assert priv[Attribute.EXTRACTABLE] is False
-        assert priv[Attribute.SENSITIVE] is True
-        assert priv[Attribute.NEVER_EXTRACTABLE] is True
-        with pytest.raises(p11e.AttributeSensitive):
-            priv[Attribute.VALUE]
-        with pytest.raises(TypeError):
-            ca.key.private_bytes(None, None, None)  # type: ignore[arg-type]
-    finally:
-        ca.close()
-
-    with load_ca(tmp_path / "ca", pin=softhsm["pin"]) as loaded:
-        ident = create_identity(loaded, "hsm-robot-1", tmp_path / "id")
-    assert openssl("verify", "-CAfile", str(ident.ca_path), str(ident.cert_path)).returncode == 0
-    assert check_identity(ident.cert_path, ident.key_path, tmp_path / "ca" / "ca.crt", "hsm-robot-1") == []
-
-
-def test_token_ca_errors(tmp_path: Path, softhsm: dict[str, str], token: str, monkeypatch) -> None:
-    monkeypatch.delenv(hsm.PIN_ENV, raising=False)
-    with pytest.raises(WrongPin, match="rejected the PIN"):
-        init_ca(tmp_path / "a", pkcs11_module=softhsm["module"], token_label=token, pin="0000")
-    with pytest.raises(TokenNotFound, match="no-such-token"):
-        init_ca(tmp_path / "b", pkcs11_module=softhsm["module"], token_label="no-such-token", pin="1")
-    with pytest.raises(PinMissing, match=hsm.PIN_ENV):
-        init_ca(tmp_path / "c", pkcs11_module=softhsm["module"], token_label=token)
-    init_ca(tmp_path / "d", pkcs11_module=softhsm["module"], token_label=token, pin=softhsm["pin"]).close()
-    with pytest.raises(KeyExists, match="roomba-ca"):
-        init_ca(tmp_path / "e", pkcs11_module=softhsm["module"], token_label=token, pin=softhsm["pin"])
-    with pytest.raises(WrongPin):
-        load_ca(tmp_path / "d", pin="9999")
-    with pytest.raises(PinMissing):
-        load_ca(tmp_path / "d")
-    monkeypatch.setenv(hsm.PIN_ENV, softhsm["pin"])
-    load_ca(tmp_path / "d").close()
+        priv[Attribute.VALUE]
+        value = "readable"
+    except p11e.AttributeSensitive:
+        value = "AttributeSensitive"
+    key = hsm.TokenEcKey(sess, params["label"])
+    try:
+        key.private_bytes(None, None, None)
+        serialise = "serialised"
+    except TypeError as exc:
+        serialise = str(exc)
+    print(json.dumps({
+        "extractable": priv[Attribute.EXTRACTABLE],
+        "sensitive": priv[Attribute.SENSITIVE],
+        "never_extractable": priv[Attribute.NEVER_EXTRACTABLE],
+        "always_sensitive": priv[Attribute.ALWAYS_SENSITIVE],
+        "value": value,
+        "serialise": serialise,
+    }))
+"""
 
 
-def test_device_key_in_token(tmp_path: Path, softhsm: dict[str, str], token: str, file_ca, openssl) -> None:
-    result = keygen(
-        "token-robot",
-        tmp_path / "robot",
-        pkcs11_module=softhsm["module"],
-        token_label=token,
-        pin=softhsm["pin"],
+def one_error_line(result, contains: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("roomba-provision: error: ") and contains in lines[0], lines[0]
+
+
+def test_token_ca_signs_and_key_cannot_leave(tmp_path: Path, softhsm, token: str, openssl) -> None:
+    ca = tmp_path / "ca"
+    pin = {"ROOMBA_PKCS11_PIN": softhsm.pin}
+    result = softhsm.cli(
+        "ca", "init", "--dir", str(ca), "--pkcs11-module", softhsm.module, "--token", token, env=pin
     )
-    assert result.key_path is None and not (tmp_path / "robot" / "device.key").exists()
-    assert (tmp_path / "robot" / "device-pkcs11.json").exists()
-    assert openssl("req", "-in", str(result.csr_path), "-noout", "-verify").returncode == 0
-    cert = file_ca.sign_csr(result.csr_path.read_bytes())
-    with hsm.session(softhsm["module"], token, softhsm["pin"]) as sess:
-        priv = sess.get_key(object_class=ObjectClass.PRIVATE_KEY, label="token-robot")
-        assert priv[Attribute.EXTRACTABLE] is False
-        key = hsm.TokenEcKey(sess, "token-robot")
-        assert cert.public_key() == key.public_key()
-    ident = install_certificate(tmp_path / "robot", certs.cert_pem(cert), root_ca=file_ca.cert_path)
-    assert ident.key_path is None
-    assert check_identity(ident.cert_path, None, file_ca.cert_path, "token-robot") == []
-    with pytest.raises(KeyExists):
-        keygen(
-            "token-robot", tmp_path / "robot2", pkcs11_module=softhsm["module"], token_label=token, pin="4321"
-        )
+    assert result.returncode == 0, result.stderr
+    assert softhsm.pin not in result.stdout + result.stderr
+    assert not (ca / "ca.key").exists()
+    ref = json.loads((ca / "ca-pkcs11.json").read_text())
+    assert ref == {"module": softhsm.module, "token_label": token, "key_label": "roomba-ca"}
+    assert openssl("verify", "-CAfile", str(ca / "ca.crt"), str(ca / "ca.crt")).returncode == 0
+
+    attrs = softhsm.python(
+        KEY_ATTRIBUTES, module=softhsm.module, token=token, pin=softhsm.pin, label="roomba-ca"
+    )
+    assert attrs["extractable"] is False and attrs["never_extractable"] is True
+    assert attrs["sensitive"] is True and attrs["always_sensitive"] is True
+    assert attrs["value"] == "AttributeSensitive"
+    assert "non-extractable" in attrs["serialise"]
+
+    result = softhsm.cli(
+        "device", "create", "--ca", str(ca), "--thing", "hsm-robot-1", "--out", str(tmp_path / "id"), env=pin
+    )
+    assert result.returncode == 0, result.stderr
+    ident = tmp_path / "id"
+    assert openssl("verify", "-CAfile", str(ident / "root-ca.crt"), str(ident / "device.crt")).returncode == 0
+    text = openssl("x509", "-in", str(ident / "device.crt"), "-noout", "-text").stdout
+    assert "ecdsa-with-SHA256" in text and "TLS Web Client Authentication" in text
+    assert check_identity(ident / "device.crt", ident / "device.key", ca / "ca.crt", "hsm-robot-1") == []
+
+    verification = tmp_path / "verification.pem"
+    result = softhsm.cli(
+        "ca",
+        "verification-cert",
+        "--ca",
+        str(ca),
+        "--registration-code",
+        "XYZ789",
+        "--out",
+        str(verification),
+        env=pin,
+    )
+    assert result.returncode == 0, result.stderr
+    assert openssl("verify", "-CAfile", str(ca / "ca.crt"), str(verification)).returncode == 0
+    assert "CN = XYZ789" in openssl("x509", "-in", str(verification), "-noout", "-subject").stdout
+
+
+def test_token_ca_errors(tmp_path: Path, softhsm, token: str) -> None:
+    module = ["--pkcs11-module", softhsm.module]
+    good, wrong = {"ROOMBA_PKCS11_PIN": softhsm.pin}, {"ROOMBA_PKCS11_PIN": "0000"}
+    one_error_line(
+        softhsm.cli("ca", "init", "--dir", str(tmp_path / "a"), *module, "--token", token, env=wrong),
+        f"token {token!r} rejected the PIN",
+    )
+    one_error_line(
+        softhsm.cli(
+            "ca", "init", "--dir", str(tmp_path / "b"), *module, "--token", "no-such-token", env=good
+        ),
+        "no PKCS#11 token labelled 'no-such-token'",
+    )
+    one_error_line(
+        softhsm.cli("ca", "init", "--dir", str(tmp_path / "c"), *module, "--token", token),
+        "set ROOMBA_PKCS11_PIN or pass --pin-file",
+    )
+    one_error_line(
+        softhsm.cli(
+            "ca",
+            "init",
+            "--dir",
+            str(tmp_path / "c"),
+            "--pkcs11-module",
+            "/nonexistent/p11.so",
+            "--token",
+            token,
+            env=good,
+        ),
+        "PKCS#11 module /nonexistent/p11.so does not exist",
+    )
+
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(softhsm.pin + "\n")
+    result = softhsm.cli(
+        "ca", "init", "--dir", str(tmp_path / "d"), *module, "--token", token, "--pin-file", str(pin_file)
+    )
+    assert result.returncode == 0, result.stderr
+    one_error_line(
+        softhsm.cli("ca", "init", "--dir", str(tmp_path / "e"), *module, "--token", token, env=good),
+        "already holds a private key labelled 'roomba-ca'",
+    )
+    d = str(tmp_path / "d")
+    one_error_line(
+        softhsm.cli("device", "create", "--ca", d, "--thing", "x", "--out", str(tmp_path / "x"), env=wrong),
+        "rejected the PIN",
+    )
+    one_error_line(
+        softhsm.cli("device", "create", "--ca", d, "--thing", "x", "--out", str(tmp_path / "x")),
+        "ROOMBA_PKCS11_PIN",
+    )
+    assert not (tmp_path / "x").exists()
+    result = softhsm.cli(
+        "device",
+        "create",
+        "--ca",
+        d,
+        "--thing",
+        "x",
+        "--out",
+        str(tmp_path / "x"),
+        "--pin-file",
+        str(pin_file),
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_device_key_in_token(
+    tmp_path: Path, softhsm, token: str, file_ca: CertificateAuthority, openssl
+) -> None:
+    robot = tmp_path / "robot"
+    pin = {"ROOMBA_PKCS11_PIN": softhsm.pin}
+    p11 = ["--pkcs11-module", softhsm.module, "--token", token]
+    result = softhsm.cli("device", "keygen", "--thing", "token-robot", "--out", str(robot), *p11, env=pin)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in robot.iterdir()) == ["device-pkcs11.json", "device.csr"]
+    assert json.loads((robot / "device-pkcs11.json").read_text())["key_label"] == "token-robot"
+    assert openssl("req", "-in", str(robot / "device.csr"), "-noout", "-verify").returncode == 0
+
+    attrs = softhsm.python(
+        KEY_ATTRIBUTES, module=softhsm.module, token=token, pin=softhsm.pin, label="token-robot"
+    )
+    assert attrs["extractable"] is False and attrs["value"] == "AttributeSensitive"
+
+    cert_file = tmp_path / "token-robot.crt"
+    cert_file.write_bytes(file_ca.sign_csr((robot / "device.csr").read_bytes()).public_bytes(Encoding.PEM))
+    result = softhsm.cli(
+        "device",
+        "install",
+        "--dir",
+        str(robot),
+        "--cert",
+        str(cert_file),
+        "--root-ca",
+        str(file_ca.cert_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert check_identity(robot / "device.crt", None, file_ca.cert_path, "token-robot") == []
+    result = softhsm.cli("verify", "--dir", str(robot), "--ca", str(file_ca.dir), "--thing", "token-robot")
+    assert result.returncode == 0, result.stderr
+    assert (
+        x509.load_pem_x509_certificate((robot / "device.crt").read_bytes()).subject.rfc4514_string()
+        == "CN=token-robot"
+    )
+
+    one_error_line(
+        softhsm.cli(
+            "device", "keygen", "--thing", "token-robot", "--out", str(tmp_path / "r2"), *p11, env=pin
+        ),
+        "already holds a private key labelled 'token-robot'",
+    )

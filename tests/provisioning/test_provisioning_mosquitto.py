@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from provisioning import certs
 from provisioning.ca import CertificateAuthority, init_ca, issue_server_cert
-from provisioning.device import Identity, create_identity, install_certificate, keygen
+from provisioning.device import Identity, create_identity, install_certificate
 
 
 def free_port() -> int:
@@ -105,44 +105,64 @@ def test_certificate_from_another_ca_is_refused(
         tls.recv(1)
 
 
+AWSCRT_CONNECT = """
+import queue
+from awscrt import io, mqtt5
+from awsiot import mqtt5_client_builder
+
+connected, stopped = queue.Queue(), queue.Queue()
+client = mqtt5_client_builder.mtls_with_pkcs11(
+    pkcs11_lib=io.Pkcs11Lib(file=params["module"]),
+    user_pin=params["pin"],
+    token_label=params["token"],
+    private_key_label=params["label"],
+    cert_filepath=params["cert"],
+    endpoint="127.0.0.1",
+    port=params["port"],
+    ca_filepath=params["ca"],
+    client_id=params["label"],
+    on_lifecycle_connection_success=lambda data: connected.put("connected"),
+    on_lifecycle_connection_failure=lambda data: connected.put(f"failed: {data.exception}"),
+    on_lifecycle_stopped=lambda data: stopped.put("stopped"),
+)
+client.start()
+outcome = {"connect": connected.get(timeout=15)}
+if outcome["connect"] == "connected":
+    packet = mqtt5.PublishPacket(topic=f"roomba/{params['label']}/events", payload=b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE)
+    outcome["puback"] = client.publish(packet).result(10).puback.reason_code.name
+client.stop()
+outcome["stop"] = stopped.get(timeout=10)
+print(json.dumps(outcome))
+"""
+
+
 def test_token_device_key_connects_with_awscrt(
-    tmp_path: Path, broker: int, file_ca: CertificateAuthority, softhsm: dict[str, str], token: str
+    tmp_path: Path, broker: int, file_ca: CertificateAuthority, softhsm, token: str
 ) -> None:
     """The robot flow with the key in a token: keygen in the token, station signs, awscrt connects via PKCS#11."""
-    from awscrt import io, mqtt5
-    from awsiot import mqtt5_client_builder
-
     robot = tmp_path / "robot"
-    result = keygen(
-        "robot-p11", robot, pkcs11_module=softhsm["module"], token_label=token, pin=softhsm["pin"]
+    p11 = ["--pkcs11-module", softhsm.module, "--token", token]
+    result = softhsm.cli(
+        "device",
+        "keygen",
+        "--thing",
+        "robot-p11",
+        "--out",
+        str(robot),
+        *p11,
+        env={"ROOMBA_PKCS11_PIN": softhsm.pin},
     )
-    cert = file_ca.sign_csr(result.csr_path.read_bytes())
+    assert result.returncode == 0, result.stderr
+    cert = file_ca.sign_csr((robot / "device.csr").read_bytes())
     ident = install_certificate(robot, certs.cert_pem(cert), root_ca=file_ca.cert_path)
-
-    connected: queue.Queue[str] = queue.Queue()
-    stopped: queue.Queue[str] = queue.Queue()
-    client = mqtt5_client_builder.mtls_with_pkcs11(
-        pkcs11_lib=io.Pkcs11Lib(file=softhsm["module"]),
-        user_pin=softhsm["pin"],
-        token_label=token,
-        private_key_label="robot-p11",
-        cert_filepath=str(ident.cert_path),
-        endpoint="127.0.0.1",
+    outcome = softhsm.python(
+        AWSCRT_CONNECT,
+        module=softhsm.module,
+        pin=softhsm.pin,
+        token=token,
+        label="robot-p11",
+        cert=ident.cert_path,
+        ca=ident.ca_path,
         port=broker,
-        ca_filepath=str(ident.ca_path),
-        client_id="robot-p11",
-        on_lifecycle_connection_success=lambda data: connected.put("ok"),
-        on_lifecycle_connection_failure=lambda data: connected.put(f"failed: {data.exception}"),
-        on_lifecycle_stopped=lambda data: stopped.put("stopped"),
     )
-    client.start()
-    try:
-        assert connected.get(timeout=15) == "ok"
-        publish = client.publish(
-            mqtt5.PublishPacket(topic="roomba/robot-p11/events", payload=b"{}", qos=mqtt5.QoS.AT_LEAST_ONCE)
-        )
-        code = publish.result(10).puback.reason_code
-        assert code in (mqtt5.PubackReasonCode.SUCCESS, mqtt5.PubackReasonCode.NO_MATCHING_SUBSCRIBERS)
-    finally:
-        client.stop()
-        assert stopped.get(timeout=10) == "stopped"
+    assert outcome == {"connect": "connected", "puback": "NO_MATCHING_SUBSCRIBERS", "stop": "stopped"}
