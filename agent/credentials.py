@@ -7,13 +7,15 @@ forever; checking locally first turns that into one clear reason and the matchin
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ def check_certificate(
     cert: x509.Certificate, thing_name: str, now: dt.datetime, chain: Sequence[x509.Certificate] = ()
 ) -> list[CredentialProblem]:
     """Pure: validity window, CN == thing name, and (if given) issued by one of ``chain``."""
+    from cryptography.x509.oid import NameOID
+
     problems = []
     not_before = cert.not_valid_before_utc
     not_after = cert.not_valid_after_utc
@@ -97,6 +101,8 @@ def check_files(
     thing_name: str, cert_path: str, key_path: str | None, now: dt.datetime | None = None
 ) -> list[CredentialProblem]:
     """The I/O wrapper used by ``run`` (before connecting) and by ``doctor``."""
+    from cryptography import x509
+
     now = now or dt.datetime.now(dt.UTC)
     problems: list[CredentialProblem] = []
     if key_path is not None:
@@ -153,3 +159,29 @@ def check_files(
         return problems
     problems += check_certificate(cert, thing_name, now)
     return problems
+
+
+def check_files_isolated(thing_name: str, cert_path: str, key_path: str | None) -> list[CredentialProblem]:
+    """``check_files`` in a forked child, so the long-running agent never maps ``cryptography`` (~8 MB RSS).
+
+    Called before any thread or CRT object exists, where fork is safe (sdk_notes.md §6).
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: check, report, leave without running the parent's cleanup
+        code = 0
+        try:
+            os.close(read_fd)
+            problems = check_files(thing_name, cert_path, key_path)
+            with os.fdopen(write_fd, "w") as out:
+                json.dump([asdict(p) for p in problems], out)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0 or not data:
+        return check_files(thing_name, cert_path, key_path)  # the isolated run failed: check in-process
+    return [CredentialProblem(**p) for p in json.loads(data)]

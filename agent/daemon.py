@@ -90,6 +90,8 @@ class Agent:
         self._drive_timer: asyncio.TimerHandle | None = None
         self._driving: str | None = None
         self._commands_running = 0
+        self._message_at = 0.0
+        self._status_text = ""
         self.loop = asyncio.get_running_loop()
         self.mqtt: Any = None
         self.robot_link: Any = None
@@ -151,14 +153,9 @@ class Agent:
 
         now = time.monotonic()
         if isinstance(event, Message):
-            if "documents" in event.topic:
-                sys.stderr.write(f"loop {time.time():.5f}\n")
+            self._message_at = time.perf_counter()
             self.metrics.inc("messages_received")
-            _t0 = time.perf_counter()
-            _effs = self.sync.on_message(event.topic, event.payload, now)
-            if "documents" in event.topic:
-                sys.stderr.write(f"onmsg {1000*(time.perf_counter()-_t0):.2f}\n")
-            self.execute(_effs)
+            self.execute(self.sync.on_message(event.topic, event.payload, now))
         elif isinstance(event, Connected):
             self.metrics.inc("connections")
             self.log.info("mqtt.connected", session_present=event.session_present)
@@ -169,7 +166,8 @@ class Agent:
         elif isinstance(event, Disconnected):
             self.metrics.inc("disconnects")
             self.metrics.inc(f"disconnect_reason_{event.reason}")
-            self.log.warning("mqtt.disconnected", reason=event.reason)
+            quiet = self.stopping.is_set() or event.reason.endswith("user_requested_stop")
+            (self.log.info if quiet else self.log.warning)("mqtt.disconnected", reason=event.reason)
             self.sync.on_disconnected()
             if event.fatal:
                 self.on_fatal(event.reason)
@@ -257,9 +255,8 @@ class Agent:
         if cmd.action in INLINE_ACTIONS:
             # one short serial write: run it right here, no thread hop (this is the latency path)
             try:
-                sys.stderr.write(f"run {time.time():.5f}\n")
                 self.robot_link.run(cmd)
-                sys.stderr.write(f"ran {time.time():.5f}\n")
+                self.metrics.observe("command_to_oi", time.perf_counter() - self._message_at)
             except Exception as exc:
                 self._commands_running += 1
                 self._command_ran(cmd, exc)
@@ -388,11 +385,18 @@ class Agent:
             ready_s = time.monotonic() - self.started
             self.metrics.set("ready_s", round(ready_s, 3))
             self.log.info("agent.ready", seconds=round(ready_s, 3))
-            self.notifier.ready(f"connected to {self.config.endpoint}, robot link up")
+            self._status_text = f"connected to {self.config.endpoint}, robot link up"
+            self.notifier.ready(self._status_text)
         elif waiting:
-            self.notifier.status("waiting for " + " and ".join(waiting))
+            self.set_status("waiting for " + " and ".join(waiting))
         elif self.ready:
-            self.notifier.status(f"connected to {self.config.endpoint}, robot link up")
+            self.set_status(f"connected to {self.config.endpoint}, robot link up")
+
+    def set_status(self, text: str) -> None:
+        """systemd's STATUS=, sent only when it changes."""
+        if text != self._status_text:
+            self._status_text = text
+            self.notifier.status(text)
 
     def healthy(self) -> tuple[bool, str]:
         """Watchdog health: the loop runs (we are here), the worker and the HAL reader are alive, and the
@@ -403,7 +407,7 @@ class Agent:
         thread = getattr(robot, "_thread", None)
         if robot is not None and (thread is None or not thread.is_alive()):
             return False, "HAL reader thread died"
-        if self.metrics.counters["shadow_get_timeout"] >= 3 and self.mqtt is not None and self.mqtt.connected:
+        if self.sync.get_timeouts >= 3 and self.mqtt is not None and self.mqtt.connected:
             return False, "MQTT client connected but shadow requests time out"
         return True, "ok"
 
@@ -427,6 +431,10 @@ class Agent:
                     fn()
                 except Exception:
                     self.log.exception("agent.periodic.failed", task=name)
+
+    def health_probe(self) -> None:
+        self.execute(self.sync.probe(time.monotonic()))
+        self.pump()
 
     def send_telemetry(self) -> None:
         if self.snapshot is not None and self.mqtt is not None and self.mqtt.connected:
@@ -513,6 +521,9 @@ async def run_agent(config: cfg.AgentConfig, notifier: Notifier, reconnect_max_m
             agent.periodic("telemetry", lambda: agent.settings["telemetry_s"], agent.send_telemetry)
         ),
         loop.create_task(agent.periodic("metrics", lambda: agent.settings["metrics_s"], agent.send_metrics)),
+        loop.create_task(
+            agent.periodic("probe", lambda: config.intervals.health_probe_s, agent.health_probe)
+        ),
     ]
     agent.write_status()
     await agent.stopping.wait()
@@ -547,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     configure(config.log_level)
     log = get_logger("agent", thing=config.thing_name)
-    problems = credentials.check_files(config.thing_name, config.cert, config.key)
+    problems = credentials.check_files_isolated(config.thing_name, config.cert, config.key)
     if problems:
         for p in problems:
             log.error("credentials.refused", code=p.code, reason=p.message, hint=p.hint)

@@ -15,6 +15,8 @@ class Metrics:
         self.counters: Counter[str] = Counter()
         self.gauges: dict[str, float | int | str | None] = {}
         self._latencies: deque[float] = deque(maxlen=reservoir)
+        self._reservoir = reservoir
+        self._series: dict[str, deque[float]] = {}
 
     def inc(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -25,8 +27,15 @@ class Metrics:
     def observe_rtt(self, seconds: float) -> None:
         self._latencies.append(seconds)
 
+    def observe(self, name: str, seconds: float) -> None:
+        self._series.setdefault(name, deque(maxlen=self._reservoir)).append(seconds)
+
     def rtt_summary(self) -> dict[str, float | None]:
-        data = sorted(self._latencies)
+        return self._summary(self._latencies)
+
+    @staticmethod
+    def _summary(values: deque[float]) -> dict[str, float | None]:
+        data = sorted(values)
         if not data:
             return {"p50_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
 
@@ -40,4 +49,5 @@ class Metrics:
             "counters": dict(sorted(self.counters.items())),
             "gauges": dict(sorted(self.gauges.items())),
             "shadow_rtt": self.rtt_summary(),
+            **{f"{name}_latency": self._summary(values) for name, values in sorted(self._series.items())},
         }

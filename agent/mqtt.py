@@ -124,9 +124,6 @@ class MqttClient:
     def _on_publish(self, data: mqtt5.PublishReceivedData) -> None:
         packet = data.publish_packet
         payload = packet.payload
-        if "documents" in packet.topic:
-            import sys as _s
-            _s.stderr.write(f"crt {time.time():.5f}\n")
         self._post(Message(packet.topic, bytes(payload) if payload is not None else b""))
 
     # construction ---------------------------------------------------------------------------------------

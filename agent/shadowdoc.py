@@ -10,8 +10,8 @@ Public API (small on purpose):
 - ``Shadow(state, metadata, version)``: a stored document. ``state`` holds ``desired`` / ``reported`` only
   when non-empty; ``metadata`` mirrors it with ``{"timestamp": T}`` leaves. Treat both as read-only.
 - ``ShadowError(code, message, client_token)``: a request AWS would reject; ``error_document()`` renders it.
-- ``parse_update(payload) -> UpdateRequest`` validates an ``/update`` payload (bytes, str or a decoded
-  mapping) in AWS's order: encoding, JSON, ``state`` node, section types, ``clientToken``, ``version``, depth.
+- ``parse_update(payload) -> UpdateRequest`` validates an ``/update`` payload (bytes, str or already
+  decoded JSON, i.e. dicts and lists) in AWS's order: encoding, JSON, ``state`` node, section types, ``clientToken``, ``version``, depth.
 - ``client_token_of(payload)`` for ``/get`` and ``/delete`` (their content is otherwise ignored).
 - ``apply_update(shadow, request, now, base_version=0) -> UpdateResult`` merges (null deletes, arrays are
   values, empty objects pruned), checks optimistic locking (409) and the 8 KB limit (413), and returns the
@@ -28,6 +28,7 @@ by the caller, so the rules are deterministic and table-testable.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -113,16 +114,30 @@ def validate_shadow_name(name: str) -> None:
         raise ShadowError(400, MSG_INVALID_SHADOW_NAME)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def _decode(payload: bytes | str | Mapping[str, Any]) -> Any:
-    if isinstance(payload, Mapping):
-        return payload
     if isinstance(payload, bytes | bytearray | memoryview):
         try:
             payload = bytes(payload).decode("utf-8")
         except UnicodeDecodeError:
             raise ShadowError(415, MSG_BAD_ENCODING) from None
+    elif not isinstance(payload, str):
+        return payload
     try:
-        return json.loads(payload)
+        return _DECODER.decode(payload)
     except RecursionError:
         raise ShadowError(400, MSG_TOO_DEEP) from None
     except ValueError:
@@ -148,7 +163,7 @@ def client_token_of(payload: bytes | str | Mapping[str, Any]) -> str | None:
         doc = _decode(payload)
     except ShadowError:
         return None
-    if not isinstance(doc, Mapping):
+    if not isinstance(doc, dict):
         return None
     return _check_token(doc.get("clientToken"))
 
@@ -181,7 +196,7 @@ def _too_deep_or_null_in_array(value: Any, levels_left: int) -> str | None:
 def parse_update(payload: bytes | str | Mapping[str, Any]) -> UpdateRequest:
     """Validate an ``/update`` payload; raise ``ShadowError`` (carrying the token when readable)."""
     doc = _decode(payload)
-    if not isinstance(doc, Mapping):
+    if not isinstance(doc, dict):
         raise ShadowError(400, MSG_INVALID_JSON)
     raw_token = doc.get("clientToken")
     token = raw_token if isinstance(raw_token, str) else None
@@ -190,14 +205,14 @@ def parse_update(payload: bytes | str | Mapping[str, Any]) -> UpdateRequest:
             raise ShadowError(400, MSG_MISSING_STATE)
         state = doc["state"]
         if state is not None:
-            if not isinstance(state, Mapping):
+            if not isinstance(state, dict):
                 raise ShadowError(400, MSG_STATE_NOT_OBJECT)
             for key in state:
                 if key not in SECTIONS:
                     raise ShadowError(400, f"State contains an invalid node: '{key}'")
-            if not isinstance(state.get("desired", {}), Mapping | None):
+            if not isinstance(state.get("desired", {}), dict | None):
                 raise ShadowError(400, MSG_DESIRED_NOT_OBJECT)
-            if not isinstance(state.get("reported", {}), Mapping | None):
+            if not isinstance(state.get("reported", {}), dict | None):
                 raise ShadowError(400, MSG_REPORTED_NOT_OBJECT)
         token = _check_token(raw_token)
         version = doc.get("version")

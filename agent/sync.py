@@ -146,6 +146,7 @@ class ShadowSync:
         self._token_seq = 0
         self._boot = format(int(time.time() * 1000) % 0xFFFFFFFF, "x")
         self.active_commands: dict[str, Command] = {}
+        self.get_timeouts = 0  # consecutive: a connected client whose requests vanish is wedged
 
     # topics ------------------------------------------------------------------------------------------
     def subscriptions(self) -> tuple[str, ...]:
@@ -189,6 +190,15 @@ class ShadowSync:
         side.get_token = (token, now)
         self.metrics.inc("shadow_get_sent")
         return Publish(f"{side.prefix}/get", json.dumps({"clientToken": token}).encode(), self.qos)
+
+    def probe(self, now: float) -> list[Effect]:
+        """Application-level health check (SDK issue #623: a client can stop receiving silently): a get of
+        the classic shadow. Its answer also catches up on any desired change whose document was missed."""
+        side = self.classic
+        if not self.connected or not side.synced or side.get_token is not None:
+            return []
+        self.metrics.inc("health_probes")
+        return [self._get(side, now)]
 
     def set_robot_state(self, state: Mapping[str, Any]) -> None:
         """The sensor-derived reported keys (model.reported_state); published at most every report_min_s."""
@@ -255,11 +265,15 @@ class ShadowSync:
 
     def _on_get(self, side: _Side, doc: Mapping[str, Any], now: float) -> list[Effect]:
         side.get_token = None
+        self.get_timeouts = 0
         state = doc.get("state") or {}
+        if side.synced:
+            # a health probe (or a retried get): catch up on desired, keep the acknowledged reported
+            side.version = max(side.version, int(doc.get("version") or 0))
+            self.metrics.inc("shadow_get_accepted")
+            return self._reconcile(side, state.get("desired") or {}, now)
         side.acked = dict(state.get("reported") or {})
-        side.version = (
-            max(side.version, int(doc.get("version") or 0)) if side.synced else int(doc.get("version") or 0)
-        )
+        side.version = int(doc.get("version") or 0)
         side.synced = True
         # publish the full current state on every (re)connect, not only the diff
         side.acked = {k: v for k, v in side.acked.items() if k not in side.current}
@@ -321,10 +335,7 @@ class ShadowSync:
         return effects
 
     def _on_command(self, raw: Any) -> list[Effect]:
-        import sys as _s
-        _t0 = time.perf_counter()
         parsed = parse_command(raw)
-        _s.stderr.write(f"parse {1000*(time.perf_counter()-_t0):.2f}\n")
         side = self.classic
         cid = parsed.id
         entry = self.ledger.get(cid) if cid else None
@@ -347,10 +358,7 @@ class ShadowSync:
                     cid, str(parsed.echo.get("action")) if parsed.echo else None, "rejected", parsed.reason
                 )
             ]
-        _t0 = time.perf_counter()
-        _b = self.ledger.begin(parsed.id, parsed.action, parsed.document)
-        _s.stderr.write(f"begin {1000*(time.perf_counter()-_t0):.2f}\n")
-        if not _b:
+        if not self.ledger.begin(parsed.id, parsed.action, parsed.document):
             self.metrics.inc("commands_duplicate")
             return []
         self.active_commands[parsed.id] = parsed
@@ -397,6 +405,7 @@ class ShadowSync:
         for side in (self.classic, self.config):
             if side.get_token is not None and now - side.get_token[1] > REQUEST_TIMEOUT_S:
                 self.metrics.inc("shadow_get_timeout")
+                self.get_timeouts += 1
                 effects.append(self._get(side, now))
             if side.inflight is not None and now - side.inflight[2] > REQUEST_TIMEOUT_S:
                 self.metrics.inc("shadow_update_timeout")

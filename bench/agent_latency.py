@@ -50,7 +50,10 @@ class Sim:
         with open(tmp / f"{name}.log", "wb") as log:
             self.proc = subprocess.Popen(
                 [str(BIN / "roomba-sim"), "robot", "--link", str(self.link), "--record", str(self.record)],
-                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
         wait_until(self.link.exists, 20, "simulator")
 
     def clean_times(self) -> list[float]:
@@ -78,7 +81,9 @@ class Operator:
         self.answers: dict[str, float] = {}
         self.rejected: list[dict[str, Any]] = []
         self.ready = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-op-{thing}", protocol=mqtt.MQTTv5)
+        self.c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-op-{thing}", protocol=mqtt.MQTTv5
+        )
         self.c.tls_set(ca_certs=str(ident.ca), certfile=str(ident.cert), keyfile=str(ident.key))
         self.c.on_connect = self._on_connect
         self.c.on_subscribe = lambda *a: self.ready.set()
@@ -112,7 +117,9 @@ class Operator:
         self.c.disconnect()
 
 
-def sample_style_handler(cloud: Any, thing: str, port: str, stop: threading.Event, started: threading.Event) -> None:
+def sample_style_handler(
+    cloud: Any, thing: str, port: str, stop: threading.Event, started: threading.Event
+) -> None:
     """The baseline, shaped like samples/service_clients/shadow.py: default builder settings (only the
     endpoint, port, credentials and client id), IotShadowClientV2 with (2, 2, 30 s), a delta stream whose
     events are handled on the main thread, and update_shadow(...).result() for the answer."""
@@ -124,17 +131,29 @@ def sample_style_handler(cloud: Any, thing: str, port: str, stop: threading.Even
     ident = cloud.identity(thing)
     connected = threading.Event()
     client = mqtt5_client_builder.mtls_from_path(
-        endpoint="127.0.0.1", port=cloud.port, cert_filepath=str(ident.cert), pri_key_filepath=str(ident.key),
-        ca_filepath=str(ident.ca), client_id=thing,
-        on_lifecycle_connection_success=lambda d: connected.set())
+        endpoint="127.0.0.1",
+        port=cloud.port,
+        cert_filepath=str(ident.cert),
+        pri_key_filepath=str(ident.key),
+        ca_filepath=str(ident.ca),
+        client_id=thing,
+        on_lifecycle_connection_success=lambda d: connected.set(),
+    )
     client.start()
     connected.wait(20)
-    shadow = iotshadow.IotShadowClientV2(client, mqtt_request_response.ClientOptions(
-        max_request_response_subscriptions=2, max_streaming_subscriptions=2, operation_timeout_in_seconds=30))
+    shadow = iotshadow.IotShadowClientV2(
+        client,
+        mqtt_request_response.ClientOptions(
+            max_request_response_subscriptions=2,
+            max_streaming_subscriptions=2,
+            operation_timeout_in_seconds=30,
+        ),
+    )
     deltas: queue.Queue[Any] = queue.Queue()
     stream = shadow.create_shadow_delta_updated_stream(
         iotshadow.ShadowDeltaUpdatedSubscriptionRequest(thing_name=thing),
-        ServiceStreamOptions(incoming_event_listener=deltas.put))
+        ServiceStreamOptions(incoming_event_listener=deltas.put),
+    )
     stream.open()
     robot = Robot(port, hold_mode=None).start(wait=10)
     desired: dict[str, Any] = {}
@@ -150,8 +169,11 @@ def sample_style_handler(cloud: Any, thing: str, port: str, stop: threading.Even
         if desired.get("action") == "clean":
             robot.clean()
         answer = {**desired, "status": "done"}
-        shadow.update_shadow(iotshadow.UpdateShadowRequest(
-            thing_name=thing, state=iotshadow.ShadowState(reported={"command": answer}))).result()
+        shadow.update_shadow(
+            iotshadow.UpdateShadowRequest(
+                thing_name=thing, state=iotshadow.ShadowState(reported={"command": answer})
+            )
+        ).result()
     robot.close()
     client.stop()
 
@@ -165,11 +187,13 @@ def run_series(op: Operator, sim: Sim, n: int, gap_s: float, prefix: str) -> dic
         try:
             t2 = wait_until(lambda cid=cid: op.answers.get(cid), 10, f"answer to {cid}")
         except SystemExit:
-            raise SystemExit(f"bench: no answer to {cid}; rejected updates seen: {op.rejected[-3:]}") from None
-        times = wait_until(lambda k=base + i + 1: (lambda t: t if len(t) >= k else None)(sim.clean_times()), 5,
-                           "record")
+            raise SystemExit(
+                f"bench: no answer to {cid}; rejected updates seen: {op.rejected[-3:]}"
+            ) from None
+        times = wait_until(
+            lambda k=base + i + 1: (lambda t: t if len(t) >= k else None)(sim.clean_times()), 5, "record"
+        )
         totals.append((t2 - t0) * 1000)
-        print(f"sent {t0:.5f}\noi {times[base+i]:.5f}\nanswer {t2:.5f}", file=sys.stderr)
         to_oi.append((times[base + i] - t0) * 1000)
         time.sleep(gap_s)
     return {"total": totals, "oi": to_oi}
@@ -199,11 +223,18 @@ def main() -> int:
         cloud.add_robot("bench-baseline", str(sim_b.link))
         env = {**os.environ, "ROOMBA_LOG_LEVEL": "warning"}
         with open(tmp / "agent.log", "wb") as log:
-            agent = subprocess.Popen([str(BIN / "roomba-agent"), "run", "--config", str(cfg)], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=log)
+            agent = subprocess.Popen(
+                [str(BIN / "roomba-agent"), "run", "--config", str(cfg)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         stop, started = threading.Event(), threading.Event()
-        base_thread = threading.Thread(target=sample_style_handler,
-                                       args=(cloud, "bench-baseline", str(sim_b.link), stop, started), daemon=True)
+        base_thread = threading.Thread(
+            target=sample_style_handler,
+            args=(cloud, "bench-baseline", str(sim_b.link), stop, started),
+            daemon=True,
+        )
         base_thread.start()
         try:
             op_a, op_b = Operator(cloud, "bench-agent"), Operator(cloud, "bench-baseline")
@@ -211,10 +242,12 @@ def main() -> int:
             try:
                 ours = run_series(op_a, sim_a, args.commands, args.gap_ms / 1000, "a")
             except SystemExit:
-                time.sleep(3)
                 st = json.loads((Path(cfg_state(cfg)) / "status.json").read_text())
                 print(json.dumps(st["metrics"]), st["last_command"], file=sys.stderr)
                 raise
+            time.sleep(2.5)  # the status file is rewritten every 2 s
+            status = json.loads((Path(cfg_state(cfg)) / "status.json").read_text())
+            inside = status["metrics"].get("command_to_oi_latency", {})
             wait_until(started.is_set, 30, "baseline handler")
             base = run_series(op_b, sim_b, args.commands, args.gap_ms / 1000, "b")
         finally:
@@ -229,6 +262,7 @@ def main() -> int:
         "p50_ms": pct(ours["total"], 0.5),
         "p99_ms": pct(ours["total"], 0.99),
         "oi_p50_ms": pct(ours["oi"], 0.5),
+        "agent_internal_p50_ms": inside.get("p50_ms"),
         "baseline_p50_ms": pct(base["total"], 0.5),
         "baseline_p99_ms": pct(base["total"], 0.99),
         "baseline_oi_p50_ms": pct(base["oi"], 0.5),

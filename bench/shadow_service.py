@@ -10,7 +10,7 @@ The local cloud runs with the per-thing rate limit off (``rate_limit_per_thing=0
 100 robots at 2,000/s). Clients use QoS1 publishes, QoS0 response subscriptions and flow control NONE, as
 platform_notes.md recommends for the stand-in.
 
-    .venv/bin/python bench/shadow_service.py [--robots 64] [--seconds 5] [--samples 2000]
+    .venv/bin/python bench/shadow_service.py [--robots 100] [--window 8] [--seconds 5] [--samples 2000]
 """
 
 from __future__ import annotations
@@ -245,9 +245,9 @@ def measure_throughput_lean(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--robots", type=int, default=64)
+    p.add_argument("--robots", type=int, default=100)
     p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--window", type=int, default=4)
+    p.add_argument("--window", type=int, default=8)
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--client", choices=("lean", "awscrt"), default="lean", help="throughput load generator")
     p.add_argument("--response-qos", type=int, default=None, help="override the service's response QoS")

@@ -8,6 +8,7 @@ any order and a directory survives restarts with its identities intact.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 from fleet import broker
@@ -18,6 +19,8 @@ from provisioning import device as pdevice
 from provisioning.names import thing_name_problem
 
 log = get_logger("fleet.cloud")
+
+DEFAULT_SERIAL_PORT = "socket://127.0.0.1:7000"
 
 
 class RobotNameError(ValueError):
@@ -42,11 +45,18 @@ def ensure_identity(cloud: CloudDir, ca: pca.CertificateAuthority, name: str) ->
 
 
 def prepare(cloud: CloudDir, port: int | None = None) -> Settings:
-    """Make ``cloud`` ready for ``up``: CA, server cert, service and operator identities, broker files."""
+    """Make ``cloud`` ready for ``up``: CA, server cert, service and operator identities, broker files.
+
+    A new ``port`` is saved, and the robots' agent configurations are rewritten to use it.
+    """
     cloud.root.mkdir(parents=True, exist_ok=True)
     settings = cloud.load_settings()
-    if (port is not None and port != settings.port) or not cloud.settings_path.exists():
+    port_changed = port is not None and port != settings.port
+    if port_changed or not cloud.settings_path.exists():
         settings = cloud.update_settings(port=port if port is not None else settings.port)
+    if port_changed:
+        for name in cloud.known_robots():
+            add_robot(cloud, name, _serial_port_of(cloud, name))
     with ensure_ca(cloud) as ca:
         if not cloud.server_cert.exists() or not cloud.server_key.exists():
             pca.issue_server_cert(
@@ -103,7 +113,15 @@ def agent_config_text(
     )
 
 
-def add_robot(cloud: CloudDir, name: str, serial_port: str = "socket://127.0.0.1:7000") -> Path:
+def _serial_port_of(cloud: CloudDir, name: str) -> str:
+    try:
+        config = tomllib.loads(cloud.robot_config(name).read_text())
+        return str(config["robot"]["serial_port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_SERIAL_PORT
+
+
+def add_robot(cloud: CloudDir, name: str, serial_port: str = DEFAULT_SERIAL_PORT) -> Path:
     """Issue ``name``'s identity (once) and (re)write its agent configuration; return the config path."""
     problem = thing_name_problem(name)
     if problem:

@@ -9,7 +9,7 @@ any kind produces the rejection AWS would publish; nothing here raises on a peer
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent import shadowdoc as sd
@@ -18,17 +18,30 @@ from hal.logs import get_logger
 
 log = get_logger("fleet.shadow")
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 ShadowKey = tuple[str, str]  # (thing, shadow name; "" for the classic shadow)
 OPERATIONS = ("update", "get", "delete")
 
 
 @dataclass(frozen=True)
 class StoredShadow:
-    """What persists for one shadow: the document, or a tombstone remembering the deleted version."""
+    """What persists for one shadow: the document, or a tombstone remembering the deleted version.
+
+    ``doc_json`` caches the compact JSON of ``shadow.to_json()``: each update serializes the new document
+    once and reuses it as ``documents.current``, as the next update's ``documents.previous`` and as the
+    stored row.
+    """
 
     shadow: Shadow | None
     deleted_version: int = 0
     deleted_at: int | None = None
+    doc_json: str | None = field(default=None, compare=False, repr=False)
+
+    def document_json(self) -> str:
+        if self.doc_json is not None:
+            return self.doc_json
+        return _ENCODE(self.shadow.to_json()) if self.shadow is not None else "null"
 
 
 @dataclass(frozen=True)
@@ -53,13 +66,6 @@ def parse_topic(topic: str) -> ShadowTopic | None:
     if op not in OPERATIONS:
         return None
     return ShadowTopic(parts[2], name, op, topic[: -len(op) - 1])
-
-
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _dumps(doc: Any) -> bytes:
-    return _ENCODE(doc).encode("utf-8")
 
 
 @dataclass
@@ -89,6 +95,8 @@ class ShadowEngine:
         self.remember_deleted_s = remember_deleted_s
         self._buckets: dict[str, _Bucket] = {}
         self._dirty: dict[ShadowKey, StoredShadow] = {}
+        self._valid_things: set[str] = set()
+        self._valid_names: set[str] = set()
         self.counters: dict[str, int] = {"accepted": 0, "rejected": 0, "throttled": 0, "ignored": 0}
 
     def take_dirty(self) -> dict[ShadowKey, StoredShadow]:
@@ -120,10 +128,10 @@ class ShadowEngine:
             self.counters["ignored"] += 1
             return []
         ts = int(now)
-        rejected = f"{req.prefix}/{req.operation}/rejected"
         try:
             return self._dispatch(req, payload, now, ts)
         except ShadowError as err:
+            rejected = f"{req.prefix}/{req.operation}/rejected"
             self.counters["rejected"] += 1
             if err.code == 429:
                 self.counters["throttled"] += 1
@@ -132,19 +140,29 @@ class ShadowEngine:
             )
             return [(rejected, _dumps(sd.error_document(err, ts)))]
         except Exception:
+            rejected = f"{req.prefix}/{req.operation}/rejected"
             self.counters["rejected"] += 1
             log.exception("shadow.request.failed", thing=req.thing, op=req.operation)
             failure = ShadowError(500, sd.MSG_INTERNAL, _best_effort_token(payload))
             return [(rejected, _dumps(sd.error_document(failure, ts)))]
 
     def _dispatch(self, req: ShadowTopic, payload: bytes, now: float, ts: int) -> list[tuple[str, bytes]]:
-        try:
-            sd.validate_thing_name(req.thing)
+        if req.thing not in self._valid_things or (
+            req.shadow_name and req.shadow_name not in self._valid_names
+        ):
+            try:
+                sd.validate_thing_name(req.thing)
+                if req.shadow_name:
+                    sd.validate_shadow_name(req.shadow_name)
+            except ShadowError as err:
+                err.client_token = _best_effort_token(payload)
+                raise
+            if len(self._valid_things) > 100_000:
+                self._valid_things.clear()
+                self._valid_names.clear()
+            self._valid_things.add(req.thing)
             if req.shadow_name:
-                sd.validate_shadow_name(req.shadow_name)
-        except ShadowError as err:
-            err.client_token = _best_effort_token(payload)
-            raise
+                self._valid_names.add(req.shadow_name)
         if not self._allow(req.thing, now):
             raise ShadowError(429, sd.MSG_TOO_MANY_REQUESTS, _best_effort_token(payload))
         key = (req.thing, req.shadow_name)
@@ -162,11 +180,16 @@ class ShadowEngine:
             ):
                 base = stored.deleted_version
             result = sd.apply_update(current, request, ts, base)
-            self._store(key, StoredShadow(result.shadow))
+            current_json = _ENCODE(result.shadow.to_json())
+            previous_json = stored.document_json() if current is not None and stored is not None else "null"
+            self._store(key, StoredShadow(result.shadow, doc_json=current_json))
             self.counters["accepted"] += 1
+            token = request.client_token
+            documents = f'{{"previous":{previous_json},"current":{current_json},"timestamp":{ts}'
+            documents += f',"clientToken":{_ENCODE(token)}}}' if token is not None else "}"
             out = [
                 (f"{prefix}/update/accepted", _dumps(result.accepted)),
-                (f"{prefix}/update/documents", _dumps(result.documents)),
+                (f"{prefix}/update/documents", documents.encode("utf-8")),
             ]
             if result.delta is not None:
                 out.append((f"{prefix}/update/delta", _dumps(result.delta)))
@@ -180,6 +203,10 @@ class ShadowEngine:
         assert stored is not None
         self._store(key, replace(stored, shadow=None, deleted_version=current.version, deleted_at=ts))
         return [(f"{prefix}/delete/accepted", _dumps(sd.delete_document(current, ts, token)))]
+
+
+def _dumps(doc: Any) -> bytes:
+    return _ENCODE(doc).encode("utf-8")
 
 
 def _best_effort_token(payload: bytes) -> str | None:

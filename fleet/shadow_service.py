@@ -122,7 +122,12 @@ class ShadowService:
         out = bytearray()
         self._handle(self._early, out)
         self._early = []
+        parent = os.getppid()
         while not self.stopping:
+            if os.getppid() != parent:
+                log.warning("shadow.service.orphaned", parent=parent)
+                self.stopping = True
+                break
             if conn.wait_readable(1.0):
                 parser.feed(conn.recv())
                 self._handle(parser.packets(), out)

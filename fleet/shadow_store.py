@@ -43,7 +43,7 @@ class ShadowStore:
             "SELECT thing, name, doc, deleted_version, deleted_at FROM shadows"
         ):
             shadow = Shadow.from_json(json.loads(doc)) if doc else None
-            out[(thing, name)] = StoredShadow(shadow, deleted_version, deleted_at)
+            out[(thing, name)] = StoredShadow(shadow, deleted_version, deleted_at, doc_json=doc or None)
         return out
 
     def save(self, changed: dict[ShadowKey, StoredShadow]) -> None:
@@ -53,7 +53,7 @@ class ShadowStore:
             (
                 thing,
                 name,
-                json.dumps(s.shadow.to_json(), separators=(",", ":")) if s.shadow is not None else None,
+                s.document_json() if s.shadow is not None else None,
                 s.deleted_version,
                 s.deleted_at,
             )

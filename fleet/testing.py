@@ -8,6 +8,8 @@ Usage (any test, any package)::
         config = cloud.add_robot("robot-001")      # agent TOML path (CONTRACTS.md format)
         ident = cloud.identity("robot-001")        # .cert / .key / .ca paths for an MQTT client
         cloud.endpoint, cloud.port, cloud.ca_path
+        cloud.update_shadow("robot-001", {"state": {"desired": {"power": "on"}}})   # as the operator
+        accepted, doc = cloud.get_shadow("robot-001")
 
 It runs the real command in a subprocess (Mosquitto with mutual TLS and the shadow service, supervised),
 so what a test sees is what a developer gets. ``stop()`` (or leaving the ``with``) terminates it and
@@ -33,6 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from fleet import cloud as fleet_cloud
+from fleet import operator as fleet_operator
 from fleet.layout import OPERATOR_IDENTITY, SERVICE_IDENTITY, CloudDir
 
 
@@ -126,7 +129,7 @@ class LocalCloud:
         tail = err_path.read_text(errors="replace")[-2000:]
         return None, tail
 
-    def add_robot(self, name: str, serial_port: str = "socket://127.0.0.1:7000") -> Path:
+    def add_robot(self, name: str, serial_port: str = fleet_cloud.DEFAULT_SERIAL_PORT) -> Path:
         """Issue a robot identity and write its agent configuration; returns the TOML path."""
         return fleet_cloud.add_robot(self.dir, name, serial_port)
 
@@ -136,6 +139,16 @@ class LocalCloud:
         if name not in (SERVICE_IDENTITY, OPERATOR_IDENTITY) and not (d / "device.key").exists():
             self.add_robot(name)
         return IdentityPaths(name, d / "device.crt", d / "device.key", d / "root-ca.crt")
+
+    def get_shadow(self, thing: str, name: str | None = None) -> tuple[bool, dict[str, Any]]:
+        """(accepted, document) of a shadow ``get`` as the operator (a 404 is ``(False, {...})``)."""
+        return fleet_operator.request(self.dir, thing, "get", name=name)
+
+    def update_shadow(
+        self, thing: str, document: dict[str, Any], name: str | None = None
+    ) -> tuple[bool, dict[str, Any]]:
+        """Publish an update as the operator (e.g. ``{"state": {"desired": {...}}}``); (accepted, response)."""
+        return fleet_operator.request(self.dir, thing, "update", document, name=name)
 
     def operator(self) -> IdentityPaths:
         return self.identity(OPERATOR_IDENTITY)
@@ -149,7 +162,17 @@ class LocalCloud:
         return int(self.run_info()["children"][name])
 
     def stop(self) -> None:
+        """Stop ``up`` (which stops its children); if it had to be killed, kill the children it left."""
+        try:
+            children = [int(p) for p in self.run_info()["children"].values() if p]
+        except (OSError, ValueError, KeyError, TypeError):
+            children = []
         _terminate(self.proc)
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self._owns_dir:
             shutil.rmtree(self.dir.root, ignore_errors=True)
 

@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
         sup.stopping.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     problem = sup.start_all()
     if problem:
         sup.stop_all()

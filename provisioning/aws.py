@@ -15,6 +15,7 @@ PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 THING = "${iot:Connection.Thing.ThingName}"
 AGENT_TOPICS = ("telemetry", "events", "metrics", "presence")
 RETAINED_TOPICS = ("presence",)
+JOBS_REQUESTS = ("get", "start-next", "*/get", "*/update")
 POLICY_MAX_CHARS = 2048
 
 
@@ -30,10 +31,17 @@ def device_policy(
 ) -> dict[str, Any]:
     """The device policy: connect as its own thing, its shadows (classic + named), jobs and agent topics.
 
-    Everything is scoped to the robot's own thing. Publishing to shadow ``delete`` is not granted (a robot
-    never deletes its shadow); subscribe/receive cover all of its own shadow and job responses. Named
-    shadows default to any name (``*``) because listing names costs policy characters (AWS caps a policy at
-    2048 without whitespace); pass ``shadow_names`` to pin them.
+    Everything is scoped to the robot's own thing (aws/jobs_and_provisioning.md §(d)):
+
+    - publish: shadow ``get``/``update`` (never ``delete``), the four Jobs request topics, and exactly
+      ``roomba/<thing>/telemetry|events|metrics|presence``; ``iot:RetainPublish`` on ``presence`` only
+      (the agent's retained presence and its retained MQTT will);
+    - subscribe/receive: its own shadow and job response topics (``…/shadow/*``, ``…/jobs/*``), which only
+      AWS publishes to.
+
+    Named shadows default to any name (``*``); ``shadow_names`` pins them. Region and account default to
+    ``*``: a policy only ever applies inside the account and region where it is created, so naming them
+    adds nothing but characters, and AWS caps a policy at 2048 without whitespace (see ``policy_size``).
     """
     if partition not in PARTITIONS:
         raise ValueError(f"unknown partition {partition!r}; use one of {', '.join(PARTITIONS)}")
@@ -44,7 +52,7 @@ def device_policy(
     things = f"$aws/things/{THING}"
     shadows = [f"{things}/shadow"] + [f"{things}/shadow/name/{name}" for name in shadow_names]
     publish = [arn(f"topic/{s}/{op}") for s in shadows for op in ("get", "update")]
-    publish.append(arn(f"topic/{things}/jobs/*"))
+    publish += [arn(f"topic/{things}/jobs/{op}") for op in JOBS_REQUESTS]
     publish += [arn(f"topic/roomba/{THING}/{t}") for t in AGENT_TOPICS]
     return {
         "Version": "2012-10-17",
@@ -84,6 +92,10 @@ def jitp_template(policy_name: str = "roomba-agent", thing_type: str | None = No
     """The just-in-time provisioning template: thing named by the certificate CN, certificate activated,
     the named device policy attached. Only CN and certificate id are used, so every certificate we issue
     satisfies it (a declared parameter missing from the certificate would fail provisioning).
+
+    ``OverrideSettings`` keep a rerun from undoing an operator's decisions: a certificate that already
+    exists keeps its status (one deactivated or revoked is not switched back to ACTIVE), and an existing
+    thing keeps its groups and, unless ``thing_type`` is given, its type.
     """
     thing_properties: dict[str, Any] = {"ThingName": {"Ref": "AWS::IoT::Certificate::CommonName"}}
     if thing_type:
@@ -98,7 +110,7 @@ def jitp_template(policy_name: str = "roomba-agent", thing_type: str | None = No
                 "Type": "AWS::IoT::Thing",
                 "OverrideSettings": {
                     "AttributePayload": "MERGE",
-                    "ThingTypeName": "REPLACE",
+                    "ThingTypeName": "REPLACE" if thing_type else "DO_NOTHING",
                     "ThingGroups": "DO_NOTHING",
                 },
                 "Properties": thing_properties,
@@ -106,6 +118,7 @@ def jitp_template(policy_name: str = "roomba-agent", thing_type: str | None = No
             "certificate": {
                 "Type": "AWS::IoT::Certificate",
                 "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"},
+                "OverrideSettings": {"Status": "DO_NOTHING"},
             },
             "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": policy_name}},
         },

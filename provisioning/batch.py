@@ -20,7 +20,7 @@ from cryptography import x509
 
 from hal.logs import get_logger
 from provisioning import certs
-from provisioning.ca import CertificateAuthority
+from provisioning.ca import CertificateAuthority, read_certificate
 from provisioning.device import DEVICE_CERT, DEVICE_KEY, DEVICE_PKCS11, Identity, create_identity
 from provisioning.errors import BatchLocked, InvalidInput
 from provisioning.fsio import atomic_write, fsync_dir, remove_stale_temps
@@ -111,7 +111,10 @@ def read_manifest(path: Path) -> tuple[dict[str, dict[str, str]], bool]:
     dirty = False
     if not path.exists():
         return entries, False
-    for line in path.read_bytes().splitlines():
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        dirty = True  # a torn append: the next line would be glued onto it
+    for line in data.splitlines():
         try:
             entry = json.loads(line)
             thing = entry["thing"]
@@ -155,6 +158,11 @@ def _recover(directory: Path, item: PlannedThing) -> dict[str, str]:
         raise InvalidInput(
             f"{cert_file} is not a valid certificate; move {directory} away and rerun"
         ) from None
+    cn = certs.common_name(cert.subject)
+    if cn != item.thing:
+        raise InvalidInput(
+            f"{directory} holds a certificate for {cn!r}, not {item.thing!r}; move it away and rerun"
+        )
     return manifest_entry(item.thing, item.serial, cert)
 
 
@@ -204,7 +212,7 @@ def _run_locked(
     if stale or entries:
         log.info("batch.resume", already=len(entries), stale_temps=stale)
     if isinstance(root_ca, str | os.PathLike):
-        root_ca = Path(root_ca).read_bytes()
+        root_ca = certs.cert_pem(read_certificate(Path(root_ca)))
     created = skipped = recovered = 0
     manifest = _Manifest(manifest_path)
     try:

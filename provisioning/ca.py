@@ -133,12 +133,20 @@ def init_ca(
     """Create a CA in ``dir``: EC P-256 (or ``key_type="rsa"``, 2048 bits) as a key file, or in a token.
 
     With ``pkcs11_module`` and ``token_label`` the key pair is generated inside the token as sensitive and
-    non-extractable (EC only) and ``ca-pkcs11.json`` records where it is. Refuses to overwrite a CA.
+    non-extractable (EC only) and ``ca-pkcs11.json`` records where it is. Refuses to overwrite a CA. A
+    directory it creates is 0700 (it holds ``ca.key``); an existing one keeps its mode.
     """
     directory = Path(dir)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-    _check_free(directory)
     now = now or utcnow()
+    certs.validity_end(now, days)
+    if isinstance(path_length, bool) or not isinstance(path_length, int) or path_length < 0:
+        raise InvalidInput(f"CA path length must be a whole number >= 0, not {path_length!r}")
+    if directory.exists():
+        _check_free(directory)
+    else:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700)
+        os.chmod(directory, 0o700)
     key: certs.PrivateKey
     if pkcs11_module or token_label:
         if not (pkcs11_module and token_label):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import re
 import secrets
 import warnings
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provisioning.errors import CsrInvalid, CsrSignatureInvalid, UnsupportedKey
+from provisioning.errors import CsrInvalid, CsrSignatureInvalid, InvalidInput, UnsupportedKey
 from provisioning.names import check_thing_name
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -33,6 +34,15 @@ CLOCK_SKEW = dt.timedelta(minutes=5)
 DEFAULT_CA_DAYS = 3650
 DEFAULT_DEVICE_DAYS = 3650
 DEFAULT_SERVER_DAYS = 825
+MAX_DAYS = 36500
+REGISTRATION_CODE_RE = re.compile(r"[A-Za-z0-9]{1,64}")
+
+
+def validity_end(now: dt.datetime, days: int) -> dt.datetime:
+    """``now + days``, refusing lifetimes that are empty or run past what X.509 dates can hold."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+        raise InvalidInput(f"validity must be 1..{MAX_DAYS} days, not {days!r}")
+    return now + dt.timedelta(days=days)
 
 
 def generate_key(key_type: str = "ec") -> PrivateKey:
@@ -124,6 +134,8 @@ def build_ca_certificate(
 
     ``path_length=0`` because devices are issued directly by this CA; an intermediate needs 1.
     """
+    if isinstance(path_length, bool) or not isinstance(path_length, int) or path_length < 0:
+        raise InvalidInput(f"CA path length must be a whole number >= 0, not {path_length!r}")
     public_key = key.public_key()
     subject = x509.Name(
         [
@@ -139,7 +151,7 @@ def build_ca_certificate(
         .public_key(public_key)
         .serial_number(random_serial())
         .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_after(validity_end(now, days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -255,7 +267,7 @@ def build_client_certificate(
         .public_key(public_key)
         .serial_number(random_serial())
         .not_valid_before(start)
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_after(validity_end(now, days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(public_key), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
@@ -288,7 +300,7 @@ def build_server_certificate(
         .public_key(public_key)
         .serial_number(random_serial())
         .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_after(validity_end(now, days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(public_key), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -312,7 +324,7 @@ def build_verification_certificate(
     Its key pair is throwaway: AWS only checks the CA's signature over the code.
     """
     code = registration_code.strip()
-    if not code or len(code) > 64 or not code.isalnum():
+    if not REGISTRATION_CODE_RE.fullmatch(code):
         raise ValueError(
             "registration code must be the 1-64 alphanumeric characters `aws iot get-registration-code` prints"
         )
@@ -325,7 +337,7 @@ def build_verification_certificate(
         .public_key(public_key)
         .serial_number(random_serial())
         .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_after(validity_end(now, days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_ski(public_key), critical=False)
         .add_extension(_aki_from(ca_cert), critical=False)

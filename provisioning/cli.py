@@ -12,9 +12,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from hal import logs
 from provisioning import aws, certs, hsm
@@ -33,6 +33,50 @@ from provisioning.fsio import atomic_write
 from provisioning.verify import check_identity
 
 PROG = "roomba-provision"
+MAX_DAYS = 36500
+SECRET_FLAGS = ("--pin", "--user-pin", "--so-pin", "--password")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that never repeat what was typed after an unknown option.
+
+    argparse's own message for ``--pin 1234`` would print the PIN back to stderr (and so into CI logs or
+    the journal); we name the problem and point at the supported ways to pass a PIN instead.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            words = message.split(":", 1)[1].split()
+            secret = next((w for w in words if w.split("=", 1)[0] in SECRET_FLAGS), None)
+            if secret is not None:
+                message = (
+                    f"{secret.split('=', 1)[0]} is not accepted: a PIN never goes on the command line "
+                    "(use $ROOMBA_PKCS11_PIN or --pin-file FILE)"
+                )
+            else:
+                options = [w.split("=", 1)[0] for w in words if w.startswith("-")]
+                message = (
+                    f"unrecognized option(s): {' '.join(options)}"
+                    if options
+                    else f"{len(words)} unexpected argument(s)"
+                )
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+DAYS = _int_in(1, MAX_DAYS)
 
 
 def _add_pkcs11(parser: argparse.ArgumentParser, *, key_label_default: str | None) -> None:
@@ -48,14 +92,12 @@ def _add_pin_file(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Provision Roomba robots for AWS IoT.", allow_abbrev=False
-    )
+    parser = _Parser(prog=PROG, description="Provision Roomba robots for AWS IoT.", allow_abbrev=False)
     parser.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     ca = sub.add_parser("ca", allow_abbrev=False, help="manage the company CA").add_subparsers(
-        dest="ca_command", required=True
+        dest="ca_command", required=True, parser_class=_Parser
     )
     init = ca.add_parser(
         "init", allow_abbrev=False, help="create a CA (key file, or key inside a PKCS#11 token)"
@@ -66,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--cn", default="Roomba Fleet Development CA", help="CA common name")
     init.add_argument("--org", default="Roomba Fleet", help="CA organisation")
-    init.add_argument("--days", type=int, default=certs.DEFAULT_CA_DAYS)
-    init.add_argument("--path-length", type=int, default=0)
+    init.add_argument("--days", type=DAYS, default=certs.DEFAULT_CA_DAYS)
+    init.add_argument("--path-length", type=_int_in(0, 8), default=0, help="0: issues devices directly")
     _add_pkcs11(init, key_label_default="roomba-ca")
     verif = ca.add_parser(
         "verification-cert",
@@ -85,12 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--out", required=True, type=Path, help="directory for server.crt and server.key")
     server.add_argument("--hostname", action="append", default=[], help="DNS SAN (repeatable)")
     server.add_argument("--ip", action="append", default=[], help="IP SAN (repeatable)")
-    server.add_argument("--days", type=int, default=certs.DEFAULT_SERVER_DAYS)
+    server.add_argument("--days", type=DAYS, default=certs.DEFAULT_SERVER_DAYS)
     server.add_argument("--replace", action="store_true", help="rotate an existing server certificate")
     _add_pin_file(server)
 
     device = sub.add_parser("device", allow_abbrev=False, help="device keys and identities").add_subparsers(
-        dest="device_command", required=True
+        dest="device_command", required=True, parser_class=_Parser
     )
     kg = device.add_parser("keygen", allow_abbrev=False, help="on the robot: make the device key and a CSR")
     kg.add_argument("--thing", required=True)
@@ -110,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--ca", required=True, type=Path)
     create.add_argument("--thing", required=True)
     create.add_argument("--out", required=True, type=Path)
-    create.add_argument("--days", type=int, default=certs.DEFAULT_DEVICE_DAYS)
+    create.add_argument("--days", type=DAYS, default=certs.DEFAULT_DEVICE_DAYS)
     create.add_argument("--root-ca", type=Path, help="server root for root-ca.crt (default: this CA)")
     create.add_argument("--chain", action="store_true", help="device.crt = certificate + CA certificate")
     _add_pin_file(create)
@@ -121,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--ca", required=True, type=Path)
     sign.add_argument("--csr", required=True, type=Path)
     sign.add_argument("--out", required=True, type=Path)
-    sign.add_argument("--days", type=int, default=certs.DEFAULT_DEVICE_DAYS)
+    sign.add_argument("--days", type=DAYS, default=certs.DEFAULT_DEVICE_DAYS)
     sign.add_argument(
         "--chain", action="store_true", help="append the CA certificate (AWS JITP first connect)"
     )
@@ -133,11 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("--ca", required=True, type=Path)
     what = batch.add_mutually_exclusive_group(required=True)
-    what.add_argument("--count", type=int)
+    what.add_argument("--count", type=_int_in(1, 1_000_000))
     what.add_argument("--serials", type=Path, help="file with one serial number per line")
     batch.add_argument("--prefix", default="robot-")
     batch.add_argument("--out", required=True, type=Path)
-    batch.add_argument("--days", type=int, default=certs.DEFAULT_DEVICE_DAYS)
+    batch.add_argument("--days", type=DAYS, default=certs.DEFAULT_DEVICE_DAYS)
     batch.add_argument("--root-ca", type=Path, help="server root for root-ca.crt (default: this CA)")
     batch.add_argument("--chain", action="store_true")
     _add_pin_file(batch)
@@ -148,15 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--dir", required=True, type=Path)
     verify.add_argument("--ca", required=True, type=Path, help="CA directory or CA certificate file")
     verify.add_argument("--thing", help="expected thing name (default: only check the CN is legal)")
-    verify.add_argument("--warn-days", type=int, default=30)
+    verify.add_argument("--warn-days", type=_int_in(0, MAX_DAYS), default=30)
 
     awsp = sub.add_parser("aws", allow_abbrev=False, help="AWS IoT artifacts").add_subparsers(
-        dest="aws_command", required=True
+        dest="aws_command", required=True, parser_class=_Parser
     )
     policy = awsp.add_parser("policy", allow_abbrev=False, help="least-privilege device policy JSON")
     policy.add_argument("--partition", choices=aws.PARTITIONS, default="aws")
-    policy.add_argument("--region", default="*")
-    policy.add_argument("--account", default="*")
+    policy.add_argument("--region", default="*", help="default '*': the policy's own region")
+    policy.add_argument("--account", default="*", help="default '*': the policy's own account")
     policy.add_argument("--shadow", action="append", default=[], help="pin named shadows (default: any)")
     jitp = awsp.add_parser(
         "jitp-template", allow_abbrev=False, help="just-in-time provisioning template JSON"
@@ -360,8 +402,10 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         return 1
     cert = read_certificate(args.dir / DEVICE_CERT)
     thing = args.thing or certs.common_name(cert.subject)
+    left = (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).days
     print(
-        f"ok: {args.dir} is a valid identity for {thing} (expires {cert.not_valid_after_utc.date()})",
+        f"ok: {args.dir} is a valid identity for {thing} "
+        f"(expires {cert.not_valid_after_utc.date()}, in {left} days)",
         file=out,
     )
     return 0
@@ -371,9 +415,13 @@ def cmd_aws_policy(args: argparse.Namespace, out: TextIO) -> int:
     policy = aws.device_policy(args.partition, args.region, args.account, tuple(args.shadow) or ("*",))
     size = aws.policy_size(policy)
     if size > aws.POLICY_MAX_CHARS:
+        hint = (
+            "leave --region and --account at '*' (a policy only applies in its own account and region)"
+            if args.region != "*" or args.account != "*"
+            else "pin fewer --shadow names"
+        )
         raise InvalidInput(
-            f"policy is {size} characters without whitespace; AWS IoT allows {aws.POLICY_MAX_CHARS} "
-            "(pin fewer --shadow names)"
+            f"policy is {size} characters without whitespace; AWS IoT allows {aws.POLICY_MAX_CHARS}: {hint}"
         )
     print(json.dumps(policy, indent=2), file=out)
     return 0
@@ -418,7 +466,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stop the interpreter's flush from failing again
         return 1
     except OSError as exc:
-        print(f"{PROG}: error: {exc.strerror or exc} ({exc.filename or 'no file'})", file=sys.stderr)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{PROG}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug, not an operator mistake: still one line, the traceback at debug level
+        logs.get_logger("provisioning.cli").debug("cli.unexpected_error", exc_info=True)
+        print(
+            f"{PROG}: error: unexpected {type(exc).__name__}: {exc} "
+            "(a bug: rerun with --log-level debug for the traceback and report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from hal.logs import get_logger
 from provisioning import certs, hsm
 from provisioning.ca import CertificateAuthority, read_certificate
-from provisioning.errors import InvalidInput, KeyExists
+from provisioning.errors import InvalidInput, KeyExists, OutputExists
 from provisioning.fsio import atomic_write, write_directory
 from provisioning.names import check_thing_name
 
@@ -209,6 +209,8 @@ def install_certificate(
         raise InvalidInput(
             f"certificate CN {thing!r} differs from the CSR's {certs.common_name(csr.subject)!r}"
         )
+    if (directory / DEVICE_CERT).exists() and not force:
+        raise OutputExists(f"{directory / DEVICE_CERT} already exists; pass --force to replace it")
     if root_ca is None and not (directory / ROOT_CA).exists():
         raise InvalidInput(f"{directory} has no {ROOT_CA}; pass the server root CA (e.g. AmazonRootCA1.pem)")
     if root_ca is not None:

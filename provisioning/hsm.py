@@ -108,6 +108,11 @@ def _raise_login_error(exc: Exception, label: str) -> NoReturn:
         raise WrongPin(f"token {label!r} rejected the PIN") from None
     if isinstance(exc, p11e.PinLocked):
         raise PinLocked(f"token {label!r} has locked its user PIN; reset it with the SO PIN") from None
+    if isinstance(exc, p11e.UserAlreadyLoggedIn):
+        raise Pkcs11ModuleError(
+            f"token {label!r} is already open in this process; close the other CA or key that uses it "
+            "first (PKCS#11 logs a whole process out when one session ends)"
+        ) from None
     raise Pkcs11ModuleError(f"cannot log in to token {label!r}: {type(exc).__name__}") from None
 
 
@@ -142,7 +147,10 @@ def generate_ec_key(sess: Any, key_label: str, curve: str = "secp256r1") -> ec.E
         raise ValueError(f"unsupported curve {curve!r}; use secp256r1 or secp384r1")
     existing = list(sess.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: key_label}))
     if existing:
-        raise KeyExists(f"token already holds a private key labelled {key_label!r}; refusing to replace it")
+        raise KeyExists(
+            f"token already holds a private key labelled {key_label!r}; refusing to replace it "
+            "(pick another --key-label, or delete that object if it is an orphan)"
+        )
     key_id = os.urandom(16)
     params = sess.create_domain_parameters(
         KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)}, local=True

@@ -175,7 +175,8 @@ def check_identity(
 
     Checks: files readable and parseable, chain (issuer and signature) to ``ca_path``, CA and certificate
     validity windows (warning under ``expiry_warning``), client-auth usage, key matches certificate (skipped
-    when ``key_path`` is None, i.e. the key is in a token), CN == ``thing`` (and a legal thing name), key file
+    when ``key_path`` is None, i.e. the key is in a token), CN == ``thing`` (and a legal thing name; with
+    ``thing=None`` the CN itself must be one), key file
     0600 and its directory 0700. ``ca_path`` is the CA that issued the device certificate.
     """
     now = now or dt.datetime.now(dt.UTC)
@@ -204,6 +205,8 @@ def check_identity(
             findings.append(
                 _error("cn.mismatch", f"certificate CN is {cn!r} but the thing name is {thing!r}")
             )
+        elif thing is None and (cn_problem := thing_name_problem(cn)):
+            findings.append(_error("cn.invalid", f"certificate CN cannot be a thing name: {cn_problem}"))
         if cas:
             findings += _check_chain(cert, cas[0])
         if key_path is not None:

@@ -97,6 +97,7 @@ class SimAgent(Agent):
         self.link = link
         self.lane = lane
         self.events_queued = 0
+        self._final: dict[str, Any] | None = None
 
     def start_robot(self) -> None:
         from agent.robot_link import RobotLink
@@ -113,6 +114,8 @@ class SimAgent(Agent):
 
     def status(self) -> dict[str, Any]:
         """What the fleet simulator reports for this robot (read by tests and ``simulate`` status)."""
+        if self._final is not None:
+            return self._final
         c = self.metrics.counters
         link = self.link
         robot_state = link.robot.state
@@ -135,6 +138,12 @@ class SimAgent(Agent):
             "battery_pct": round(link.sim.world.battery_percent, 1),
         }
 
+    async def shutdown(self) -> None:
+        final = self.status()
+        await super().shutdown()
+        final["connected"] = False
+        self._final = final
+
 
 async def run_sim_agent(agent: SimAgent) -> None:
     """``agent.daemon.run_agent`` minus what belongs to the process (signals, sd_notify, watchdog)."""
@@ -145,11 +154,15 @@ async def run_sim_agent(agent: SimAgent) -> None:
     agent.pump()
     config = agent.config
     tasks = [
-        agent.loop.create_task(agent.periodic("status", lambda: config.intervals.status_s, agent.write_status)),
+        agent.loop.create_task(
+            agent.periodic("status", lambda: config.intervals.status_s, agent.write_status)
+        ),
         agent.loop.create_task(
             agent.periodic("telemetry", lambda: agent.settings["telemetry_s"], agent.send_telemetry)
         ),
-        agent.loop.create_task(agent.periodic("metrics", lambda: agent.settings["metrics_s"], agent.send_metrics)),
+        agent.loop.create_task(
+            agent.periodic("metrics", lambda: agent.settings["metrics_s"], agent.send_metrics)
+        ),
     ]
     try:
         await agent.stopping.wait()

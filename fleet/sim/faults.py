@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, fields
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,9 @@ class FaultKey:
 
 
 KEYS: dict[str, FaultKey] = {
-    "link_drop": FaultKey("rate", 0, 1, "per robot per second: the network link drops (abrupt, the will fires)"),
+    "link_drop": FaultKey(
+        "rate", 0, 1, "per robot per second: the network link drops (abrupt, the will fires)"
+    ),
     "link_down_s": FaultKey("seconds", 0.1, 600, "how long a dropped network link stays down (default 3)"),
     "serial_drop": FaultKey("rate", 0, 1, "per robot per second: the serial cable is unplugged"),
     "serial_down_s": FaultKey("seconds", 0.1, 600, "how long an unplugged cable stays out (default 2)"),
@@ -32,8 +33,11 @@ KEYS: dict[str, FaultKey] = {
     "stuck": FaultKey("fraction", 0, 1, "fraction of robots that get stuck (wheels stall) once"),
     "stuck_s": FaultKey("seconds", 1, 86400, "how long a stuck robot stays stuck (default 30)"),
     "flat": FaultKey("fraction", 0, 1, "fraction of robots whose battery runs flat once"),
-    "flat_pct": FaultKey("fraction", 0, 14, "battery percent a flat robot drops to (default 4)"),
-    "window": FaultKey("seconds", 1, 86400, "stuck/flat happen at a seeded moment in the first N s (default 30)"),
+    "flat_pct": FaultKey("percent", 0, 14, "battery percent a flat robot drops to (default 4)"),
+    "window": FaultKey(
+        "seconds", 1, 86400, "stuck/flat happen at a seeded moment in the first N s (default 30)"
+    ),
+    "until": FaultKey("seconds", 0, 86400, "no new drops or broker restarts after N s (default 0: never stop)"),
 }
 
 
@@ -58,11 +62,14 @@ class FaultSpec:
     flat: float = 0.0
     flat_pct: float = 4.0
     window: float = 30.0
+    until: float = 0.0
 
     @property
     def any(self) -> bool:
-        return any(getattr(self, k) for k in ("link_drop", "serial_drop", "broker_restart", "serial_noise",
-                                              "stuck", "flat"))
+        return any(
+            getattr(self, k)
+            for k in ("link_drop", "serial_drop", "broker_restart", "serial_noise", "stuck", "flat")
+        )
 
     def to_json(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -96,8 +103,10 @@ def parse_faults(spec: str | None) -> FaultSpec:
             problems.append(f"{key}={text.strip()!r}: not a number ({rule.help})")
             continue
         if not math.isfinite(value) or not rule.lo <= value <= rule.hi:
-            unit = {"rate": " per second", "fraction": "", "seconds": " s"}[rule.kind]
-            problems.append(f"{key}={text.strip()}: must be between {rule.lo:g} and {rule.hi:g}{unit} ({rule.help})")
+            unit = {"rate": " per second", "fraction": "", "seconds": " s", "percent": " %"}[rule.kind]
+            problems.append(
+                f"{key}={text.strip()}: must be between {rule.lo:g} and {rule.hi:g}{unit} ({rule.help})"
+            )
             continue
         values[key] = value
     if problems:
@@ -133,19 +142,26 @@ class RobotFaults:
             self._queue.append(FaultAction(window_rng.uniform(0, spec.window), "flat", thing, spec.flat_pct))
 
     def _after(self, t: float, rate: float) -> float:
-        return t + self.rng.expovariate(rate) if rate > 0 else math.inf
+        if rate <= 0:
+            return math.inf
+        at = t + self.rng.expovariate(rate)
+        return math.inf if self.spec.until and at > self.spec.until else at
 
     def due(self, t: float) -> list[FaultAction]:
         s = self.spec
         while self._next_link <= t:
             at = self._next_link
-            self._queue += [FaultAction(at, "link_drop", self.thing),
-                            FaultAction(at + s.link_down_s, "link_restore", self.thing)]
+            self._queue += [
+                FaultAction(at, "link_drop", self.thing),
+                FaultAction(at + s.link_down_s, "link_restore", self.thing),
+            ]
             self._next_link = self._after(at + s.link_down_s, s.link_drop)
         while self._next_serial <= t:
             at = self._next_serial
-            self._queue += [FaultAction(at, "serial_drop", self.thing),
-                            FaultAction(at + s.serial_down_s, "serial_restore", self.thing)]
+            self._queue += [
+                FaultAction(at, "serial_drop", self.thing),
+                FaultAction(at + s.serial_down_s, "serial_restore", self.thing),
+            ]
             self._next_serial = self._after(at + s.serial_down_s, s.serial_drop)
         ready = sorted((a for a in self._queue if a.at <= t), key=lambda a: a.at)
         if ready:
@@ -157,12 +173,7 @@ def broker_restart_times(spec: FaultSpec, until: float) -> list[float]:
     """Seconds since start at which the broker is restarted, up to ``until``."""
     if not spec.broker_restart:
         return []
+    if spec.until:
+        until = min(until, spec.until)
     n = int(until // spec.broker_restart)
     return [spec.broker_restart * (i + 1) for i in range(n)]
-
-
-def summary(actions: list[FaultAction]) -> dict[str, Any]:
-    counts: dict[str, int] = {}
-    for a in actions:
-        counts[a.kind] = counts.get(a.kind, 0) + 1
-    return counts

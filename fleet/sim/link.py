@@ -19,7 +19,7 @@ from typing import Any
 from hal.errors import TransportError
 from hal.robot import Robot
 from hal.sim.robot import CommandReceived, SimRobot
-from hal.transport import Backoff, SerialTransport
+from hal.transport import SerialTransport
 
 
 def _never_open(*_args: Any, **_kwargs: Any) -> Any:

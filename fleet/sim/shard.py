@@ -19,6 +19,7 @@ import os
 import resource
 import signal
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -162,7 +163,9 @@ class Shard:
 
         s = self.spec
         now = time.monotonic()
-        link = SimLink(thing, seed=hash((s.seed, thing)) & 0xFFFFFFFF, stream_period_s=s.stream_period_s, now=now)
+        link = SimLink(
+            thing, seed=zlib.crc32(f"{s.seed}/{thing}".encode()), stream_period_s=s.stream_period_s, now=now
+        )
         if s.faults.serial_noise:
             link.sim.control({"op": "noise", "corrupt": s.faults.serial_noise}, now)
         agent = SimAgent(

@@ -75,3 +75,14 @@ def test_files(tmp_path: Path) -> None:
     assert codes(cr.check_files("robot-1", str(tmp_path / "nope.crt"), None)) == {"cert_missing"}
     (tmp_path / "junk.crt").write_text("not a cert")
     assert codes(cr.check_files("robot-1", str(tmp_path / "junk.crt"), None)) == {"cert_unparsable"}
+
+
+def test_isolated_check_matches_in_process(tmp_path: Path) -> None:
+    cert, _key = make_cert("robot-9", dt.datetime.now(dt.UTC) - dt.timedelta(days=1), 30)
+    cert_path, key_path = tmp_path / "device.crt", tmp_path / "device.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(b"k")
+    os.chmod(key_path, 0o644)
+    isolated = cr.check_files_isolated("robot-1", str(cert_path), str(key_path))
+    assert isolated == cr.check_files("robot-1", str(cert_path), str(key_path))
+    assert codes(isolated) == {"key_mode", "cert_cn_mismatch"}

@@ -105,6 +105,7 @@ def test_commands_settings_and_systemd_notify(rig: dict[str, Any]) -> None:
     import sys
 
     exe = os.path.join(os.path.dirname(sys.executable), "roomba-agent")
+    wait_until(lambda: agent.status()["metrics"]["counters"].get("commands_done", 0) >= 3, 5, "status file")
     out = subprocess.run(
         [exe, "status", "--config", str(rig["config"]), "--json"], capture_output=True, text=True, timeout=30
     )

@@ -49,3 +49,14 @@ def test_disabled_and_foreign_watchdog() -> None:
 def test_dead_socket_is_not_fatal(tmp_path: Path) -> None:
     n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
     assert n.enabled and n.ready("x") is False
+
+
+def test_full_socket_never_blocks(tmp_path: Path) -> None:
+    """A manager that stops reading must not stall the agent: messages are dropped, not waited on."""
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        n = Notifier({"NOTIFY_SOCKET": path})
+        results = [n.status("x" * 512) for _ in range(5000)]
+        assert results[0] is True and results[-1] is False
+        n.close()

@@ -274,3 +274,23 @@ def test_timeouts_resend(tmp_path: Path) -> None:
     effects = h.sync.flush(h.now + 11)
     assert any(isinstance(e, Publish) and e.topic.endswith("/get") for e in effects)
     assert h.sync.metrics.counters["shadow_get_timeout"] == 2
+
+
+def test_health_probe_catches_a_missed_document(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.connect()
+    h.cloud.fleet_desired({"command": {"id": "lost", "action": "dock"}})  # its documents never arrive
+    n = len(h.cloud.updates)
+    h.run(h.sync.probe(h.now))
+    assert h.ran == ["lost"] and h.sync.metrics.counters["health_probes"] == 1
+    assert len(h.cloud.updates) == n + 1  # only the command answer, not a full re-publish
+    assert h.sync.get_timeouts == 0
+
+
+def test_consecutive_get_timeouts_counted(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.connect()
+    h.sync.probe(h.now)  # answer lost
+    for i in range(3):
+        h.sync.flush(h.now + 11 * (i + 1))
+    assert h.sync.get_timeouts == 3

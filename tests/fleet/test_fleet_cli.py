@@ -181,3 +181,73 @@ def test_up_restarts_crashed_children_and_shadows_persist_across_restarts(
     assert code == 0
     assert doc["version"] == 2
     assert doc["state"] == {"reported": {"n": 1}, "desired": {"n": 2}, "delta": {"n": 2}}
+
+
+def test_a_new_port_is_saved_and_robot_configs_follow(tmp_path: Path) -> None:
+    from fleet.cloud import add_robot, prepare
+    from fleet.layout import CloudDir
+
+    cloud = CloudDir.at(tmp_path / "c")
+    assert prepare(cloud, 18001).port == 18001
+    config = add_robot(cloud, "porter", "socket://127.0.0.1:7555")
+    assert "listener 18001 127.0.0.1" in cloud.broker_conf.read_text()
+    assert prepare(cloud, 18002).port == 18002
+    assert CloudDir.at(tmp_path / "c").load_settings().port == 18002
+    data = tomllib.loads(config.read_text())
+    assert (data["connection"]["port"], data["robot"]["serial_port"]) == (18002, "socket://127.0.0.1:7555")
+    assert prepare(cloud).port == 18002
+
+
+def test_broker_runs_with_a_raised_open_file_limit_and_logs_to_a_file(local_cloud: LocalCloud) -> None:
+    pid = local_cloud.child_pid("mosquitto")
+    limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    (line,) = [x for x in limits if x.startswith("Max open files")]
+    assert int(line.split()[3]) > 1024
+    assert "mosquitto version" in local_cloud.dir.broker_log.read_text()
+
+
+def test_live_watch_prints_a_line_per_change(local_cloud: LocalCloud) -> None:
+    import queue
+    import threading
+
+    local_cloud.add_robot("live-robot")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleet.cli", "watch", "--json", *local_cloud.cli_args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = proc.stdout
+    assert stdout is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+    try:
+        first = json.loads(lines.get(timeout=15))
+        assert "thing" in first and "connection" in first
+        seen: dict[str, Any] = {}
+        deadline = time.monotonic() + 15
+        sent = False
+        while time.monotonic() < deadline:
+            if not sent:
+                time.sleep(0.5)  # let the snapshot finish before the change
+                accepted, _doc = local_cloud.update_shadow(
+                    "live-robot", {"state": {"reported": {"speed": 3}}}
+                )
+                assert accepted
+                sent = True
+            try:
+                row = json.loads(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+            if row["thing"] == "live-robot" and row["reported"] == {"speed": 3}:
+                seen = row
+                break
+        assert seen.get("version", 0) >= 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0

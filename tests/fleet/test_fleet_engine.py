@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import structlog.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet import broker, mqtt_lite
 from fleet.shadow_engine import ShadowEngine, StoredShadow, parse_topic
@@ -227,3 +229,62 @@ def test_backoff_doubles_caps_and_resets() -> None:
     assert next_backoff(1.0, 1.0) == 2.0
     assert next_backoff(BACKOFF_CAP_S, 1.0) == BACKOFF_CAP_S
     assert next_backoff(8.0, 3600) == BACKOFF_START_S
+
+
+def test_documents_payload_is_exactly_the_rules_output() -> None:
+    """The engine builds update/documents from cached JSON; it must equal the pure rules' document."""
+    from agent import shadowdoc as sd
+
+    engine = ShadowEngine()
+    shadow = None
+    steps = [
+        {"state": {"reported": {"a": 1, "é": [1, {"b": 2}]}}, "clientToken": "t1"},
+        {"state": {"desired": {"a": 2}}},
+        {"state": None, "clientToken": "t3"},
+        {"state": {"desired": {"x": {"y": "z"}}}, "clientToken": "t4"},
+    ]
+    for i, step in enumerate(steps):
+        payload = json.dumps(step).encode()
+        expected = sd.apply_update(shadow, sd.parse_update(payload), int(T0) + i)
+        shadow = expected.shadow
+        out = dict(engine.handle("$aws/things/docs/shadow/update", payload, T0 + i))
+        assert json.loads(out["$aws/things/docs/shadow/update/documents"]) == expected.documents
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(
+        ["$aws/things/fz/shadow/update", "$aws/things/fz/shadow/name/n/update", "$aws/things/fz/shadow/get"]
+    ),
+    st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
+            lambda kids: (
+                st.lists(kids, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(["state", "desired", "reported", "version", "clientToken", "x"]),
+                    kids,
+                    max_size=4,
+                )
+            ),
+            max_leaves=15,
+        ).map(lambda v: json.dumps(v).encode()),
+    ),
+)
+def test_any_payload_gets_exactly_one_answer_and_never_raises(topic: str, payload: bytes) -> None:
+    engine = ShadowEngine(rate_per_thing=0)
+    out = engine.handle(topic, payload, T0)
+    suffixes = sorted(t.rsplit("/", 1)[1] for t, _p in out)
+    assert suffixes in (
+        ["rejected"],
+        ["accepted"],
+        ["accepted", "documents"],
+        ["accepted", "delta", "documents"],
+    )
+    for _t, data in out:
+        assert isinstance(json.loads(data, parse_constant=_refuse), dict)  # strict JSON: no NaN/Infinity
+
+
+def _refuse(name: str) -> None:
+    raise AssertionError(f"non-standard JSON constant {name} in a response")

@@ -478,3 +478,17 @@ def test_reporting_the_delta_brings_the_shadow_in_sync(
     after = _update(r.shadow, {"state": {"reported": r.delta["state"]}}, 3)
     assert after.delta is None
     assert sd.delta(after.shadow.state.get("desired"), after.shadow.state.get("reported")) is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b'{"state":{"reported":{"a":NaN}}}', id="nan"),
+        pytest.param(b'{"state":{"reported":{"a":Infinity}}}', id="infinity"),
+        pytest.param(b'{"state":{"reported":{"a":1e400}}}', id="float_overflow"),
+    ],
+)
+def test_non_standard_json_numbers_are_invalid_json(payload: bytes) -> None:
+    with pytest.raises(ShadowError) as info:
+        sd.parse_update(payload)
+    assert (info.value.code, info.value.message) == (400, "Invalid JSON")

@@ -40,7 +40,7 @@ def openssl() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-TOKEN_PIN = "4321"
+TOKEN_PIN = "Pin-qZx7-wK3"  # distinctive: a short numeric PIN can occur by chance in hex ids or paths
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -26,8 +26,8 @@ def test_init_ca_layout_and_extensions(tmp_path: Path, openssl) -> None:
     assert stat.S_IMODE((tmp_path / "ca" / "ca.key").stat().st_mode) == 0o600
     assert ca.cert_path == tmp_path / "ca" / "ca.crt"
     text = openssl("x509", "-in", str(ca.cert_path), "-noout", "-text").stdout
-    assert "CA:TRUE, pathlen:0" in text
-    assert "Certificate Sign, CRL Sign" in text
+    assert "X509v3 Basic Constraints: critical\n                CA:TRUE, pathlen:0" in text
+    assert "X509v3 Key Usage: critical\n                Digital Signature, Certificate Sign, CRL Sign" in text
     assert "X509v3 Subject Key Identifier" in text
     assert "X509v3 Authority Key Identifier" in text
     assert "ecdsa-with-SHA256" in text and "prime256v1" in text
@@ -79,6 +79,11 @@ def test_create_identity_layout_and_openssl(tmp_path: Path, file_ca: Certificate
     assert hashlib.sha256(der).hexdigest() == ident.certificate_id
     text = openssl("x509", "-in", str(ident.cert_path), "-noout", "-text").stdout
     assert "CA:FALSE" in text and "TLS Web Client Authentication" in text and "Digital Signature" in text
+    assert "X509v3 Key Usage: critical\n                Digital Signature\n" in text
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    ca_ski = file_ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert aki == ca_ski and ski != ca_ski
     mod_key = openssl("pkey", "-in", str(ident.key_path), "-pubout").stdout
     mod_cert = openssl("x509", "-in", str(ident.cert_path), "-noout", "-pubkey").stdout
     assert mod_key == mod_cert

@@ -33,7 +33,7 @@ ARN = "arn:aws:iot:eu-west-1:123456789012"
 
 @pytest.fixture
 def policy() -> dict[str, Any]:
-    return device_policy("aws", "eu-west-1", "123456789012")
+    return device_policy("aws")
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,10 @@ def policy() -> dict[str, Any]:
         ("iot:Publish", "topic/$aws/things/robot-1/shadow/get"),
         ("iot:Publish", "topic/$aws/things/robot-1/shadow/name/robot/update"),
         ("iot:Publish", "topic/$aws/things/robot-1/shadow/name/config/get"),
+        ("iot:Publish", "topic/$aws/things/robot-1/jobs/get"),
         ("iot:Publish", "topic/$aws/things/robot-1/jobs/start-next"),
+        ("iot:Publish", "topic/$aws/things/robot-1/jobs/job-42/get"),
+        ("iot:Publish", "topic/$aws/things/robot-1/jobs/$next/get"),
         ("iot:Publish", "topic/$aws/things/robot-1/jobs/job-42/update"),
         ("iot:Publish", "topic/roomba/robot-1/telemetry"),
         ("iot:Publish", "topic/roomba/robot-1/events"),
@@ -56,12 +59,19 @@ def policy() -> dict[str, Any]:
         ("iot:Subscribe", "topicfilter/$aws/things/robot-1/shadow/name/robot/update/+"),
         ("iot:Subscribe", "topicfilter/$aws/things/robot-1/jobs/notify-next"),
         ("iot:Subscribe", "topicfilter/$aws/things/robot-1/jobs/$next/get/+"),
+        ("iot:Subscribe", "topicfilter/$aws/things/robot-1/jobs/start-next/+"),
+        ("iot:Subscribe", "topicfilter/$aws/things/robot-1/shadow/name/config/update/documents"),
         ("iot:Receive", "topic/$aws/things/robot-1/shadow/update/accepted"),
+        ("iot:Receive", "topic/$aws/things/robot-1/shadow/name/config/get/rejected"),
         ("iot:Receive", "topic/$aws/things/robot-1/jobs/notify"),
+        ("iot:Receive", "topic/$aws/things/robot-1/jobs/notify-next"),
     ],
 )
 def test_policy_allows_the_agents_topics(policy: dict[str, Any], action: str, resource: str) -> None:
     assert allowed(policy, action, f"{ARN}:{resource}", "robot-1")
+    pinned = device_policy("aws", "eu-west-1", "123456789012", ("config",))
+    if "/shadow/name/" not in resource or "/name/config/" in resource:
+        assert allowed(pinned, action, f"{ARN}:{resource}", "robot-1")
 
 
 @pytest.mark.parametrize(
@@ -73,10 +83,20 @@ def test_policy_allows_the_agents_topics(policy: dict[str, Any], action: str, re
         ("iot:Publish", "topic/$aws/things/robot-1/shadow/name/robot/delete"),
         ("iot:Publish", "topic/roomba/robot-2/telemetry"),
         ("iot:Publish", "topic/roomba/robot-1/other"),
+        ("iot:Publish", "topic/roomba/robot-1/telemetry/x"),
+        ("iot:Publish", "topic/$aws/things/robot-1/jobs/notify"),
+        ("iot:Publish", "topic/$aws/things/robot-1/jobs/notify-next"),
+        ("iot:Publish", "topic/$aws/things/robot-1/jobs/get/accepted"),
+        ("iot:Publish", "topic/$aws/things/robot-1/shadow/update/accepted"),
+        ("iot:Publish", "topic/$aws/things/robot-2/jobs/start-next"),
+        ("iot:Publish", "topic/$aws/things/robot-1/tunnels/notify"),
         ("iot:RetainPublish", "topic/roomba/robot-1/telemetry"),
         ("iot:Subscribe", "topicfilter/$aws/things/+/shadow/update/delta"),
         ("iot:Subscribe", "topicfilter/#"),
         ("iot:Receive", "topic/$aws/things/robot-2/shadow/update/accepted"),
+        ("iot:Receive", "topic/roomba/robot-2/presence"),
+        ("iot:Subscribe", "topicfilter/$aws/things/robot-2/jobs/notify"),
+        ("iot:Connect", "client/robot-1x"),
     ],
 )
 def test_policy_denies_everything_else(policy: dict[str, Any], action: str, resource: str) -> None:
@@ -88,33 +108,39 @@ def test_policy_connect_needs_attached_thing(policy: dict[str, Any]) -> None:
     assert connect["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
 
 
-@pytest.mark.parametrize(
-    ("partition", "region"), [("aws", "us-east-1"), ("aws-cn", "cn-north-1"), ("aws-cn", "cn-northwest-1")]
-)
-def test_policy_partitions_and_size(partition: str, region: str) -> None:
-    policy = device_policy(partition, region, "123456789012")
+@pytest.mark.parametrize("partition", ["aws", "aws-cn", "aws-us-gov"])
+@pytest.mark.parametrize("shadows", [("*",), ("config",)], ids=["any-shadow", "config-shadow"])
+def test_policy_fits_in_every_partition(partition: str, shadows: tuple[str, ...]) -> None:
+    policy = device_policy(partition, shadow_names=shadows)
     resources = [
         r
         for s in policy["Statement"]
         for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])
     ]
-    assert all(r.startswith(f"arn:{partition}:iot:{region}:123456789012:") for r in resources)
+    assert all(r.startswith(f"arn:{partition}:iot:*:*:") for r in resources)
     assert policy_size(policy) <= POLICY_MAX_CHARS
 
 
+def test_pinned_named_shadow_excludes_others() -> None:
+    pinned = device_policy("aws", shadow_names=("config",))
+    arn = "arn:aws:iot:us-east-1:123456789012"
+    assert allowed(pinned, "iot:Publish", f"{arn}:topic/$aws/things/r/shadow/name/config/update", "r")
+    assert not allowed(pinned, "iot:Publish", f"{arn}:topic/$aws/things/r/shadow/name/robot/update", "r")
+
+
 def test_policy_cli(run_cli) -> None:
-    result = run_cli(
-        "aws", "policy", "--partition", "aws-cn", "--region", "cn-north-1", "--account", "111122223333"
-    )
-    assert result.returncode == 0
-    assert json.loads(result.stdout)["Statement"][0]["Resource"].startswith(
-        "arn:aws-cn:iot:cn-north-1:111122223333:"
-    )
+    result = run_cli("aws", "policy", "--partition", "aws-cn", "--shadow", "config")
+    assert result.returncode == 0, result.stderr
+    policy = json.loads(result.stdout)
+    assert policy["Statement"][0]["Resource"] == "arn:aws-cn:iot:*:*:client/${iot:Connection.Thing.ThingName}"
+    assert policy == device_policy("aws-cn", shadow_names=("config",))
     many = ["--shadow", "a", "--shadow", "b", "--shadow", "c", "--shadow", "d"]
-    result = run_cli(
-        "aws", "policy", "--account", "111122223333", "--region", "cn-north-1", "--partition", "aws-cn", *many
-    )
-    assert result.returncode == 1 and "allows 2048" in result.stderr
+    result = run_cli("aws", "policy", "--partition", "aws-cn", *many)
+    assert result.returncode == 1 and "allows 2048" in result.stderr and "fewer --shadow" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    explicit = ["--region", "cn-north-1", "--account", "111122223333"]
+    result = run_cli("aws", "policy", "--partition", "aws-cn", *explicit)
+    assert result.returncode == 1 and "leave --region and --account at '*'" in result.stderr
 
 
 def test_jitp_template_and_registration_config(run_cli) -> None:
@@ -125,6 +151,17 @@ def test_jitp_template_and_registration_config(run_cli) -> None:
     assert template["Resources"]["certificate"]["Properties"]["Status"] == "ACTIVE"
     assert template["Resources"]["policy"]["Properties"]["PolicyName"] == "roomba-agent"
     assert set(template["Parameters"]) == {"AWS::IoT::Certificate::CommonName", "AWS::IoT::Certificate::Id"}
+    assert template["Resources"]["certificate"]["Properties"]["CertificateId"] == {
+        "Ref": "AWS::IoT::Certificate::Id"
+    }
+    assert template["Resources"]["certificate"]["OverrideSettings"] == {"Status": "DO_NOTHING"}
+    assert template["Resources"]["thing"]["OverrideSettings"]["ThingTypeName"] == "DO_NOTHING"
+    assert "ThingTypeName" not in template["Resources"]["thing"]["Properties"]
+    typed = jitp_template("roomba-agent", "roomba-600")
+    assert typed["Resources"]["thing"]["Properties"]["ThingTypeName"] == "roomba-600"
+    assert typed["Resources"]["thing"]["OverrideSettings"]["ThingTypeName"] == "REPLACE"
+    refs = re.findall(r'"Ref": "([^"]+)"', json.dumps(template))
+    assert set(refs) == set(template["Parameters"])
     config = registration_config(template, "arn:aws-cn:iam::111122223333:role/JITPRole")
     assert json.loads(config["templateBody"]) == template
     result = run_cli("aws", "jitp-template", "--role-arn", "arn:aws:iam::111122223333:role/JITPRole")

@@ -208,3 +208,67 @@ def test_batch_progress_only_on_a_terminal(tmp_path: Path, file_ca: CertificateA
     tty_text = b"".join(chunks).decode()
     assert "20/20 (100%)" in tty_text
     assert json.loads(out)["created"] == 20
+
+
+def test_identity_directory_is_never_half_written(
+    tmp_path: Path, file_ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while the third file is written leaves nothing behind: no identity, no key, no temp."""
+    from provisioning import fsio
+    from provisioning.device import create_identity
+
+    real = fsio._write_new
+    calls = {"n": 0}
+
+    def failing(path: Path, data: bytes, mode: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device", str(path))
+        real(path, data, mode)
+
+    monkeypatch.setattr(fsio, "_write_new", failing)
+    with pytest.raises(OSError, match="No space left"):
+        create_identity(file_ca, "half-1", tmp_path / "out" / "half-1")
+    assert calls["n"] == 3
+    assert not (tmp_path / "out" / "half-1").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []
+    monkeypatch.setattr(fsio, "_write_new", real)
+    result = run_batch(file_ca, tmp_path / "out", plan_count(1, "half-"))
+    assert (result.created, result.recovered) == (1, 0)
+    assert_complete(tmp_path / "out", ["half-001"], file_ca)
+
+
+def test_manifest_append_without_newline_is_repaired(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    out = tmp_path / "b"
+    run_batch(file_ca, out, plan_count(2, "nl-"))
+    data = (out / MANIFEST).read_bytes()
+    (out / MANIFEST).write_bytes(data[:-1])  # torn exactly before the last newline
+    again = run_batch(file_ca, out, plan_count(3, "nl-"))
+    assert (again.created, again.skipped, again.recovered) == (1, 2, 0)
+    assert_complete(out, ["nl-001", "nl-002", "nl-003"], file_ca)
+
+
+def test_resume_refuses_a_foreign_identity_directory(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    from provisioning.device import create_identity
+
+    out = tmp_path / "b"
+    create_identity(file_ca, "someone-else", out / "fx-002")
+    with pytest.raises(InvalidInput, match="holds a certificate for 'someone-else', not 'fx-002'"):
+        run_batch(file_ca, out, plan_count(3, "fx-"))
+    assert [e["thing"] for e in manifest_lines(out)] == ["fx-001"]
+
+
+def test_batch_root_ca_must_be_a_certificate(tmp_path: Path, file_ca: CertificateAuthority, run_cli) -> None:
+    junk = tmp_path / "root.pem"
+    junk.write_text("not a certificate\n")
+    args = ["batch", "--ca", str(file_ca.dir), "--count", "1", "--out", str(tmp_path / "o")]
+    result = run_cli(*args, "--root-ca", str(junk))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"roomba-provision: error: {junk} is not a PEM or DER X.509 certificate"
+    ]
+    result = run_cli(*args, "--root-ca", str(tmp_path / "missing.pem"))
+    assert result.returncode == 1 and "does not exist" in result.stderr
+    assert not (tmp_path / "o" / "robot-001").exists()
+    result = run_cli(*args, "--root-ca", str(file_ca.cert_path))
+    assert result.returncode == 0, result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -77,7 +78,9 @@ def test_keygen_then_sign_at_station(run_cli, tmp_path: Path, ca_dir: Path, open
     assert oct((robot / "device.key").stat().st_mode & 0o777) == "0o600"
     req = openssl("req", "-in", str(robot / "device.csr"), "-noout", "-verify", "-subject")
     assert req.returncode == 0 and "CN = robot-042" in req.stdout
+    key_before = (robot / "device.key").read_bytes()
     one_error_line(run_cli("device", "keygen", "--thing", "robot-042", "--out", str(robot)), "device.key")
+    assert (robot / "device.key").read_bytes() == key_before
 
     out = tmp_path / "station" / "robot-042.crt"
     result = run_cli(
@@ -85,6 +88,9 @@ def test_keygen_then_sign_at_station(run_cli, tmp_path: Path, ca_dir: Path, open
     )
     assert result.returncode == 0, result.stderr
     assert "thing: robot-042" in result.stdout
+    issued = x509.load_pem_x509_certificate(out.read_bytes())
+    lifetime = issued.not_valid_after_utc - issued.not_valid_before_utc
+    assert lifetime.days == 90 and issued.subject.rfc4514_string() == "CN=robot-042"
     assert openssl("verify", "-CAfile", str(ca_dir / "ca.crt"), str(out)).returncode == 0
     text = openssl("x509", "-in", str(out), "-noout", "-text").stdout
     assert (
@@ -110,7 +116,16 @@ def test_keygen_then_sign_at_station(run_cli, tmp_path: Path, ca_dir: Path, open
     assert result.returncode == 0, result.stderr
     result = run_cli("verify", "--dir", str(robot), "--ca", str(ca_dir), "--thing", "robot-042")
     assert result.returncode == 0, result.stderr
-    one_error_line(run_cli("device", "install", "--dir", str(robot), "--cert", str(out)), "already exists")
+    root_before = (robot / "root-ca.crt").read_bytes()
+    other_root = tmp_path / "other-root.crt"
+    other_root.write_bytes(
+        x509.load_pem_x509_certificates(chained.read_bytes())[0].public_bytes(serialization.Encoding.PEM)
+    )
+    one_error_line(
+        run_cli("device", "install", "--dir", str(robot), "--cert", str(out), "--root-ca", str(other_root)),
+        "already exists; pass --force",
+    )
+    assert (robot / "root-ca.crt").read_bytes() == root_before
 
     other = tmp_path / "other"
     assert run_cli("device", "keygen", "--thing", "robot-042", "--out", str(other)).returncode == 0
@@ -179,7 +194,153 @@ def test_verification_cert_file_ca(run_cli, tmp_path: Path, ca_dir: Path, openss
     )
 
 
-def test_no_pin_on_command_line(run_cli, tmp_path: Path) -> None:
-    result = run_cli("ca", "init", "--dir", str(tmp_path / "never"), "--pin", "1234")
-    assert result.returncode == 2 and "unrecognized arguments: --pin" in result.stderr
+def test_no_pin_on_command_line_and_never_echoed(run_cli, tmp_path: Path) -> None:
+    secret = "Zq-do-not-echo-7"
+    for args in (["--pin", secret], [f"--pin={secret}"], ["--so-pin", secret]):
+        result = run_cli("ca", "init", "--dir", str(tmp_path / "never"), *args)
+        assert result.returncode == 2
+        assert secret not in result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is not accepted: a PIN never goes on the command line" in lines[0]
+    result = run_cli("sign", "--ca", "x", "--csr", "y", "--out", "z", "--frobnicate=" + secret, secret)
+    assert result.returncode == 2 and secret not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "roomba-provision: error: unrecognized option(s): --frobnicate (see roomba-provision --help)"
+    ]
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "contains"),
+    [
+        (["ca", "init", "--dir", "D", "--days", "0"], "argument --days: 0 is outside 1..36500"),
+        (["ca", "init", "--dir", "D", "--days", "-5"], "argument --days: -5 is outside"),
+        (["ca", "init", "--dir", "D", "--days", "99999999999"], "is outside 1..36500"),
+        (["ca", "init", "--dir", "D", "--days", "ten"], "'ten' is not a whole number"),
+        (["ca", "init", "--dir", "D", "--path-length", "-1"], "argument --path-length: -1 is outside"),
+        (["device", "create", "--ca", "C", "--thing", "t", "--out", "D", "--days", "0"], "--days"),
+        (["sign", "--ca", "C", "--csr", "c", "--out", "o", "--days", "-1"], "--days"),
+        (["batch", "--ca", "C", "--count", "0", "--out", "D"], "argument --count: 0 is outside"),
+        (["verify", "--dir", "D", "--ca", "C", "--warn-days", "-1"], "--warn-days"),
+        (["ca", "init"], "the following arguments are required: --dir"),
+        (["ca", "init", "--dir", "D", "--key-type", "dsa"], "invalid choice: 'dsa'"),
+    ],
+    ids=[
+        "ca-days-zero",
+        "ca-days-negative",
+        "ca-days-huge",
+        "ca-days-text",
+        "path-length-negative",
+        "create-days",
+        "sign-days",
+        "batch-count",
+        "warn-days",
+        "missing-required",
+        "bad-choice",
+    ],
+)
+def test_usage_errors_are_one_line(run_cli, tmp_path: Path, args: list[str], contains: str) -> None:
+    result = run_cli(*[str(tmp_path / a) if a in ("D", "C") else a for a in args])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("roomba-provision: error: ") and contains in lines[0], lines[0]
+    assert not (tmp_path / "D").exists()
+
+
+def test_api_refuses_empty_or_absurd_validity(tmp_path: Path) -> None:
+    from provisioning.ca import init_ca
+    from provisioning.device import create_identity
+    from provisioning.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"validity must be 1\.\.36500 days"):
+        init_ca(tmp_path / "ca0", days=0)
+    with pytest.raises(InvalidInput, match="path length"):
+        init_ca(tmp_path / "ca1", path_length=-1)
+    assert not (tmp_path / "ca0").exists() and not (tmp_path / "ca1").exists()
+    ca = init_ca(tmp_path / "ca")
+    with pytest.raises(InvalidInput, match="validity"):
+        create_identity(ca, "robot-x", tmp_path / "id", days=-1)
+    assert not (tmp_path / "id").exists()
+
+
+def test_unexpected_exception_is_one_line(run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from provisioning import cli
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(cli, "init_ca", boom)
+    result = run_cli("ca", "init", "--dir", str(tmp_path / "ca"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "roomba-provision: error: unexpected RuntimeError: simulated bug (a bug: rerun with --log-level debug "
+        "for the traceback and report it)"
+    ]
+
+
+def test_ca_dir_modes(tmp_path: Path, run_cli) -> None:
+    assert run_cli("ca", "init", "--dir", str(tmp_path / "new" / "ca")).returncode == 0
+    assert oct((tmp_path / "new" / "ca").stat().st_mode & 0o777) == "0o700"
+    assert oct((tmp_path / "new" / "ca" / "ca.key").stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "new" / "ca" / "ca.crt").stat().st_mode & 0o777) == "0o644"
+
+
+def test_verify_reports_how_soon_and_checks_cn_without_thing(run_cli, tmp_path: Path, ca_dir: Path) -> None:
+    out = tmp_path / "id"
+    assert (
+        run_cli(
+            "device", "create", "--ca", str(ca_dir), "--thing", "soon-1", "--out", str(out), "--days", "90"
+        ).returncode
+        == 0
+    )
+    result = run_cli("verify", "--dir", str(out), "--ca", str(ca_dir))
+    assert result.returncode == 0, result.stderr
+    assert "valid identity for soon-1" in result.stdout
+    assert re.search(r", in (89|90) days\)$", result.stdout.strip()), result.stdout
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    from provisioning.ca import load_ca
+
+    bad = tmp_path / "bad"
+    bad.mkdir(mode=0o700)
+    ca = load_ca(ca_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "robot 9", _validate=False)])
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=300))
+        .sign(ca.key, hashes.SHA256())
+    )
+    (bad / "device.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (bad / "device.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    os.chmod(bad / "device.key", 0o600)
+    result = run_cli("verify", "--dir", str(bad), "--ca", str(ca_dir))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "roomba-provision: error: cn.invalid: certificate CN cannot be a thing name: thing name 'robot 9' "
+        "contains ' '; AWS IoT allows only [a-zA-Z0-9:_-]"
+    ]
+
+
+def test_verification_code_must_be_ascii(run_cli, tmp_path: Path, ca_dir: Path) -> None:
+    out = tmp_path / "v.pem"
+    for code in ("\u0663\u0663\u0663", "a" * 65, "abc-123"):
+        result = run_cli(
+            "ca", "verification-cert", "--ca", str(ca_dir), "--registration-code", code, "--out", str(out)
+        )
+        one_error_line(result, "registration code must be")
+    assert not out.exists()

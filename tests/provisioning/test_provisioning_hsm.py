@@ -209,3 +209,69 @@ def test_device_key_in_token(
         ),
         "already holds a private key labelled 'token-robot'",
     )
+
+
+def test_no_pin_in_any_output_even_at_debug_level(tmp_path: Path, softhsm, token: str) -> None:
+    """Success and failure paths, JSON and console logs at debug level: the PIN never appears."""
+    wrong_pin = "Wrong-Pin-vX9q"
+    module = ["--pkcs11-module", softhsm.module, "--token", token]
+    debug = ["--log-level", "debug"]
+    good, wrong = {"ROOMBA_PKCS11_PIN": softhsm.pin}, {"ROOMBA_PKCS11_PIN": wrong_pin}
+    ca = str(tmp_path / "ca")
+    outputs = []
+    for fmt in ("json", "console"):
+        env = {"ROOMBA_LOG_FORMAT": fmt, "ROOMBA_LOG_LEVEL": "debug"}
+        if fmt == "json":
+            result = softhsm.cli(*debug, "ca", "init", "--dir", ca, *module, env={**env, **good})
+            assert result.returncode == 0, result.stderr
+            assert '"event": "ca.init"' in result.stderr  # debug logging really was on
+        out = str(tmp_path / f"id-{fmt}")
+        create = ["device", "create", "--ca", ca, "--thing", f"leak-{fmt}", "--out", out]
+        result = softhsm.cli(*debug, *create, env={**env, **good})
+        assert result.returncode == 0, result.stderr
+        outputs.append(result)
+        outputs.append(softhsm.cli(*debug, *create, env={**env, **wrong}))
+        outputs.append(softhsm.cli(*debug, "ca", "init", "--dir", ca + "-2", *module, env={**env, **wrong}))
+    assert [r.returncode for r in outputs] == [0, 1, 1, 0, 1, 1]
+    for result in outputs:
+        text = result.stdout + result.stderr
+        assert softhsm.pin not in text and wrong_pin not in text
+
+
+SECOND_SESSION = """
+from provisioning import certs
+from provisioning.ca import load_ca
+from provisioning.errors import ProvisioningError
+
+first = load_ca(params["ca"], pin=params["pin"])
+try:
+    load_ca(params["ca"], pin=params["pin"])
+    second = "opened"
+except ProvisioningError as exc:
+    second = str(exc)
+issued = first.sign_csr(certs.build_csr(certs.generate_key(), "after-second-open"))
+issued.verify_directly_issued_by(first.certificate)  # the first session still signs
+first.close()
+with load_ca(params["ca"], pin=params["pin"]) as again:
+    reopened = again.in_token
+print(json.dumps({"second": second, "reopened": reopened}))
+"""
+
+
+def test_second_open_of_the_same_token_is_a_clear_error(tmp_path: Path, softhsm, token: str) -> None:
+    ca = tmp_path / "ca"
+    result = softhsm.cli(
+        "ca",
+        "init",
+        "--dir",
+        str(ca),
+        "--pkcs11-module",
+        softhsm.module,
+        "--token",
+        token,
+        env={"ROOMBA_PKCS11_PIN": softhsm.pin},
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = softhsm.python(SECOND_SESSION, ca=str(ca), pin=softhsm.pin)
+    assert "is already open in this process" in outcome["second"]
+    assert outcome["reopened"] is True

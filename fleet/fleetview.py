@@ -1,0 +1,189 @@
+"""The fleet at a glance for ``roomba-fleet watch --fleet``: one summary over every robot, not one row each.
+
+:func:`summarize` is pure: it takes the rows ``fleet.watch.FleetView.to_json()`` produces (thing,
+connection, reported, desired) and returns counts an engineer trying a fleet feature wants to see move:
+connected robots, missions by state, the battery distribution, commands pending/applied/failed, and errors.
+:func:`render` turns that into a few terminal lines. ``main`` runs it live on the watch connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from hal import logs
+
+BATTERY_BUCKETS = ((0, 10), (10, 20), (20, 50), (50, 80), (80, 101))
+LOW_BATTERY_PCT = 15
+
+
+def _bucket(percent: Any) -> str:
+    if isinstance(percent, bool) or not isinstance(percent, int | float):
+        return "unknown"
+    for lo, hi in BATTERY_BUCKETS:
+        if lo <= percent < hi:
+            return f"{lo}-{min(hi, 100) - (0 if hi > 100 else 1)}"
+    return "unknown"
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _command_state(desired: Mapping[str, Any], reported: Mapping[str, Any]) -> str | None:
+    """pending (desired id not answered yet, or accepted and running), applied (done), failed, rejected."""
+    want = desired.get("command")
+    have = reported.get("command")
+    if not isinstance(want, Mapping) or not want.get("id"):
+        return None
+    if not isinstance(have, Mapping) or have.get("id") != want.get("id"):
+        return "pending"
+    status = have.get("status")
+    if status == "done":
+        return "applied"
+    if status in ("failed", "rejected"):
+        return str(status)
+    return "pending"
+
+
+def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Fleet counts from per-robot rows (``thing``, ``connection``, ``reported``, ``desired``). Pure.
+
+    Bad or missing fields count as ``unknown``; they never raise, since a robot half-way through its first
+    report is normal.
+    """
+    total = 0
+    connection: Counter[str] = Counter()
+    missions: Counter[str] = Counter()
+    battery: Counter[str] = Counter()
+    commands: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    low: list[str] = []
+    failing: dict[str, list[str]] = {}
+    for row in rows:
+        total += 1
+        thing = str(row.get("thing", "?"))
+        conn = row.get("connection")
+        connection[conn if conn in ("online", "offline", "never") else "unknown"] += 1
+        reported = _mapping(row.get("reported"))
+        desired = _mapping(row.get("desired"))
+        mission = reported.get("mission")
+        missions[mission if isinstance(mission, str) else "unknown"] += 1
+        percent = _mapping(reported.get("battery")).get("percent")
+        battery[_bucket(percent)] += 1
+        if isinstance(percent, int | float) and not isinstance(percent, bool) and percent < LOW_BATTERY_PCT:
+            low.append(thing)
+        state = _command_state(desired, reported)
+        if state is not None:
+            commands[state] += 1
+        problems: list[str] = []
+        errs = reported.get("errors")
+        if isinstance(errs, Mapping):
+            problems += [f"desired.{k}" for k in errs]
+        hazards = reported.get("hazards")
+        if isinstance(hazards, Mapping):
+            problems += [k for k, v in hazards.items() if v is True]
+        link = reported.get("link")
+        if isinstance(link, Mapping) and link.get("serial") == "down":
+            problems.append("serial_down")
+        if state in ("failed", "rejected"):
+            problems.append(f"command_{state}")
+        for p in problems:
+            errors[p] += 1
+        if problems:
+            failing[thing] = problems
+    return {
+        "robots": total,
+        "connected": connection["online"],
+        "connection": dict(sorted(connection.items())),
+        "missions": dict(sorted(missions.items())),
+        "battery": {
+            b: battery[b] for b in [_bucket(lo) for lo, _ in BATTERY_BUCKETS] + ["unknown"] if battery[b]
+        },
+        "battery_low": sorted(low),
+        "commands": {k: commands[k] for k in ("pending", "applied", "failed", "rejected") if commands[k]},
+        "errors": dict(sorted(errors.items())),
+        "robots_with_errors": dict(sorted(failing.items())),
+    }
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return "  ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
+def render(summary: Mapping[str, Any], *, width: int = 100, max_names: int = 8) -> str:
+    """A few lines for a terminal; long robot lists are cut with a count of the rest."""
+
+    def names(items: list[str]) -> str:
+        shown = ", ".join(items[:max_names])
+        return shown + (f" (+{len(items) - max_names} more)" if len(items) > max_names else "")
+
+    lines = [
+        f"robots     {summary['robots']}   connected {summary['connected']}   "
+        + _counts({k: v for k, v in summary["connection"].items() if k != "online"}),
+        f"missions   {_counts(summary['missions'])}",
+        f"battery %  {_counts(summary['battery'])}",
+        f"commands   {_counts(summary['commands'])}",
+        f"errors     {_counts(summary['errors'])}",
+    ]
+    if summary["battery_low"]:
+        lines.append(f"low battery ({len(summary['battery_low'])}): {names(summary['battery_low'])}")
+    failing = summary["robots_with_errors"]
+    if failing:
+        lines.append(f"with errors ({len(failing)}): {names(sorted(failing))}")
+    return "\n".join(line[:width] for line in lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``roomba-fleet watch --fleet [--once] [--json] [--prefix P]``: the summary, live or once."""
+    from fleet.layout import CloudDir, SettingsError
+    from fleet.opclient import CloudNotRunning, OperatorClient
+    from fleet.watch import FleetView, snapshot
+
+    p = argparse.ArgumentParser(prog="roomba-fleet watch --fleet", description=__doc__.splitlines()[0])
+    p.add_argument("--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)")
+    p.add_argument("--once", action="store_true", help="print the summary once and exit")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.add_argument("--prefix", default="", help="only robots whose name starts with this")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the initial view")
+    p.add_argument("--every", type=float, default=1.0, help="seconds between live refreshes")
+    args = p.parse_args([a for a in (argv or []) if a != "--fleet"])
+    logs.configure("warning")
+    cloud = CloudDir.at(args.dir)
+
+    def rows(view: FleetView) -> list[dict[str, Any]]:
+        return [r for r in view.to_json()["robots"] if str(r["thing"]).startswith(args.prefix)]
+
+    def show(view: FleetView) -> None:
+        summary = summarize(rows(view))
+        if args.json:
+            print(json.dumps(summary), flush=True)
+        else:
+            clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() and not args.once else ""
+            print(clear + render(summary), flush=True)
+
+    try:
+        view = FleetView([t for t in cloud.known_robots() if t.startswith(args.prefix)])
+        with OperatorClient(cloud, timeout=args.timeout) as client:
+            snapshot(client, view, args.timeout)
+            show(view)
+            if args.once:
+                return 0
+            last = time.monotonic()
+            try:
+                for pkt in client.messages(None):
+                    view.apply(pkt.topic, pkt.payload, time.time())
+                    if time.monotonic() - last >= args.every:
+                        last = time.monotonic()
+                        show(view)
+            except KeyboardInterrupt:
+                return 0
+    except (CloudNotRunning, SettingsError) as exc:
+        print(f"roomba-fleet watch: {exc}", file=sys.stderr)
+        return 2
+    return 0
