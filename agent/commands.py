@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
+if TYPE_CHECKING:
+    import jsonschema
 
 ACTIONS = ("clean", "spot", "max", "dock", "stop", "locate", "drive", "set_clock")
 MISSION_ACTIONS = {"clean": "cleaning", "spot": "spot", "max": "max", "dock": "docking"}
@@ -30,6 +31,8 @@ def load_schema(name: str) -> dict[str, Any]:
     """``desired`` (classic shadow) or ``config`` (named shadow ``config``)."""
     text = resources.files("agent").joinpath("schemas", f"{name}.schema.json").read_text()
     schema: dict[str, Any] = json.loads(text)
+    import jsonschema  # imported on first use: it is most of the agent's start-up time
+
     jsonschema.Draft202012Validator.check_schema(schema)
     return schema
 
@@ -42,6 +45,8 @@ def _section_validator(name: str, key: str) -> jsonschema.Draft202012Validator:
     ref = prop.get("$ref", "")
     if ref.startswith("#/$defs/") and len(prop) == 1:
         prop = defs[ref.removeprefix("#/$defs/")]  # resolved once here, not on every validation
+    import jsonschema
+
     return jsonschema.Draft202012Validator({"$defs": defs, **prop})
 
 
@@ -124,6 +129,15 @@ def parse_command(raw: Any) -> Command | Rejected:
         return Rejected(cid if good_id else None, problems["command"], echo if good_id else {})
     args = {k: v for k, v in raw.items() if k not in ("id", "action")}
     return Command(raw["id"], raw["action"], args)
+
+
+def warm_up() -> None:
+    """Build every validator now (the daemon calls it in the background once READY), so the first command
+    does not pay for importing jsonschema."""
+    for name in ("desired", "config"):
+        for key in load_schema(name).get("properties", {}):
+            _section_validator(name, key)
+    parse_command({"id": "warm-up", "action": "stop"})
 
 
 def desired_command_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:

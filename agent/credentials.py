@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -161,10 +161,13 @@ def check_files(
     return problems
 
 
-def check_files_isolated(thing_name: str, cert_path: str, key_path: str | None) -> list[CredentialProblem]:
-    """``check_files`` in a forked child, so the long-running agent never maps ``cryptography`` (~8 MB RSS).
+def start_isolated_check(
+    thing_name: str, cert_path: str, key_path: str | None
+) -> Callable[[], list[CredentialProblem]]:
+    """Run ``check_files`` in a forked child, so the long-running agent never maps ``cryptography`` (~8 MB
+    RSS) and can start its robot link meanwhile; call the returned function to wait for the verdict.
 
-    Called before any thread or CRT object exists, where fork is safe (sdk_notes.md §6).
+    Must be called before any thread or CRT object exists, where fork is safe (sdk_notes.md §6).
     """
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -179,9 +182,17 @@ def check_files_isolated(thing_name: str, cert_path: str, key_path: str | None) 
             code = 1
         os._exit(code)
     os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0 or not data:
-        return check_files(thing_name, cert_path, key_path)  # the isolated run failed: check in-process
-    return [CredentialProblem(**p) for p in json.loads(data)]
+
+    def collect() -> list[CredentialProblem]:
+        with os.fdopen(read_fd) as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not data:
+            return check_files(thing_name, cert_path, key_path)  # the isolated run failed: check here
+        return [CredentialProblem(**p) for p in json.loads(data)]
+
+    return collect
+
+
+def check_files_isolated(thing_name: str, cert_path: str, key_path: str | None) -> list[CredentialProblem]:
+    return start_isolated_check(thing_name, cert_path, key_path)()

@@ -13,8 +13,9 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from agent import __version__ as AGENT_VERSION
 from agent import config as cfg
 from agent import credentials
 from agent.backoff import Backoff
+from agent.commands import warm_up
 from agent.metrics import Metrics
 from agent.model import Event, MissionTracker, Snapshot, reported_state, telemetry
 from agent.sdnotify import Notifier
@@ -92,6 +94,7 @@ class Agent:
         self._commands_running = 0
         self._message_at = 0.0
         self._status_text = ""
+        self._wheels_must_stop = False
         self.loop = asyncio.get_running_loop()
         self.mqtt: Any = None
         self.robot_link: Any = None
@@ -103,6 +106,9 @@ class Agent:
             reason = "agent restarted before the command finished; not retried"
             self.ledger.finish(entry.id, "failed", reason)
             self.log.warning("command.interrupted", command_id=entry.id, action=entry.action)
+            if entry.action == "drive":
+                # the robot may still be driving on the last Drive it got: stop it once the link is up
+                self._wheels_must_stop = True
 
     def start_robot(self) -> None:
         from agent.robot_link import RobotLink, Worker
@@ -137,6 +143,8 @@ class Agent:
         for event in self.tracker.on_snapshot(snap):
             self.emit(event)
         self.sync.set_robot_state(reported_state(snap, self.tracker.state, AGENT_VERSION))
+        if snap.link_up and self._wheels_must_stop and self._driving is None:
+            self.stop_wheels_if_needed()
         self.check_ready()
         self.pump()
 
@@ -289,8 +297,28 @@ class Agent:
 
         def done(exc: BaseException | None) -> None:
             status = "failed" if exc is not None else "done"
-            why = str(exc) if exc is not None else reason
+            why = (
+                f"the dead-man stop could not be sent ({exc}); retried when the link returns"
+                if exc
+                else reason
+            )
+            if exc is not None:
+                self._wheels_must_stop = True
             self.loop.call_soon_threadsafe(self.finish_command, command_id, status, why)
+
+        self.worker.submit(self.robot_link.end_drive, done)
+
+    def stop_wheels_if_needed(self) -> None:
+        """A drive whose stop never reached the robot (link cut, agent killed): stop it as soon as we can."""
+        if not self._wheels_must_stop or self.robot_link is None or not self.robot_link.link_up:
+            return
+        self._wheels_must_stop = False
+
+        def done(exc: BaseException | None) -> None:
+            if exc is not None:
+                self._wheels_must_stop = True
+            else:
+                self.log.info("drive.stopped_after_interruption")
 
         self.worker.submit(self.robot_link.end_drive, done)
 
@@ -387,6 +415,7 @@ class Agent:
             self.log.info("agent.ready", seconds=round(ready_s, 3))
             self._status_text = f"connected to {self.config.endpoint}, robot link up"
             self.notifier.ready(self._status_text)
+            threading.Thread(target=warm_up, name="agent-warm-up", daemon=True).start()
         elif waiting:
             self.set_status("waiting for " + " and ".join(waiting))
         elif self.ready:
@@ -503,14 +532,34 @@ class Agent:
         self.db.close()
 
 
-async def run_agent(config: cfg.AgentConfig, notifier: Notifier, reconnect_max_ms: int = 120000) -> int:
+def refuse(log: Any, notifier: Notifier, problems: Sequence[credentials.CredentialProblem]) -> int:
+    for p in problems:
+        log.error("credentials.refused", code=p.code, reason=p.message, hint=p.hint)
+        print(f"roomba-agent: refusing to connect: {p.message}\n  fix: {p.hint}", file=sys.stderr)
+    notifier.status("refusing to connect: " + problems[0].message[:200])
+    return EX_CONFIG
+
+
+async def run_agent(
+    config: cfg.AgentConfig,
+    notifier: Notifier,
+    reconnect_max_ms: int = 120000,
+    credential_check: Callable[[], list[credentials.CredentialProblem]] | None = None,
+) -> int:
     agent = Agent(config, notifier, reconnect_max_ms=reconnect_max_ms)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stopping.set)
     agent.recover_ledger()
-    notifier.status("starting: opening the serial link and connecting")
+    notifier.status("starting: opening the serial link and checking credentials")
     agent.start_robot()
+    if credential_check is not None:
+        problems = await loop.run_in_executor(None, credential_check)
+        if problems:
+            await asyncio.to_thread(agent.robot_link.robot.close)
+            agent.worker.close()
+            agent.db.close()
+            return refuse(agent.log, notifier, problems)
     agent.start_mqtt()
     agent.check_ready()
     agent.pump()
@@ -558,18 +607,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     configure(config.log_level)
     log = get_logger("agent", thing=config.thing_name)
-    problems = credentials.check_files_isolated(config.thing_name, config.cert, config.key)
-    if problems:
-        for p in problems:
-            log.error("credentials.refused", code=p.code, reason=p.message, hint=p.hint)
-            print(f"roomba-agent: refusing to connect: {p.message}\n  fix: {p.hint}", file=sys.stderr)
-        notifier.status("refusing to connect: " + problems[0].message[:200])
-        return EX_CONFIG
+    check = credentials.start_isolated_check(config.thing_name, config.cert, config.key)
     reconnect_max = int(os.environ.get("ROOMBA_AGENT_RECONNECT_MAX_MS", "120000"))
     # hand-offs between the HAL reader, CRT and loop threads wait for the GIL; 5 ms by default
     sys.setswitchinterval(0.0005)
     try:
-        return asyncio.run(run_agent(config, notifier, reconnect_max))
+        return asyncio.run(run_agent(config, notifier, reconnect_max, check))
     except OSError as exc:
         log.error("agent.failed", error=str(exc))
         print(f"roomba-agent: {exc}", file=sys.stderr)

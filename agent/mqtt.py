@@ -221,7 +221,7 @@ class MqttClient:
         if goodbye is not None and self.connected:
             try:
                 await asyncio.wait_for(self.publish(goodbye[0], goodbye[1], 1, retain=True), timeout / 2)
-            except (TimeoutError, Exception):
+            except Exception:
                 pass
         self._client.stop(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode.NORMAL_DISCONNECTION))
         try:

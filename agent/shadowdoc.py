@@ -11,11 +11,13 @@ Public API (small on purpose):
   when non-empty; ``metadata`` mirrors it with ``{"timestamp": T}`` leaves. Treat both as read-only.
 - ``ShadowError(code, message, client_token)``: a request AWS would reject; ``error_document()`` renders it.
 - ``parse_update(payload) -> UpdateRequest`` validates an ``/update`` payload (bytes, str or already
-  decoded JSON, i.e. dicts and lists) in AWS's order: encoding, JSON, ``state`` node, section types, ``clientToken``, ``version``, depth.
+  decoded JSON, i.e. dicts and lists) in AWS's order: encoding, JSON (strict: no NaN/Infinity),
+  ``state`` node, section types, ``clientToken``, ``version``, depth.
 - ``client_token_of(payload)`` for ``/get`` and ``/delete`` (their content is otherwise ignored).
 - ``apply_update(shadow, request, now, base_version=0) -> UpdateResult`` merges (null deletes, arrays are
   values, empty objects pruned), checks optimistic locking (409) and the 8 KB limit (413), and returns the
   new ``Shadow`` with the ``update/accepted``, ``update/documents`` and (if any) ``update/delta`` payloads.
+  Untouched sub-objects are shared between the old and the new ``Shadow`` (never mutate them).
 - ``get_document``, ``delete_document``: the ``get/accepted`` and ``delete/accepted`` payloads.
 - ``delta(desired, reported)`` and ``delta_metadata(delta, desired_metadata)``: the delta rules alone.
 - ``merge_state(current, patch)``: the merge rules alone (for an agent's local reported copy).

@@ -52,10 +52,21 @@ class OperatorClient:
                 f"is `roomba-fleet up --dir {cloud.root}` running?"
             ) from None
         client_id = f"{OPERATOR_IDENTITY}-{uuid.uuid4().hex[:12]}"
-        self.conn.send(mq.connect(client_id, keepalive=60))
-        connack = self._wait_for(lambda p: p.type == mq.CONNACK)
+        self._send(mq.connect(client_id, keepalive=60))
+        try:
+            connack = self._wait_for(lambda p: p.type == mq.CONNACK)
+        except CloudNotRunning:
+            self.conn.close()
+            raise
         if connack is None or len(connack.body) < 2 or connack.body[1] != 0:
+            self.conn.close()
             raise CloudNotRunning(f"the broker at {self.endpoint}:{self.port} refused the operator identity")
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.conn.send(data)
+        except OSError as exc:
+            raise CloudNotRunning(f"lost the connection to the local cloud ({exc})") from None
 
     def _packet_id(self) -> int:
         self._next_id = self._next_id % 65535 + 1
@@ -66,9 +77,9 @@ class OperatorClient:
             return []
         try:
             self._parser.feed(self.conn.recv())
-        except TlsClosed:
-            raise CloudNotRunning("the broker closed the connection") from None
-        return self._parser.packets()
+            return self._parser.packets()
+        except (TlsClosed, OSError, mq.ProtocolError) as exc:  # ssl.SSLError is an OSError
+            raise CloudNotRunning(f"lost the connection to the local cloud ({exc})") from None
 
     def _wait_for(self, match: Callable[[mq.Packet], bool]) -> mq.Packet | None:
         deadline = time.monotonic() + self.timeout
@@ -83,13 +94,13 @@ class OperatorClient:
 
     def subscribe(self, filters: list[str], qos: int = 1) -> None:
         pid = self._packet_id()
-        self.conn.send(mq.subscribe(pid, [(f, qos) for f in filters]))
+        self._send(mq.subscribe(pid, [(f, qos) for f in filters]))
         suback = self._wait_for(lambda p: p.type == mq.SUBACK and p.body[:2] == pid.to_bytes(2, "big"))
         if suback is None:
             raise CloudNotRunning("the broker did not acknowledge the subscription")
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        self.conn.send(mq.publish(topic, payload, qos, self._packet_id() if qos else 0))
+        self._send(mq.publish(topic, payload, qos, self._packet_id() if qos else 0))
 
     def messages(self, timeout: float | None) -> Iterator[mq.Packet]:
         """Publications as they arrive, until ``timeout`` seconds pass (None: forever)."""
@@ -97,7 +108,7 @@ class OperatorClient:
         while self._backlog:
             pkt = self._backlog.pop(0)
             if pkt.qos:
-                self.conn.send(mq.puback(pkt.packet_id))
+                self._send(mq.puback(pkt.packet_id))
             yield pkt
         last_ping = time.monotonic()
         while deadline is None or time.monotonic() < deadline:
@@ -105,10 +116,10 @@ class OperatorClient:
             for pkt in self._read(wait):
                 if pkt.type == mq.PUBLISH:
                     if pkt.qos:
-                        self.conn.send(mq.puback(pkt.packet_id))
+                        self._send(mq.puback(pkt.packet_id))
                     yield pkt
             if time.monotonic() - last_ping > 30:
-                self.conn.send(mq.PINGREQ_BYTES)
+                self._send(mq.PINGREQ_BYTES)
                 last_ping = time.monotonic()
 
     def close(self) -> None:

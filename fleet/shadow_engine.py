@@ -103,6 +103,11 @@ class ShadowEngine:
         dirty, self._dirty = self._dirty, {}
         return dirty
 
+    def requeue_dirty(self, changed: dict[ShadowKey, StoredShadow]) -> None:
+        """Give back changes that could not be persisted (newer changes to the same shadow win)."""
+        for key, stored in changed.items():
+            self._dirty.setdefault(key, stored)
+
     def _allow(self, thing: str, now: float) -> bool:
         if self.rate <= 0:
             return True

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sqlite3
 import ssl
 import sys
 import time
@@ -141,7 +142,14 @@ class ShadowService:
                 last_sent = now
 
     def flush(self) -> None:
-        self.store.save(self.engine.take_dirty())
+        """Commit the changed shadows. A failing disk is logged and retried on the next turn; the service
+        keeps answering from memory rather than going down."""
+        changed = self.engine.take_dirty()
+        try:
+            self.store.save(changed)
+        except sqlite3.Error as exc:
+            self.engine.requeue_dirty(changed)
+            log.error("shadow.store.failed", error=str(exc), pending=len(changed), db=str(self.store.path))
 
     def run(self) -> int:
         failures = 0

@@ -90,7 +90,21 @@ def provision(cloud: CloudDir, names: Sequence[str], *, say: Any = None) -> tupl
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
             os.replace(tmp, path)
+    prepare_state(cloud, names)
     return len(missing), len(names) - len(missing)
+
+
+def prepare_state(cloud: CloudDir, names: Sequence[str]) -> None:
+    """Create each robot's agent database now, in parallel: creating one costs a few fsyncs (~25 ms here),
+    which would otherwise serialise on the shard's loop during the ramp; reopening one costs under 1 ms."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.store import open_db
+
+    fresh = [cloud.robot_state_dir(n) for n in names if not (cloud.robot_state_dir(n) / "agent.db").exists()]
+    if fresh:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda d: open_db(d).close(), fresh))
 
 
 def connection_override(path: str) -> ConnectionOverride:

@@ -42,6 +42,7 @@ class Child:
     log_path: Path
     ready: Callable[[Child], bool]
     stdout_pipe: bool = False
+    before_start: Callable[[Child], None] | None = None
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     backoff: float | None = None
@@ -52,6 +53,8 @@ class Child:
 
     def start(self) -> None:
         self.ready_event.clear()
+        if self.before_start is not None:
+            self.before_start(self)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(

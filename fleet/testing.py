@@ -65,6 +65,8 @@ class LocalCloud:
         self.endpoint = "127.0.0.1"
         self.proc = proc
         self._owns_dir = owns_dir
+        self.output: list[str] = []
+        """What ``up`` printed on stdout (its ready banner: endpoint, port, CA path)."""
 
     @property
     def ca_path(self) -> Path:
@@ -88,9 +90,12 @@ class LocalCloud:
         last_error = ""
         for _attempt in range(3):
             port = free_port()
-            proc, error = cls._launch(cloud_dir, port, timeout)
+            output: list[str] = []
+            proc, error = cls._launch(cloud_dir, port, timeout, output)
             if proc is not None:
-                return cls(root, port, proc, owns)
+                cloud = cls(root, port, proc, owns)
+                cloud.output = output
+                return cloud
             last_error = error
             if "already in use" not in error and "Address already in use" not in error:
                 break
@@ -99,7 +104,9 @@ class LocalCloud:
         raise LocalCloudError(f"roomba-fleet up failed: {last_error}")
 
     @staticmethod
-    def _launch(cloud_dir: CloudDir, port: int, timeout: float) -> tuple[subprocess.Popen[bytes] | None, str]:
+    def _launch(
+        cloud_dir: CloudDir, port: int, timeout: float, output: list[str]
+    ) -> tuple[subprocess.Popen[bytes] | None, str]:
         cloud_dir.root.mkdir(parents=True, exist_ok=True)
         err_path = cloud_dir.root / "up.stderr"
         with open(err_path, "ab") as err:
@@ -115,6 +122,7 @@ class LocalCloud:
         def read() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
+                output.append(line.decode(errors="replace").rstrip("\n"))
                 if line.strip() == b"ready":
                     ready.set()
 

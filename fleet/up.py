@@ -47,6 +47,26 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+class BrokerLogReady:
+    """Mosquitto is ready once it logs "running" after this start. Reading its log, instead of probing
+    the port, keeps a failed-TLS line per start out of that log. ``mark()`` runs just before each start."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.offset = 0
+
+    def mark(self, _child: Child) -> None:
+        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def __call__(self, _child: Child) -> bool:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.offset)
+                return b" running" in f.read()
+        except FileNotFoundError:
+            return False
+
+
 def _write_run_file(cloud_dir: CloudDir, sup: Supervisor, port: int) -> None:
     path = cloud_dir.run_file
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     raise_nofile_limit()
+    broker_ready = BrokerLogReady(cloud_dir.broker_log)
     broker_child = Child(
         "mosquitto",
         [mosquitto, "-c", str(cloud_dir.broker_conf)],
         cloud_dir.logs_dir / "mosquitto.out",
-        ready=lambda c: port_open(settings.endpoint, settings.port),
+        ready=broker_ready,
+        before_start=broker_ready.mark,
     )
     service_child = Child(
         "shadow-service",
@@ -115,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         sup.stop_all()
         print(f"roomba-fleet up: {problem}", file=sys.stderr)
-        if broker_child.log_path.exists():
-            tail = broker_child.log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            for line in tail:
-                print(f"  {line}", file=sys.stderr)
+        for path in (broker_child.log_path, cloud_dir.broker_log):
+            if path.exists():
+                for line in path.read_text(errors="replace").strip().splitlines()[-5:]:
+                    print(f"  {line}", file=sys.stderr)
         return 1
     _write_run_file(cloud_dir, sup, settings.port)
     _print_ready(cloud_dir, settings.endpoint, settings.port)

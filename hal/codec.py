@@ -61,6 +61,7 @@ __all__ = [
     "drive_straight",
     "encode_frame",
     "enter_mode",
+    "frame_from_body",
     "full",
     "interpret",
     "leds",
@@ -93,6 +94,7 @@ __all__ = [
 
 # --------------------------------------------------------------------------------------------- encoders
 
+_HEADER = 19  # stream frame header byte
 RADIUS_STRAIGHT = 32768
 RADIUS_STRAIGHT_ALT = 32767
 SPIN_CW = -1
@@ -609,6 +611,16 @@ def check_stream_budget(packet_ids: Sequence[int], baud_rate: int) -> None:
         )
 
 
+def frame_from_body(body: bytes | bytearray) -> bytes:
+    """Wrap ``[id1][data1]…[idN][dataN]`` as a stream frame: header 19, n-bytes, body, and the checksum that
+    makes the sum of every byte, header included, 0 mod 256 (the simulator sends exactly this). n-bytes is one
+    byte: an oversized body wraps it, as a robot asked for too much would."""
+    frame = bytearray((_HEADER, len(body) & 0xFF))
+    frame += body
+    frame.append(-sum(frame) & 0xFF)
+    return bytes(frame)
+
+
 def encode_frame(packet_ids: Sequence[int], values: Mapping[str, int]) -> bytes:
     """Build a stream frame, as the robot would. For tests, benchmarks and simulators."""
     body = bytearray()
@@ -616,9 +628,11 @@ def encode_frame(packet_ids: Sequence[int], values: Mapping[str, int]) -> bytes:
         body.append(pid)
         for member in members(pid):
             body += pack(member, values.get(PACKETS[member].key, 0))
-    frame = bytearray([19, len(body)]) + body
-    frame.append(-sum(frame) & 0xFF)
-    return bytes(frame)
+    if len(body) > 255:
+        raise ValueError(
+            f"a stream frame body holds at most 255 bytes (n-bytes is one byte), got {len(body)}"
+        )
+    return frame_from_body(body)
 
 
 class FrameValues(Mapping[str, int]):
@@ -731,7 +745,6 @@ class ParserStats:
     overflows: int
 
 
-_HEADER = 19
 _BOOT = 0xFE
 _TEXT_RUN = re.compile(rb"[\t\n\r\x20-\x7e]+")
 _BAT = re.compile(

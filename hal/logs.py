@@ -29,9 +29,7 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def redact_secrets(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> Mapping[str, Any]:
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
     """structlog processor: blank secret-named fields and PEM blocks anywhere in the event."""
     for key in list(event_dict):
         if _SECRET_KEYS.search(key):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["DeltaOdometry", "EncoderOdometry", "Pose", "unwrap16"]
+__all__ = ["REBASE_AFTER", "DeltaOdometry", "EncoderOdometry", "Pose", "unwrap16"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,27 +51,50 @@ def _advance(pose: Pose, d_left: float, d_right: float, wheelbase: float) -> Pos
     )
 
 
+REBASE_AFTER = 3
+
+
 class EncoderOdometry:
+    """Pose from cumulative wheel encoder counts.
+
+    ``update(..., max_step_mm=...)`` rejects a step that no wheel could have made (a frame whose 8-bit
+    checksum passed by chance on a noisy line can carry any count: up to 14 m of phantom travel). The pose
+    then stays put and ``rejected`` counts it; after :data:`REBASE_AFTER` implausible steps in a row the
+    counters are taken as a new baseline (the robot rebooted and restarted its counts without a link drop).
+    """
+
     def __init__(self, mm_per_count: float, wheelbase_mm: float, *, wrap: bool = True) -> None:
         self.mm_per_count = mm_per_count
         self.wheelbase_mm = wheelbase_mm
         self.wrap = wrap
         self.pose = Pose()
+        self.rejected = 0
         self._last: tuple[int, int] | None = None
+        self._implausible_run = 0
 
     def rebase(self) -> None:
         self._last = None
+        self._implausible_run = 0
 
     def reset(self, pose: Pose | None = None) -> None:
         self.pose = pose or Pose()
-        self._last = None
+        self.rebase()
 
-    def update(self, left: int, right: int) -> Pose:
+    def update(self, left: int, right: int, *, max_step_mm: float | None = None) -> Pose:
         if self._last is not None:
             dl, dr = left - self._last[0], right - self._last[1]
             if self.wrap:
                 dl, dr = unwrap16(dl), unwrap16(dr)
-            self.pose = _advance(self.pose, dl * self.mm_per_count, dr * self.mm_per_count, self.wheelbase_mm)
+            left_mm, right_mm = dl * self.mm_per_count, dr * self.mm_per_count
+            if max_step_mm is not None and max(abs(left_mm), abs(right_mm)) > max_step_mm:
+                self.rejected += 1
+                self._implausible_run += 1
+                if self._implausible_run >= REBASE_AFTER:
+                    self._implausible_run = 0
+                    self._last = (left, right)
+                return self.pose
+            self.pose = _advance(self.pose, left_mm, right_mm, self.wheelbase_mm)
+        self._implausible_run = 0
         self._last = (left, right)
         return self.pose
 

@@ -8,11 +8,14 @@ live view on a terminal, or one JSON object per sample with ``--json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import IntFlag
 from typing import Any, TextIO
 
@@ -100,6 +103,23 @@ def _render(state: RobotState) -> str:
     return "\n".join(lines)
 
 
+def _number(minimum: float, *, integer: bool = False, inclusive: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number above ``minimum`` (or equal to it with ``inclusive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roomba-agent probe",
@@ -113,10 +133,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
     parser.add_argument("--once", action="store_true", help="print one sample and exit")
-    parser.add_argument("--count", type=int, default=0, help="stop after N samples (default: until Ctrl-C)")
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples (default 0.5)")
     parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for the robot (default 5)"
+        "--count",
+        type=_number(0, integer=True, inclusive=True),
+        default=0,
+        help="stop after N samples (default 0: until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--interval", type=_number(0), default=0.5, help="seconds between samples (default 0.5)"
+    )
+    parser.add_argument(
+        "--timeout", type=_number(0), default=5.0, help="seconds to wait for the robot (default 5)"
     )
     parser.add_argument(
         "--mode",
@@ -177,6 +204,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         print(f"roomba-agent probe: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `probe --json | head -1`: the reader has what it wanted
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
         return 0
     finally:
         robot.close()

@@ -11,6 +11,7 @@ held; they must return quickly (an asyncio agent uses ``loop.call_soon_threadsaf
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections import deque
@@ -541,8 +542,8 @@ class Robot:
         times.append(now)
         while times and now - times[0] > _RATE_WINDOW_S:
             times.popleft()
-        self._last_frame_at = now
-        pose = self._update_pose(frame.values)
+        previous, self._last_frame_at = self._last_frame_at, now
+        pose = self._update_pose(frame.values, None if previous is None else now - previous)
         old_mode = self._state.oi_mode
         mode = old_mode
         raw_mode = frame.values.get("oi_mode")
@@ -583,20 +584,58 @@ class Robot:
         if mode is not None:
             self._hold_mode(mode, now)
 
-    def _update_pose(self, values: Mapping[str, int]) -> Pose:
-        if "distance" in values:
-            self._reported_distance += values["distance"]
-        if "angle" in values:
-            self._reported_angle += self.quirks.angle_degrees(values["angle"])
+    def _max_step_mm(self, dt: float | None) -> float | None:
+        """The most a wheel can travel between two frames ``dt`` seconds apart (None: no bound known).
+
+        Generous (top speed x 1.5, plus 50 mm for frames that arrive bunched in one read), yet a frame
+        whose checksum passed by chance on a noisy line is almost always far outside it.
+        """
+        if dt is None:
+            return None
+        return self.model.max_velocity_mm_s * 1.5 * max(0.0, dt) + 50.0
+
+    def _update_pose(self, values: Mapping[str, int], dt: float | None = None) -> Pose:
+        limit = self._max_step_mm(dt)
+        distance = values.get("distance")
+        if distance is not None and limit is not None and abs(distance) > limit:
+            distance = None
+        angle = None if "angle" not in values else self.quirks.angle_degrees(values["angle"])
+        if (
+            angle is not None
+            and limit is not None
+            and abs(angle) > math.degrees(2 * limit / self.model.wheelbase_mm)
+        ):
+            angle = None
+        if (distance is None and "distance" in values) or (angle is None and "angle" in values):
+            self.log.debug(
+                "oi.odometry.implausible", distance=values.get("distance"), angle=values.get("angle")
+            )
+        if distance is not None:
+            self._reported_distance += distance
+        if angle is not None:
+            self._reported_angle += angle
         if (
             self.quirks.encoder_odometry
             and "left_encoder_counts" in values
             and "right_encoder_counts" in values
         ):
             self._encoders.wrap = self.quirks.encoder_wrap
-            return self._encoders.update(values["left_encoder_counts"], values["right_encoder_counts"])
-        if "distance" in values and "angle" in values:
-            return self._deltas.update(values["distance"], self.quirks.angle_degrees(values["angle"]))
+            rejected = self._encoders.rejected
+            pose = self._encoders.update(
+                values["left_encoder_counts"], values["right_encoder_counts"], max_step_mm=limit
+            )
+            if self._encoders.rejected != rejected:
+                log = self.log.warning if rejected == 0 else self.log.debug
+                log(
+                    "oi.odometry.implausible",
+                    left=values["left_encoder_counts"],
+                    right=values["right_encoder_counts"],
+                    max_step_mm=round(limit or 0.0, 1),
+                    rejected=self._encoders.rejected,
+                )
+            return pose
+        if distance is not None and angle is not None:
+            return self._deltas.update(distance, angle)
         return self._encoders.pose
 
     def _hold_mode(self, mode: OIMode, now: float) -> None:

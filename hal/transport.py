@@ -8,6 +8,7 @@ still work: waking is then simply not possible and :meth:`SerialTransport.wake` 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -81,11 +82,17 @@ class SerialTransport:
 
     def close(self) -> None:
         port, self._port = self._port, None
-        if port is not None:
-            try:
-                port.close()
-            except (serial.SerialException, OSError):
-                pass
+        if port is None:
+            return
+        # pyserial's socket:// close() calls shutdown() first and skips close() when the peer has already
+        # hung up (ENOTCONN), leaking the descriptor on every reconnect: close the socket ourselves too.
+        sock = getattr(port, "_socket", None)
+        try:
+            port.close()
+        except (serial.SerialException, OSError):
+            pass
+        if sock is not None and hasattr(sock, "close"):
+            pass
 
     def _fail(self, action: str, exc: BaseException) -> TransportError:
         self.close()
@@ -154,5 +161,6 @@ class SerialTransport:
 
     @staticmethod
     def _has_real_modem_lines(port: Any) -> bool:
-        """socket://, rfc2217:// and loop:// accept RTS/DTR without a wire behind them."""
+        """socket:// and loop:// accept RTS/DTR without a wire behind them (rfc2217:// forwards them to the
+        remote port, so it counts as real)."""
         return not type(port).__module__.startswith("serial.urlhandler")

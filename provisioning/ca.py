@@ -115,6 +115,15 @@ def _check_free(directory: Path) -> None:
             raise CaExists(f"{directory / name} already exists; refusing to overwrite a CA")
 
 
+def _make_dir(directory: Path) -> None:
+    """Create the CA directory (0700) once there is something to put in it; an existing one is kept."""
+    if not directory.exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700)
+        os.chmod(directory, 0o700)
+    _check_free(directory)
+
+
 def init_ca(
     dir: str | os.PathLike[str],
     key_type: str = "ec",
@@ -143,10 +152,6 @@ def init_ca(
         raise InvalidInput(f"CA path length must be a whole number >= 0, not {path_length!r}")
     if directory.exists():
         _check_free(directory)
-    else:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        directory.mkdir(mode=0o700)
-        os.chmod(directory, 0o700)
     key: certs.PrivateKey
     if pkcs11_module or token_label:
         if not (pkcs11_module and token_label):
@@ -166,6 +171,7 @@ def init_ca(
             path_length=path_length,
             now=now,
         )
+        _make_dir(directory)
         atomic_write(directory / CA_PKCS11, (json.dumps(ref.to_json(), indent=2) + "\n").encode(), 0o644)
     else:
         key = certs.generate_key(key_type)
@@ -177,6 +183,7 @@ def init_ca(
             path_length=path_length,
             now=now,
         )
+        _make_dir(directory)
         atomic_write(directory / CA_KEY, certs.key_pem(key), 0o600)
     atomic_write(directory / CA_CERT, certs.cert_pem(cert), 0o644)
     log.info("ca.init", dir=str(directory), key_type=key_type, in_token=bool(pkcs11_module))

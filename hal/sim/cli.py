@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
 
 from hal.logs import configure, get_logger
-from hal.sim.robot import QUIRKS
+from hal.sim.robot import MAX_SPEED, QUIRKS
 from hal.sim.server import SimServer, send_control
 
 
@@ -33,9 +34,23 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def _speed(text: str) -> float:
+    value = _positive(text)
+    if value > MAX_SPEED:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SPEED:g}, got {text!r}")
+    return value
+
+
+def _firmware(text: str) -> str:
+    parts = text.strip().split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected a version such as 3.7.1, got {text!r}")
+    return text.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     robot.add_argument("--control", help="Unix socket for fault injection and state (JSON lines)")
     robot.add_argument("--seed", type=int, default=0, help="seed for every random choice (reproducible runs)")
-    robot.add_argument("--speed", type=_positive, default=1.0, help="world time runs this many times faster")
+    robot.add_argument(
+        "--speed",
+        type=_speed,
+        default=1.0,
+        help=f"world time runs this many times faster (max {MAX_SPEED:g})",
+    )
     robot.add_argument("--record", help="append every command received as a JSON line to this file")
     robot.add_argument("--docked", action="store_true", help="start on the dock (charging)")
     robot.add_argument(
-        "--firmware", help="version in the reset banner, e.g. 3.4.0 (<= 3.4.0 has the angle bug)"
+        "--firmware",
+        type=_firmware,
+        help="version in the reset banner, e.g. 3.4.0 (<= 3.4.0 has the angle bug)",
     )
     robot.add_argument(
         "--quirk",
@@ -70,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl = sub.add_parser("ctl", help="send one control request to a running simulator", parents=[common])
     ctl.add_argument("socket", help="the --control socket path")
     ctl.add_argument("request", help='a JSON object, e.g. \'{"op": "state"}\'')
-    ctl.add_argument("--timeout", type=float, default=5.0)
+    ctl.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait for the answer")
     return parser
 
 

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import random
 
-BAUD_CODES = (300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 28800, 38400, 57600, 115200)
-DEFAULT_BAUD = 115200
+from hal.codec import BAUD_CODES as CODEC_BAUD_CODES
+from hal.models import MODELS
+
+# Baud (129) code -> rate, from the codec's table (code 0 = 300 … 11 = 115200).
+BAUD_CODES: tuple[int, ...] = tuple(
+    rate for rate, _code in sorted(CODEC_BAUD_CODES.items(), key=lambda i: i[1])
+)
+DEFAULT_BAUD = MODELS["create2"].baud
 BITS_PER_BYTE = 10  # 8N1: start + 8 data + stop
 
 

@@ -21,8 +21,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hal.codec import frame_from_body
+from hal.odometry import unwrap16
 from hal.opcodes import OPCODES, OIMode, Op, data_length
 from hal.packets import PACKETS, members, pack
+from hal.quirks import ANGLE_BUG_FACTOR, Quirks, for_firmware
 from hal.sim.faults import BAUD_CODES, DEFAULT_BAUD, ByteNoise, PacedOutput
 from hal.sim.world import BUTTON_BITS, ROBOT_RADIUS_MM, WHEEL_BASE_MM, ChargingState, Mission, World
 
@@ -31,14 +34,14 @@ IDLE_WAKE_S = 0.25
 REPLY_LATENCY_S = 0.002
 SLEEP_AFTER_S = 300.0
 WAKE_DELAY_S = 0.5
-STREAM_HEADER = 19
 STREAM_BACKLOG = 512  # bytes the transmit queue may hold before stream frames are cut (spec: "corrupted")
 MAX_CATCH_UP_S = 30.0
+MAX_BUMP_S = 3600.0
+MAX_SPEED = 1000.0  # world seconds per real second; beyond this a 15 ms tick is a quarter hour of physics
 
 FIRMWARE_VERSION = "3.7.1"
 FIRMWARE = "r3-robot/tags/release-stm32-3.7.1:6174 CLEAN"
 BUILD_STAMP = "2015-12-18-1607-L   "
-ANGLE_BUG_FACTOR = 0.324056
 QUIRKS = {
     "mode_plus_one": "packet 35 reports the OI mode one too high (some Roomba 6xx)",
     "angle_scale": "Angle (20) reports degrees x 0.324056 (firmware up to 3.4.0; on by default for those)",
@@ -135,8 +138,8 @@ class SimRobot:
     ) -> None:
         """``tick_s`` is the world step and stream period: keep the real robot's 15 ms on a serial link; a
         fleet simulator that only needs state (not OI timing) may pass a longer one to save CPU."""
-        if speed <= 0:
-            raise ValueError(f"speed must be positive, got {speed}")
+        if not (isinstance(speed, int | float) and math.isfinite(speed) and 0 < speed <= MAX_SPEED):
+            raise ValueError(f"speed must be a number above 0 and at most {MAX_SPEED:g}, got {speed!r}")
         if not 0.001 <= tick_s <= 1.0:
             raise ValueError(f"tick_s must be between 0.001 and 1 s, got {tick_s}")
         unknown = set(quirks) - set(QUIRKS)
@@ -146,7 +149,10 @@ class SimRobot:
         if version is None:
             raise ValueError(f"firmware must look like 3.7.1, got {firmware!r}")
         self.firmware = firmware
-        self.quirks = frozenset(quirks) | ({"angle_scale"} if version <= (3, 4, 0) else set())
+        buggy_angle = for_firmware(
+            firmware, Quirks()
+        ).angle_scale  # the HAL's rule for which firmware is buggy
+        self.quirks = frozenset(quirks) | ({"angle_scale"} if buggy_angle else set())
         self._banner = reset_banner(firmware)
         self.rng = random.Random(seed)
         self.world = world or World(rng=random.Random(self.rng.getrandbits(32)))
@@ -550,10 +556,7 @@ class SimRobot:
         for pid in self.stream_ids:
             body.append(pid)
             body += self._packet_data(pid)
-        frame = bytearray((STREAM_HEADER, len(body) & 0xFF))
-        frame += body
-        frame.append(-sum(frame) & 0xFF)
-        return bytes(frame)
+        return frame_from_body(body)
 
     def _packet_data(self, pid: int) -> bytes:
         layout = self._layouts.get(pid)
@@ -623,8 +626,8 @@ class SimRobot:
             40: lambda: self.requested_radius,
             41: lambda: self.requested_right,
             42: lambda: self.requested_left,
-            43: lambda: _wrap16(math.floor(w.enc_left)),
-            44: lambda: _wrap16(math.floor(w.enc_right)),
+            43: lambda: unwrap16(math.floor(w.enc_left)),
+            44: lambda: unwrap16(math.floor(w.enc_right)),
             45: lambda: w.light_bits,
             46: lambda: w.light_signal[0],
             47: lambda: w.light_signal[1],
@@ -668,7 +671,7 @@ class SimRobot:
             return {op: on}
         if op == "bump":
             side = str(request.get("side", "both"))
-            seconds = float(request.get("seconds", 0.2))
+            seconds = _number(request, "seconds", 0, MAX_BUMP_S, 0.2)
             try:
                 w.bump(side, seconds * self.speed)
             except ValueError as exc:
@@ -687,7 +690,9 @@ class SimRobot:
             if "percent" in request:
                 w.set_battery_percent(_number(request, "percent", 0, 100))
             if "fault" in request:
-                w.battery_fault = bool(request["fault"])
+                if not isinstance(request["fault"], bool):
+                    raise ControlError(f'"fault" must be true or false, got {request["fault"]!r}')
+                w.battery_fault = request["fault"]
             return {"percent": round(w.battery_percent, 2), "fault": w.battery_fault}
         if op == "noise":
             try:
@@ -773,10 +778,6 @@ def _version_tuple(text: str) -> tuple[int, int, int] | None:
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
         return None
     return int(parts[0]), int(parts[1]), int(parts[2])
-
-
-def _wrap16(value: int) -> int:
-    return ((value + 32768) & 0xFFFF) - 32768
 
 
 def _flag(request: Mapping[str, Any]) -> bool:

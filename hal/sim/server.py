@@ -101,12 +101,19 @@ class SimServer:
         """Create the link, the control socket and the record file (idempotent)."""
         if self._opened:
             return
+        try:
+            if self.record_path is not None:
+                self._record = open(self.record_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            self._plug()
+            if self.control_path is not None:
+                self._open_control(self.control_path)
+        except BaseException:  # leave no pty symlink, listener or open file behind a failed start
+            self._unplug_link()
+            if self._record is not None:
+                self._record.close()
+                self._record = None
+            raise
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        if self.record_path is not None:
-            self._record = open(self.record_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-        self._plug()
-        if self.control_path is not None:
-            self._open_control(self.control_path)
         self._opened = True
         self.log.info("sim.ready", url=self.url, pty=self.pty_name, control=str(self.control_path or ""))
 
@@ -452,7 +459,7 @@ class SimServer:
 
     def _control_now(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
-        self.log.info("sim.control.request", op=op)
+        self.log.info("sim.control.request", op=repr(op) if not isinstance(op, str) else op)
         try:
             if op == "unplug":
                 seconds = request.get("seconds", 2.0)
@@ -467,6 +474,9 @@ class SimServer:
             result = self.robot.control(request, time.monotonic())
         except ControlError as exc:
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a request must get an answer, never stall the client or the loop
+            self.log.exception("sim.control.failed", op=repr(op))
+            return {"ok": False, "error": f"request {request!r} failed: {type(exc).__name__}: {exc}"}
         if op == "state":
             result["link"] = {
                 "url": self.url,

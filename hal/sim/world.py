@@ -15,12 +15,17 @@ import math
 import random
 from dataclasses import dataclass, field
 
-WHEEL_BASE_MM = 235.0
-WHEEL_DIAMETER_MM = 72.0
-COUNTS_PER_REV = 508.8
-COUNTS_PER_MM = COUNTS_PER_REV / (math.pi * WHEEL_DIAMETER_MM)
+from hal.codec import Buttons, ChargingState
+from hal.models import MODELS
+
+# Geometry and limits are the HAL's Create 2 model, so the simulator and the client's odometry cannot drift.
+_CREATE2 = MODELS["create2"]
+WHEEL_BASE_MM = _CREATE2.wheelbase_mm
+WHEEL_DIAMETER_MM = _CREATE2.wheel_diameter_mm
+COUNTS_PER_REV = _CREATE2.counts_per_rev
+COUNTS_PER_MM = 1.0 / _CREATE2.mm_per_count
 ROBOT_RADIUS_MM = 170.0
-MAX_WHEEL_MM_S = 500.0
+MAX_WHEEL_MM_S = float(_CREATE2.max_velocity_mm_s)
 BATTERY_CAPACITY_MAH = 2696.0
 
 # Dock IR characters (Roomba 600 dock, SPEC p.26): a bit each for force field (1), green (4), red (8).
@@ -34,16 +39,8 @@ LIGHT_BUMP_ANGLES = tuple(math.radians(a) for a in (72.0, 40.0, 12.0, -12.0, -40
 # Cliff sensors (packets 9-12: L, FL, FR, R) as (angle off heading, distance from centre).
 CLIFF_SENSORS = tuple((math.radians(a), 150.0) for a in (70.0, 20.0, -20.0, -70.0))
 
-BUTTON_BITS = {
-    "clean": 0x01,
-    "spot": 0x02,
-    "dock": 0x04,
-    "minute": 0x08,
-    "hour": 0x10,
-    "day": 0x20,
-    "schedule": 0x40,
-    "clock": 0x80,
-}
+# Packet 18 / opcode 165 bit per button, from the codec's flag type ("clean": 0x01 … "clock": 0x80).
+BUTTON_BITS: dict[str, int] = {str(b.name).lower(): int(b) for b in Buttons}
 BUTTON_HOLD_S = 1.0 / 6.0
 
 
@@ -55,17 +52,6 @@ class Mission(enum.Enum):
     SPOT = "spot"
     MAX = "max"
     SEEK_DOCK = "seek_dock"
-
-
-class ChargingState(enum.IntEnum):
-    """Packet 21 codes (SPEC p.28)."""
-
-    NOT_CHARGING = 0
-    RECONDITIONING = 1
-    FULL_CHARGING = 2
-    TRICKLE = 3
-    WAITING = 4
-    FAULT = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,3 +251,31 @@ def test_survives_broker_kill_serial_unplug_and_agent_sigkill(rig: dict[str, Any
     for kind in ("mission_started", "error", "serial_restored", "dock_reached", "battery_low", "stuck"):
         assert kind in kinds, (kind, kinds)
     assert agent.stop() == 0
+
+
+@pytest.mark.slow
+def test_drive_interrupted_by_agent_kill_is_stopped_on_restart(rig: dict[str, Any]) -> None:
+    """OI Drive keeps the wheels turning until told otherwise: a killed agent's dead-man is the restart."""
+    op, sim, agent = rig["operator"], rig["sim"], rig["agent"]
+    wait_until = rig["until"]
+    if sim.ctl({"op": "state"})["docked"]:
+        sim.ctl({"op": "undock"})
+    agent.start()
+    op.wait_reported(
+        lambda r: r.get("docked") is False and r.get("link", {}).get("serial") == "up",
+        20,
+        "undocked robot reported",
+    )
+    op.command({"id": "k1", "action": "drive", "velocity_mm_s": 150, "duration_ms": 5000})
+    op.wait_command("k1", ("accepted",))
+    wait_until(lambda: sim.ctl({"op": "state"})["wheels_mm_s"] != [0.0, 0.0], 5, "wheels turning")
+    agent.kill()
+    killed_at = time.time()
+    assert sim.ctl({"op": "state"})["wheels_mm_s"] != [0.0, 0.0]  # nobody stops them: the agent is dead
+    agent.start()
+    wait_until(lambda: sim.ctl({"op": "state"})["wheels_mm_s"] == [0.0, 0.0], 15, "wheels stopped")
+    stops = [r for r in sim.records() if r["opcode"] == DRIVE_DIRECT and r["t"] > killed_at]
+    assert stops and stops[0]["t"] - killed_at < 5.0  # before the 5 s drive would have ended anyway
+    cmd = op.wait_command("k1", ("failed",))
+    assert "not retried" in cmd["reason"]
+    assert sim.opcodes().count(DRIVE) == 1

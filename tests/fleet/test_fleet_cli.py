@@ -251,3 +251,27 @@ def test_live_watch_prints_a_line_per_change(local_cloud: LocalCloud) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
+
+
+def test_up_prints_endpoint_port_and_ca_when_ready(local_cloud: LocalCloud) -> None:
+    banner = "\n".join(local_cloud.output)
+    assert "endpoint: 127.0.0.1" in banner
+    assert f"port:     {local_cloud.port}" in banner
+    assert f"ca:       {local_cloud.ca_path}" in banner
+    assert local_cloud.output[-1] == "ready"
+    assert local_cloud.ca_path.is_file()
+
+
+def test_requests_sent_while_the_service_restarts_are_answered_when_it_is_back(
+    new_cloud: Callable[..., LocalCloud], paho_robot: Any
+) -> None:
+    cloud = new_cloud()
+    robot = paho_robot(cloud, "patient")
+    robot.subscribe("$aws/things/patient/shadow/update/accepted")
+    os.kill(cloud.child_pid("shadow-service"), signal.SIGKILL)
+    robot.publish(
+        "$aws/things/patient/shadow/update", {"state": {"reported": {"ok": 1}}, "clientToken": "queued"}
+    )
+    got = robot.collect(1, timeout=20)
+    assert got and got[0][1]["clientToken"] == "queued"
+    assert cloud.run_info()["restarts"]["shadow-service"] == 1

@@ -288,3 +288,38 @@ def test_any_payload_gets_exactly_one_answer_and_never_raises(topic: str, payloa
 
 def _refuse(name: str) -> None:
     raise AssertionError(f"non-standard JSON constant {name} in a response")
+
+
+def test_a_failing_disk_does_not_take_the_service_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from fleet.cloud import prepare
+    from fleet.layout import CloudDir
+    from fleet.shadow_service import ShadowService
+
+    cloud = CloudDir.at(tmp_path / "c")
+    service = ShadowService(cloud, prepare(cloud, 18999))
+    service.engine.handle("$aws/things/disk/shadow/update", b'{"state":{"reported":{"a":1}}}', T0)
+    real_save = service.store.save
+
+    def broken(_changed: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(service.store, "save", broken)
+    with structlog.testing.capture_logs() as logs:
+        service.flush()
+    assert [e["event"] for e in logs] == ["shadow.store.failed"]
+    monkeypatch.setattr(service.store, "save", real_save)
+    service.flush()
+    service.store.close()
+    assert ("disk", "") in ShadowStore(cloud.shadows_db).load_all()
+
+
+@pytest.mark.parametrize(("durable", "level"), [(False, 1), (True, 2)])
+def test_store_durability_setting(tmp_path: Path, durable: bool, level: int) -> None:
+    store = ShadowStore(tmp_path / "d.sqlite3", durable=durable)
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == level  # 1 NORMAL, 2 FULL
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()

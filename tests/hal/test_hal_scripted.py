@@ -261,3 +261,25 @@ def test_an_impossible_mode_warns_once_with_the_fix(scripted: ScriptedRobot) -> 
         assert state.oi_mode is None and state.sensors["oi_mode"] == 4
     warnings = [entry for entry in logs if entry["event"] == "oi.mode.unknown"]
     assert len(warnings) == 1 and "mode_plus_one" in warnings[0]["hint"]
+
+
+def test_a_phantom_encoder_jump_does_not_move_the_pose(scripted: ScriptedRobot) -> None:
+    """An 8-bit checksum passes 1 corrupted frame in 256: its encoder counts must not teleport the robot."""
+    with Robot(scripted.path, hold_mode=None) as robot:
+        scripted.wait_sent(bytes([148, 1, 100]))
+        counts = [0, 5, 10, 15, 20, 25]
+        for c in counts[:3]:
+            scripted.frame(oi_mode=1, left_encoder_counts=c, right_encoder_counts=c, distance=2)
+            time.sleep(0.015)
+        scripted.frame(oi_mode=1, left_encoder_counts=-30_000, right_encoder_counts=12, distance=-31_000)
+        time.sleep(0.015)
+        for c in counts[3:]:
+            scripted.frame(oi_mode=1, left_encoder_counts=c, right_encoder_counts=c, distance=2)
+            time.sleep(0.015)
+        state = robot.wait_for(lambda s: s.link.frames_ok >= 7, timeout=5)
+    mm_per_count = robot.model.mm_per_count
+    assert state.pose.distance_mm == pytest.approx(25 * mm_per_count)
+    assert state.pose.x_mm == pytest.approx(25 * mm_per_count) and state.pose.y_mm == pytest.approx(
+        0, abs=1e-6
+    )
+    assert state.reported_distance_mm == pytest.approx(12)

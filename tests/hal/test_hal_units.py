@@ -201,3 +201,46 @@ def test_transport_on_pty_has_no_modem_lines_and_detects_hangup() -> None:
 def test_transport_open_failure_is_actionable(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(TransportError, match="cannot open"):
         SerialTransport(f"{tmp_path}/nope").open()
+
+
+def test_implausible_encoder_step_is_rejected_and_a_reboot_rebases() -> None:
+    odo = EncoderOdometry(1.0, 235.0)
+    odo.update(0, 0, max_step_mm=60)
+    odo.update(10, 10, max_step_mm=60)
+    # A frame whose checksum passed by chance: 20 m of phantom travel in one 15 ms frame.
+    assert odo.update(20_010, 20_010, max_step_mm=60).distance_mm == pytest.approx(10)
+    assert odo.update(20, 20, max_step_mm=60).distance_mm == pytest.approx(20)
+    assert odo.rejected == 1
+    # The robot rebooted under a live link: every step from the old baseline is implausible, so after three
+    # in a row the new counts become the baseline and odometry carries on from there.
+    for counts in (5000, 5005, 5010):
+        odo.update(counts, counts, max_step_mm=60)
+    assert odo.rejected == 4
+    assert odo.update(5020, 5020, max_step_mm=60).distance_mm == pytest.approx(30)
+    # Without a bound (first frame on a link, or a caller that knows no timing) every step counts.
+    assert odo.update(9000, 9000).distance_mm == pytest.approx(30 + 3980)
+
+
+def test_transport_closes_the_socket_when_the_peer_hung_up() -> None:
+    """pyserial's socket:// close() leaks the descriptor after a hang-up; the transport must not."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        transport = SerialTransport(f"socket://127.0.0.1:{server.getsockname()[1]}", read_timeout=0.05)
+        transport.open()
+        sock = transport._port._socket
+        conn, _ = server.accept()
+        conn.close()
+        with pytest.raises(TransportError, match="failed"):
+            for _ in range(20):
+                transport.read()
+    assert not transport.is_open
+    assert sock.fileno() == -1
+
+
+def test_transport_opens_rfc2217_urls() -> None:
+    """rfc2217:// is opened by pyserial like any URL; with no server there, the error names the port."""
+    with pytest.raises(TransportError, match="cannot open rfc2217://127.0.0.1:1"):
+        SerialTransport("rfc2217://127.0.0.1:1").open()

@@ -97,10 +97,10 @@ def test_tcp_link_with_pyserial_and_a_new_client_replaces_the_old(sim_tcp: SimSe
             first.write(b"\x8e\x23")
             first.read(1)
             time.sleep(0.01)
-    first.close()
+    _close(first)
     second.write(bytes([Op.STREAM, 1, 7]))
     assert len(read_frames(second, 5)) == 5
-    second.close()
+    _close(second)
 
 
 def test_control_socket_answers_one_json_line_per_request(sim_pty: SimServer) -> None:
@@ -169,7 +169,7 @@ def test_unplug_drops_tcp_and_refuses_until_it_comes_back(sim_tcp: SimServer) ->
     sim_tcp.control({"op": "unplug", "seconds": 1.5})
     with pytest.raises(serial.SerialException, match="disconnected"):
         client.read(1)
-    client.close()
+    _close(client)
     with pytest.raises(serial.SerialException):
         serial.serial_for_url(sim_tcp.url, timeout=0.5)
     deadline = time.monotonic() + 5
@@ -182,7 +182,7 @@ def test_unplug_drops_tcp_and_refuses_until_it_comes_back(sim_tcp: SimServer) ->
             time.sleep(0.05)
     again.write(bytes([Op.SENSORS, 35]))
     assert again.read(1) == b"\x01"
-    again.close()
+    _close(again)
 
 
 def test_record_file_has_one_json_line_per_complete_command(sim_pty: SimServer, short_tmp: Path) -> None:
@@ -226,6 +226,22 @@ def _start_cli(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     return proc, line
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _close(port: serial.SerialBase) -> None:
+    """pyserial's socket:// close() skips closing the socket once the peer has hung up: close it too."""
+    sock = getattr(port, "_socket", None)
+    port.close()
+    if sock is not None:
+        sock.close()
+
+
 def test_cli_serves_a_pty_answers_ctl_and_exits_cleanly_on_sigterm(short_tmp: Path) -> None:
     link, ctl, record = short_tmp / "tty", short_tmp / "ctl", short_tmp / "rec.jsonl"
     proc, ready = _start_cli(
@@ -267,9 +283,7 @@ def test_cli_serves_a_pty_answers_ctl_and_exits_cleanly_on_sigterm(short_tmp: Pa
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     assert not link.exists() and not link.is_symlink()
     assert not ctl.exists()
     assert json.loads(record.read_text().splitlines()[0])["name"] == "Start"
@@ -285,9 +299,7 @@ def test_cli_tcp_on_a_free_port_prints_the_url_and_stops_on_sigint(short_tmp: Pa
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 def test_cli_rejects_bad_arguments() -> None:
@@ -298,3 +310,118 @@ def test_cli_rejects_bad_arguments() -> None:
         timeout=20,
     )
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("request_line", "fragment"),
+    [
+        pytest.param(
+            b'{"op": "bump", "seconds": "long"}', '"seconds" must be a number', id="bump_seconds_text"
+        ),
+        pytest.param(
+            b'{"op": "bump", "seconds": null}', '"seconds" must be a number', id="bump_seconds_null"
+        ),
+        pytest.param(b'{"op": "bump", "side": "top"}', "left, right or both", id="bump_side"),
+        pytest.param(
+            b'{"op": "battery", "fault": "yes"}', '"fault" must be true or false', id="battery_fault"
+        ),
+        pytest.param(b'{"op": "pose", "x": 1e999}', '"x" must be between', id="pose_infinite"),
+        pytest.param(b'{"op": "noise", "corrupt": -0.5}', '"corrupt" must be between', id="noise_negative"),
+        pytest.param(b'{"op": "unplug", "seconds": -1}', '"seconds" must be a number', id="unplug_negative"),
+        pytest.param(b'{"op": ["state"]}', "unknown op", id="op_not_a_string"),
+        pytest.param(b"\xff\xfe", "not a JSON object", id="not_utf8"),
+        pytest.param(b"42", "send a JSON object", id="not_an_object"),
+    ],
+)
+def test_bad_control_requests_get_a_reason_and_the_loop_keeps_serving(
+    sim_pty: SimServer, request_line: bytes, fragment: str
+) -> None:
+    path = sim_pty.control_path
+    assert path is not None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(request_line + b'\n{"op": "state"}\n')
+        buf = b""
+        while buf.count(b"\n") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, "the simulator hung up instead of answering"
+            buf += chunk
+    bad, state = (json.loads(line) for line in buf.splitlines())
+    assert bad["ok"] is False and fragment in bad["error"], bad
+    assert state["ok"] is True and state["oi_mode"] == "off"
+
+
+def test_a_failing_control_op_is_answered_not_swallowed(
+    sim_pty: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(request: object, now: float) -> dict[str, object]:
+        raise RuntimeError("bug in an op")
+
+    monkeypatch.setattr(sim_pty.robot, "control", broken)
+    path = sim_pty.control_path
+    assert path is not None
+    answer = send_control(path, {"op": "dock"})
+    assert answer["ok"] is False and "RuntimeError: bug in an op" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        pytest.param(["robot", "--link", "/tmp/x", "--speed", "nan"], "--speed", id="speed_nan"),
+        pytest.param(["robot", "--link", "/tmp/x", "--speed", "0"], "--speed", id="speed_zero"),
+        pytest.param(["robot", "--link", "/tmp/x", "--speed", "1e9"], "at most", id="speed_huge"),
+        pytest.param(["robot", "--link", "/tmp/x", "--seed", "one"], "--seed", id="seed_text"),
+        pytest.param(["robot", "--link", "/tmp/x", "--firmware", "latest"], "3.7.1", id="firmware"),
+        pytest.param(["robot", "--link", "/tmp/x", "--quirk", "warp"], "--quirk", id="quirk"),
+        pytest.param(["robot", "--link", "/tmp/x", "--tcp", "127.0.0.1:0"], "not allowed", id="both_links"),
+        pytest.param(["robot"], "--link", id="no_link"),
+        pytest.param(["ctl", "/tmp/x.ctl", "{}", "--timeout", "-1"], "--timeout", id="ctl_timeout"),
+        pytest.param([], "command", id="no_command"),
+    ],
+)
+def test_cli_bad_arguments_are_usage_errors(args: list[str], fragment: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hal.sim.cli", *args], capture_output=True, text=True, timeout=20
+    )
+    assert result.returncode == 2 and fragment in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_start_failure_leaves_no_link_behind(short_tmp: Path) -> None:
+    link = short_tmp / "tty"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hal.sim.cli",
+            "robot",
+            "--link",
+            str(link),
+            "--control",
+            str(short_tmp / "missing-dir" / "ctl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "ROOMBA_LOG_LEVEL": "error"},
+    )
+    assert result.returncode == 2 and "cannot start" in result.stderr and "Traceback" not in result.stderr
+    assert not link.exists() and not link.is_symlink()
+
+
+def test_ctl_without_a_simulator_says_what_to_run(short_tmp: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hal.sim.cli", "ctl", str(short_tmp / "absent.ctl"), '{"op": "state"}'],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 1 and "roomba-sim robot --control" in result.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "hal.sim.cli", "ctl", str(short_tmp / "absent.ctl"), "{nope"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert bad.returncode == 2 and "not JSON" in bad.stderr

@@ -81,7 +81,7 @@ def test_batch_resumes_after_sigint_sigterm_and_sigkill(
     tmp_path: Path, file_ca: CertificateAuthority, openssl
 ) -> None:
     out = tmp_path / "batch"
-    cmd = [CLI, "batch", "--ca", str(file_ca.dir), "--count", "400", "--prefix", "robot-", "--out", str(out)]
+    cmd = [CLI, "batch", "--ca", str(file_ca.dir), "--count", "240", "--prefix", "robot-", "--out", str(out)]
     digests: dict[str, str] = {}
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -signal.SIGKILL)):
         proc = subprocess.Popen(
@@ -99,13 +99,13 @@ def test_batch_resumes_after_sigint_sigterm_and_sigkill(
     final = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
     summary = json.loads(final.stdout)
-    assert summary["total"] == 400 and summary["skipped"] + summary["recovered"] == len(digests)
+    assert summary["total"] == 240 and summary["skipped"] + summary["recovered"] == len(digests)
     assert final.stderr == ""
-    things = [f"robot-{i:03d}" for i in range(1, 401)]
+    things = [f"robot-{i:03d}" for i in range(1, 241)]
     assert_complete(out, things, file_ca)
     assert all(key_digests(out)[t] == digest for t, digest in digests.items())
     assert (
-        openssl("verify", "-CAfile", str(file_ca.cert_path), str(out / "robot-400" / "device.crt")).returncode
+        openssl("verify", "-CAfile", str(file_ca.cert_path), str(out / "robot-240" / "device.crt")).returncode
         == 0
     )
 

@@ -101,68 +101,62 @@ def test_token_ca_signs_and_key_cannot_leave(tmp_path: Path, softhsm, token: str
 def test_token_ca_errors(tmp_path: Path, softhsm, token: str) -> None:
     module = ["--pkcs11-module", softhsm.module]
     good, wrong = {"ROOMBA_PKCS11_PIN": softhsm.pin}, {"ROOMBA_PKCS11_PIN": "0000"}
-    one_error_line(
-        softhsm.cli("ca", "init", "--dir", str(tmp_path / "a"), *module, "--token", token, env=wrong),
-        f"token {token!r} rejected the PIN",
-    )
-    one_error_line(
-        softhsm.cli(
-            "ca", "init", "--dir", str(tmp_path / "b"), *module, "--token", "no-such-token", env=good
-        ),
-        "no PKCS#11 token labelled 'no-such-token'",
-    )
-    one_error_line(
-        softhsm.cli("ca", "init", "--dir", str(tmp_path / "c"), *module, "--token", token),
-        "set ROOMBA_PKCS11_PIN or pass --pin-file",
-    )
-    one_error_line(
-        softhsm.cli(
-            "ca",
-            "init",
-            "--dir",
-            str(tmp_path / "c"),
-            "--pkcs11-module",
-            "/nonexistent/p11.so",
-            "--token",
-            token,
-            env=good,
-        ),
-        "PKCS#11 module /nonexistent/p11.so does not exist",
-    )
-
     pin_file = tmp_path / "pin"
     pin_file.write_text(softhsm.pin + "\n")
-    result = softhsm.cli(
-        "ca", "init", "--dir", str(tmp_path / "d"), *module, "--token", token, "--pin-file", str(pin_file)
+    d, x = str(tmp_path / "d"), str(tmp_path / "x")
+    runs = softhsm.cli_runs(
+        (["ca", "init", "--dir", str(tmp_path / "a"), *module, "--token", token], wrong),
+        (["ca", "init", "--dir", str(tmp_path / "b"), *module, "--token", "no-such-token"], good),
+        (["ca", "init", "--dir", str(tmp_path / "c"), *module, "--token", token], {}),
+        (
+            [
+                "ca",
+                "init",
+                "--dir",
+                str(tmp_path / "c"),
+                "--pkcs11-module",
+                "/nonexistent/p11.so",
+                "--token",
+                token,
+            ],
+            good,
+        ),
+        (["ca", "init", "--dir", d, *module, "--token", token, "--pin-file", str(tmp_path / "no-pin")], {}),
+        (["ca", "init", "--dir", d, *module, "--token", token, "--pin-file", str(pin_file)], {}),
+        (["ca", "init", "--dir", str(tmp_path / "e"), *module, "--token", token], good),
+        (["device", "create", "--ca", d, "--thing", "x", "--out", x], wrong),
+        (["device", "create", "--ca", d, "--thing", "x", "--out", x], {}),
+        (["device", "create", "--ca", d, "--thing", "bad name", "--out", x, "--pin-file", str(pin_file)], {}),
+        (["device", "create", "--ca", d, "--thing", "x", "--out", x, "--pin-file", str(pin_file)], {}),
+        (["device", "create", "--ca", d, "--thing", "x", "--out", x, "--pin-file", str(pin_file)], {}),
     )
-    assert result.returncode == 0, result.stderr
-    one_error_line(
-        softhsm.cli("ca", "init", "--dir", str(tmp_path / "e"), *module, "--token", token, env=good),
+    expected = [
+        f"token {token!r} rejected the PIN",
+        "no PKCS#11 token labelled 'no-such-token'",
+        "set ROOMBA_PKCS11_PIN or pass --pin-file",
+        "PKCS#11 module /nonexistent/p11.so does not exist",
+        "cannot read PIN file",
+        None,
         "already holds a private key labelled 'roomba-ca'",
-    )
-    d = str(tmp_path / "d")
-    one_error_line(
-        softhsm.cli("device", "create", "--ca", d, "--thing", "x", "--out", str(tmp_path / "x"), env=wrong),
         "rejected the PIN",
-    )
-    one_error_line(
-        softhsm.cli("device", "create", "--ca", d, "--thing", "x", "--out", str(tmp_path / "x")),
         "ROOMBA_PKCS11_PIN",
-    )
-    assert not (tmp_path / "x").exists()
-    result = softhsm.cli(
-        "device",
-        "create",
-        "--ca",
-        d,
-        "--thing",
-        "x",
-        "--out",
-        str(tmp_path / "x"),
-        "--pin-file",
-        str(pin_file),
-    )
-    assert result.returncode == 0, result.stderr
+        "thing name 'bad name' contains ' '",
+        None,
+        "already exists; refusing to overwrite a device key",
+    ]
+    for result, contains in zip(runs, expected, strict=True):
+        if contains is None:
+            assert result.returncode == 0, result.stderr
+        else:
+            one_error_line(result, contains)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["ca-pkcs11.json", "ca.crt"]
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [
+        "device.crt",
+        "device.csr",
+        "device.key",
+        "root-ca.crt",
+    ]
 
 
 def test_device_key_in_token(
@@ -216,24 +210,38 @@ def test_no_pin_in_any_output_even_at_debug_level(tmp_path: Path, softhsm, token
     wrong_pin = "Wrong-Pin-vX9q"
     module = ["--pkcs11-module", softhsm.module, "--token", token]
     debug = ["--log-level", "debug"]
-    good, wrong = {"ROOMBA_PKCS11_PIN": softhsm.pin}, {"ROOMBA_PKCS11_PIN": wrong_pin}
     ca = str(tmp_path / "ca")
-    outputs = []
+    runs: list[tuple[list[str], dict[str, str]]] = []
     for fmt in ("json", "console"):
-        env = {"ROOMBA_LOG_FORMAT": fmt, "ROOMBA_LOG_LEVEL": "debug"}
+        good = {"ROOMBA_LOG_FORMAT": fmt, "ROOMBA_LOG_LEVEL": "debug", "ROOMBA_PKCS11_PIN": softhsm.pin}
+        wrong = {**good, "ROOMBA_PKCS11_PIN": wrong_pin}
+        create = ["device", "create", "--ca", ca, "--thing", f"leak-{fmt}", "--out", str(tmp_path / fmt)]
         if fmt == "json":
-            result = softhsm.cli(*debug, "ca", "init", "--dir", ca, *module, env={**env, **good})
-            assert result.returncode == 0, result.stderr
-            assert '"event": "ca.init"' in result.stderr  # debug logging really was on
-        out = str(tmp_path / f"id-{fmt}")
-        create = ["device", "create", "--ca", ca, "--thing", f"leak-{fmt}", "--out", out]
-        result = softhsm.cli(*debug, *create, env={**env, **good})
-        assert result.returncode == 0, result.stderr
-        outputs.append(result)
-        outputs.append(softhsm.cli(*debug, *create, env={**env, **wrong}))
-        outputs.append(softhsm.cli(*debug, "ca", "init", "--dir", ca + "-2", *module, env={**env, **wrong}))
-    assert [r.returncode for r in outputs] == [0, 1, 1, 0, 1, 1]
-    for result in outputs:
+            runs.append(([*debug, "ca", "init", "--dir", ca, *module], good))
+        runs += [
+            ([*debug, *create], wrong),
+            ([*debug, *create], good),
+            ([*debug, "ca", "init", "--dir", ca + "-" + fmt, *module], wrong),
+            (
+                [
+                    *debug,
+                    "ca",
+                    "verification-cert",
+                    "--ca",
+                    ca,
+                    "--registration-code",
+                    "C0DE",
+                    "--out",
+                    str(tmp_path / f"v-{fmt}.pem"),
+                ],
+                good,
+            ),
+        ]
+    results = softhsm.cli_runs(*runs)
+    assert [r.returncode for r in results] == [0, 1, 0, 1, 0, 1, 0, 1, 0]
+    assert '"event": "ca.init"' in results[0].stderr  # debug logging really was on, as JSON
+    assert "ca.cert.issued" in results[2].stderr and "ca.cert.issued" in results[6].stderr
+    for result in results:
         text = result.stdout + result.stderr
         assert softhsm.pin not in text and wrong_pin not in text
 

@@ -1,13 +1,16 @@
-"""Simulator cost figures, printed as one JSON line: ``python -m hal.sim.bench``.
+"""Simulator cost figures, printed as one JSON line.
 
 Why: the fleet simulator runs hundreds of ``SimRobot`` cores in one process, and a single ``roomba-sim`` must
 stay cheap beside the agent it feeds. Measures the sans-I/O core per 15 ms tick (idle, and moving while
 streaming group 100) and the CPU of a real ``roomba-sim robot --link`` process, idle and streaming group 100
 to a pyserial reader.
+
+    .venv/bin/python bench/sim.py [--seconds 5] [--ticks 20000]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -48,7 +51,9 @@ def process_cpu(seconds: float = 5.0) -> dict[str, float]:
         )
         try:
             assert proc.stdout is not None
-            proc.stdout.readline()
+            ready = proc.stdout.readline()
+            if not ready.startswith("roomba-sim ready"):
+                raise RuntimeError(f"roomba-sim did not start (it printed {ready!r})")
             before = _cpu_seconds(proc.pid)
             time.sleep(seconds)
             idle = (_cpu_seconds(proc.pid) - before) / seconds
@@ -64,7 +69,13 @@ def process_cpu(seconds: float = 5.0) -> dict[str, float]:
                 port.write(bytes([150, 0]))
         finally:
             proc.terminate()
-            proc.wait(timeout=10)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
     return {
         "process_idle_cpu_pct": round(100 * idle, 2),
         "process_stream100_cpu_pct": round(100 * streaming, 2),
@@ -72,14 +83,22 @@ def process_cpu(seconds: float = 5.0) -> dict[str, float]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="per process measurement (default 5)")
+    parser.add_argument(
+        "--ticks", type=int, default=20_000, help="core ticks per measurement (default 20000)"
+    )
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.ticks <= 0:
+        parser.error("--seconds and --ticks must be positive")
     result: dict[str, object] = {
         "bench": "sim",
-        "core_idle_us_per_tick": round(core_us_per_tick(bytes([128])), 1),
+        "core_idle_us_per_tick": round(core_us_per_tick(bytes([128]), args.ticks), 1),
         "core_stream100_moving_us_per_tick": round(
-            core_us_per_tick(bytes([128, 132, 137, 0, 100, 0, 1, 148, 1, 100])), 1
+            core_us_per_tick(bytes([128, 132, 137, 0, 100, 0, 1, 148, 1, 100]), args.ticks), 1
         ),
-        **process_cpu(),
+        **process_cpu(args.seconds),
     }
     print(json.dumps(result))
     return 0
