@@ -114,11 +114,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError([f"config: file {path} does not exist"]) from None
+        raise ConfigError([f"file {path} does not exist"]) from None
     except PermissionError:
-        raise ConfigError([f"config: file {path} is not readable by this user"]) from None
+        raise ConfigError([f"file {path} is not readable by this user"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"config: {path} is not valid TOML: {exc}"]) from None
+        raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None
 
 
 def merge_layers(

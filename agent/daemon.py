@@ -602,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = cfg.load(args.config, cli=overrides)
     except cfg.ConfigError as exc:
         for problem in exc.problems:
-            print(f"roomba-agent: config: {problem}", file=sys.stderr)
+            print(f"roomba-agent: config problem: {problem}", file=sys.stderr)
         notifier.status("invalid configuration: " + "; ".join(exc.problems)[:200])
         return EX_CONFIG
     configure(config.log_level)

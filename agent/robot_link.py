@@ -133,9 +133,11 @@ class RobotLink:
             raise HalError(f"action {a!r} has no robot mapping")
 
     def end_drive(self) -> None:
-        """The dead-man: stop the wheels and hand the robot back to Passive."""
+        """The dead-man: stop the wheels and hand the robot back to Passive (Start, which also stops them:
+        in Passive the robot takes no drive commands)."""
         try:
-            self.robot.stop()
+            if self.robot.state.oi_mode in (OIMode.SAFE, OIMode.FULL, None):
+                self.robot.stop()
         finally:
             self._to_passive()
 

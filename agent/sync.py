@@ -406,6 +406,9 @@ class ShadowSync:
             if side.get_token is not None and now - side.get_token[1] > REQUEST_TIMEOUT_S:
                 self.metrics.inc("shadow_get_timeout")
                 self.get_timeouts += 1
+                # a lost SUBACK or a broker that forgot us looks exactly like this: subscribe again too
+                if not any(isinstance(e, Subscribe) for e in effects):
+                    effects.append(Subscribe(self.subscriptions()))
                 effects.append(self._get(side, now))
             if side.inflight is not None and now - side.inflight[2] > REQUEST_TIMEOUT_S:
                 self.metrics.inc("shadow_update_timeout")

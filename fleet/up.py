@@ -8,18 +8,20 @@ Ctrl-C / SIGTERM. ``run/up.json`` in DIR tells other commands (and tests) the pi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
 from fleet import broker, cloud
 from fleet.layout import CloudDir, SettingsError
-from fleet.supervisor import Child, Supervisor
+from fleet.supervisor import Child, Supervisor, pid_alive, process_cmdline
 from hal import logs
 from provisioning.errors import ProvisioningError
 
@@ -81,6 +83,46 @@ def _write_run_file(cloud_dir: CloudDir, sup: Supervisor, port: int) -> None:
     os.replace(tmp, path)
 
 
+def _belongs_to(pid: int, cloud_dir: CloudDir) -> bool:
+    argv = process_cmdline(pid)
+    return str(cloud_dir.broker_conf) in argv or str(cloud_dir.root) in argv
+
+
+def _could_be_up(pid: int) -> bool:
+    argv = process_cmdline(pid)
+    return not argv or any("fleet" in part for part in argv)
+
+
+def clean_up_after_predecessor(cloud_dir: CloudDir) -> str | None:
+    """Deal with what a previous ``up`` on this DIR left: a problem if it still runs, else stop its
+    children (only processes whose command line names this DIR) if any outlived it."""
+    info = run_info(cloud_dir)
+    if not info:
+        return None
+    pid = info.get("pid")
+    if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid) and _could_be_up(pid):
+        return f"a local cloud is already running in {cloud_dir.root} (pid {pid}); stop it first"
+    children = info.get("children")
+    stale = [
+        p
+        for p in (children.values() if isinstance(children, dict) else [])
+        if isinstance(p, int) and pid_alive(p) and _belongs_to(p, cloud_dir)
+    ]
+    for child in stale:
+        log.warning("fleet.up.stale_child", pid=child)
+        print(f"roomba-fleet up: stopping pid {child} left running by a previous `up`", file=sys.stderr)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while any(pid_alive(p) for p in stale) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for child in stale:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    cloud_dir.run_file.unlink(missing_ok=True)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="roomba-fleet up", description=__doc__.splitlines()[0])
     p.add_argument("--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)")
@@ -101,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = cloud.prepare(cloud_dir, args.port)
     except (ProvisioningError, SettingsError) as exc:
         print(f"roomba-fleet up: {exc}", file=sys.stderr)
+        return 1
+    problem = clean_up_after_predecessor(cloud_dir)
+    if problem:
+        print(f"roomba-fleet up: {problem}", file=sys.stderr)
         return 1
     if port_open(settings.endpoint, settings.port):
         print(

@@ -42,6 +42,7 @@ class Backoff:
 
 
 OpenFn = Callable[..., Any]
+WRITE_TIMEOUT_S = 1.0
 
 
 class SerialTransport:
@@ -74,10 +75,15 @@ class SerialTransport:
         """One attempt to open the port; :class:`TransportError` says why it failed."""
         if self._port is not None:
             return
+        options: dict[str, Any] = {"baudrate": self.baud, "timeout": self.read_timeout}
+        if not self.url.lower().startswith("rfc2217://"):
+            # pyserial's rfc2217:// raises NotImplementedError for a write timeout, and only after it has
+            # connected and negotiated (leaving that connection open): do not ask it for one.
+            options["write_timeout"] = WRITE_TIMEOUT_S
         try:
-            port = self._open_fn(self.url, baudrate=self.baud, timeout=self.read_timeout, write_timeout=1.0)
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise TransportError(f"cannot open {self.url}: {exc}") from exc
+            port = self._open_fn(self.url, **options)
+        except Exception as exc:  # any failure to open is "cannot open", never a dead reader thread
+            raise TransportError(f"cannot open {self.url}: {exc or type(exc).__name__}") from exc
         self._port = port
 
     def close(self) -> None:
@@ -92,7 +98,8 @@ class SerialTransport:
         except (serial.SerialException, OSError):
             pass
         if sock is not None and hasattr(sock, "close"):
-            pass
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def _fail(self, action: str, exc: BaseException) -> TransportError:
         self.close()

@@ -33,7 +33,7 @@ from provisioning.fsio import atomic_write
 from provisioning.verify import check_identity
 
 PROG = "roomba-provision"
-MAX_DAYS = 36500
+MAX_DAYS = certs.MAX_DAYS
 SECRET_FLAGS = ("--pin", "--user-pin", "--so-pin", "--password")
 
 

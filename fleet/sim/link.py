@@ -187,7 +187,7 @@ class SimLink:
         self.robot = SteppedRobot(
             self.transport,
             hold_mode=None,
-            silence_s=silence_s if silence_s is not None else max(1.0, 4 * stream_period_s),
+            silence_s=silence_s if silence_s is not None else max(2.0, 8 * stream_period_s),
         )
         self.opcodes: Counter[str] = Counter()
         self._wakes_seen = 0

@@ -195,12 +195,12 @@ class Shard:
 
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        self.log.info("fleet.sim.shard.ramp", robots=len(self.spec.things), per_s=self.spec.ramp_per_s)
         for i, thing in enumerate(self.spec.things):
             if self.stopping.is_set():
                 return
-            delay = t0 + i / self.spec.ramp_per_s - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # always yield: behind schedule, the ticker and the MQTT callbacks must still run between robots
+            await asyncio.sleep(max(0.0, t0 + i / self.spec.ramp_per_s - loop.time()))
             try:
                 robot = self._build(i, thing, pool)
             except Exception as exc:

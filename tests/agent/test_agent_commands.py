@@ -86,3 +86,17 @@ def test_command_patch_nulls_old_arguments() -> None:
         "action": "clean",
     }
     assert desired_command_patch(None, {"id": "c1", "action": "stop"}) == {"id": "c1", "action": "stop"}
+
+
+def test_docs_embed_the_published_schemas() -> None:
+    """docs/agent.md is what the fleet side reads: its copy of each schema must be the shipped file."""
+    import json
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(\{\n.*?\n\})\n```", text, re.S)]
+    embedded = {b.get("$id"): b for b in blocks if "$id" in b}
+    for name in ("desired", "config"):
+        schema = load_schema(name)
+        assert embedded[schema["$id"]] == schema

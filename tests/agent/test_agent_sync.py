@@ -273,6 +273,7 @@ def test_timeouts_resend(tmp_path: Path) -> None:
     h.sync.on_connected(False, h.now)  # the get is "lost"
     effects = h.sync.flush(h.now + 11)
     assert any(isinstance(e, Publish) and e.topic.endswith("/get") for e in effects)
+    assert sum(isinstance(e, Subscribe) for e in effects) == 1
     assert h.sync.metrics.counters["shadow_get_timeout"] == 2
 
 

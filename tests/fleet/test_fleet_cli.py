@@ -275,3 +275,40 @@ def test_requests_sent_while_the_service_restarts_are_answered_when_it_is_back(
     got = robot.collect(1, timeout=20)
     assert got and got[0][1]["clientToken"] == "queued"
     assert cloud.run_info()["restarts"]["shadow-service"] == 1
+
+
+def test_children_die_with_a_sigkilled_up_and_the_next_up_starts(
+    new_cloud: Callable[..., LocalCloud], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cloud = new_cloud()
+    assert (
+        run_cli(capsys, "shadow", "update", "orphan", '{"state":{"reported":{"n":1}}}', *cloud.cli_args)[0]
+        == 0
+    )
+    children = [cloud.child_pid("mosquitto"), cloud.child_pid("shadow-service")]
+    os.kill(cloud.proc.pid, signal.SIGKILL)
+    cloud.proc.wait()
+    assert _wait_for(lambda: not any(pid_alive(pid) for pid in children)), "a child outlived a SIGKILLed up"
+    again = new_cloud()
+    code, out, _ = run_cli(capsys, "shadow", "get", "orphan", *again.cli_args)
+    assert code == 0 and json.loads(out)["state"]["reported"] == {"n": 1}
+
+
+def test_up_stops_what_a_predecessor_left_and_refuses_a_second_up(
+    new_cloud: Callable[..., LocalCloud], tmp_path: Path
+) -> None:
+    from fleet.layout import CloudDir
+    from fleet.up import clean_up_after_predecessor
+
+    cloud = new_cloud()
+    cloud_dir = CloudDir.at(tmp_path / "cloud")
+    problem = clean_up_after_predecessor(cloud_dir)
+    assert problem is not None and "already running" in problem and str(cloud.proc.pid) in problem
+    # A child left behind (as if `up` had died where the kernel cannot signal its children).
+    stray = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", str(cloud_dir.root)], stdin=subprocess.DEVNULL
+    )
+    cloud_dir.run_file.write_text(json.dumps({"pid": 2**22 + 1, "children": {"mosquitto": stray.pid}}))
+    assert clean_up_after_predecessor(cloud_dir) is None
+    assert stray.wait(10) == -signal.SIGTERM
+    assert not cloud_dir.run_file.exists()

@@ -3,9 +3,11 @@ re-entry, unplug/replug recovery, line noise, and the probe command."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import serial
+from serial import rfc2217
 
 from hal.codec import ChargingSources, CorruptFrame
 from hal.errors import CommandRangeError, ModeError, NoResponseError
@@ -322,3 +326,126 @@ def test_probe_cli_no_robot(tmp_path: Path) -> None:
     )
     assert probe.returncode == 1
     assert "no answer from the robot" in probe.stderr and "cannot open" in probe.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        pytest.param(["--interval", "-1"], "--interval", id="interval_negative"),
+        pytest.param(["--interval", "nan"], "--interval", id="interval_nan"),
+        pytest.param(["--count", "-3"], "--count", id="count_negative"),
+        pytest.param(["--count", "2.5"], "whole number", id="count_fraction"),
+        pytest.param(["--timeout", "0"], "--timeout", id="timeout_zero"),
+        pytest.param(["--model", "dalek"], "--model", id="model"),
+        pytest.param(["--mode", "turbo"], "--mode", id="mode"),
+    ],
+)
+def test_probe_bad_arguments_are_usage_errors(
+    args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        probe_main(["--port", "/dev/null", *args])
+    assert info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+class _PtyWithoutModemLines(serial.Serial):
+    """The pty end of the bridge: a pty has no RTS/DTR (ENOTTY), so the bridge accepts and ignores them."""
+
+    def _update_rts_state(self) -> None:
+        pass
+
+    def _update_dtr_state(self) -> None:
+        pass
+
+    @property
+    def cts(self) -> bool:
+        return False
+
+    @property
+    def dsr(self) -> bool:
+        return False
+
+    @property
+    def ri(self) -> bool:
+        return False
+
+    @property
+    def cd(self) -> bool:
+        return False
+
+
+class Rfc2217Bridge:
+    """A minimal RFC 2217 server (like pyserial's rfc2217_server.py) in front of the simulator's pty."""
+
+    def __init__(self, device: str) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.url = f"rfc2217://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.device = device
+        self._alive = threading.Event()
+        self._alive.set()
+        self._threads = [threading.Thread(target=self._serve, daemon=True)]
+        self._threads[0].start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        port = _PtyWithoutModemLines(self.device, 115200, timeout=0.05)
+        manager = rfc2217.PortManager(port, _Sender(conn))
+        reader = threading.Thread(target=self._to_client, args=(port, conn, manager), daemon=True)
+        reader.start()
+        self._threads.append(reader)
+        try:
+            conn.settimeout(0.1)
+            while self._alive.is_set():
+                try:
+                    data = conn.recv(1024)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                port.write(b"".join(manager.filter(data)))
+        finally:
+            self._alive.clear()
+            reader.join(timeout=5)
+            port.close()
+            conn.close()
+
+    def _to_client(self, port: serial.Serial, conn: socket.socket, manager: rfc2217.PortManager) -> None:
+        while self._alive.is_set():
+            data = port.read(port.in_waiting or 1)
+            if data:
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"".join(manager.escape(data)))
+
+    def close(self) -> None:
+        self._alive.clear()
+        self.listener.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+class _Sender:
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+
+    def write(self, data: bytes) -> None:
+        self.conn.sendall(data)
+
+
+@pytest.mark.filterwarnings("ignore:set(Daemon|Name)\\(\\) is deprecated:DeprecationWarning")
+def test_robot_over_rfc2217(sim_pty: SimServer) -> None:
+    """The transport opens rfc2217:// URLs (a serial port shared over the network) like any other."""
+    bridge = Rfc2217Bridge(sim_pty.url)
+    try:
+        with Robot(bridge.url, hold_mode=OIMode.SAFE) as robot:
+            state = robot.wait_for(
+                lambda s: s.oi_mode == OIMode.SAFE and s.link.frames_ok > 5,
+                timeout=10,
+                what="SAFE over rfc2217",
+            )
+            assert state.link.frames_corrupt == 0 and state.sensors["voltage"] > 10_000
+    finally:
+        bridge.close()
+    assert sim_pty.robot.mode is OIMode.PASSIVE  # close() handed the robot back
