@@ -32,9 +32,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fleet import fleetops
+from fleet import mqtt_lite as mq
 from fleet.opclient import OperatorClient
 from fleet.sim.shard import raise_nofile
-from fleet.simulate import auto_stream_period, provision, robot_names, split
+from fleet.simulate import auto_stream_period, provision, robot_names
 from fleet.testing import LocalCloud
 from hal import logs
 
@@ -91,7 +92,11 @@ class Observer:
         self._thread.start()
 
     def _run(self) -> None:
+        last_ping = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - last_ping > 20:  # messages() pings only within one long call
+                self.client.conn.send(mq.PINGREQ_BYTES)
+                last_ping = time.monotonic()
             for pkt in self.client.messages(0.5):
                 now = time.monotonic()
                 try:
@@ -205,7 +210,7 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
             result["cpu_pct"] = round(100 * used / wall, 1)
             result["wall_s"] = round(wall, 1)
             result["sim_processes"] = len(sim_pids)
-            result["stream_ms"] = round(1000 * auto_stream_period(len(split(names, args.per_process)[0])), 1)
+            result["stream_ms"] = round(1000 * auto_stream_period(n), 1)
             result["cores"] = os.cpu_count()
         finally:
             observer.close()
@@ -223,7 +228,7 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--robots", type=int, nargs="+", default=[100, 500, 1000])
-    p.add_argument("--per-process", type=int, default=250)
+    p.add_argument("--per-process", type=int, default=500)
     p.add_argument("--ramp", type=float, default=200.0)
     p.add_argument("--report-min-s", type=float, default=1.0)
     p.add_argument("--settle", type=float, default=3.0, help="seconds between all connected and the command")

@@ -8,7 +8,6 @@ any kind produces the rejection AWS would publish; nothing here raises on a peer
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,7 +17,7 @@ from hal.logs import get_logger
 
 log = get_logger("fleet.shadow")
 
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_ENCODE = sd.compact_json
 
 ShadowKey = tuple[str, str]  # (thing, shadow name; "" for the classic shadow)
 OPERATIONS = ("update", "get", "delete")
@@ -41,7 +40,7 @@ class StoredShadow:
     def document_json(self) -> str:
         if self.doc_json is not None:
             return self.doc_json
-        return _ENCODE(self.shadow.to_json()) if self.shadow is not None else "null"
+        return sd.document_json(self.shadow) if self.shadow is not None else "null"
 
 
 @dataclass(frozen=True)
@@ -185,7 +184,7 @@ class ShadowEngine:
             ):
                 base = stored.deleted_version
             result = sd.apply_update(current, request, ts, base)
-            current_json = _ENCODE(result.shadow.to_json())
+            current_json = sd.document_json(result.shadow)
             previous_json = stored.document_json() if current is not None and stored is not None else "null"
             self._store(key, StoredShadow(result.shadow, doc_json=current_json))
             self.counters["accepted"] += 1

@@ -73,7 +73,7 @@ class ShadowService:
         conn = TlsConnection.connect(self.settings.endpoint, self.settings.port, self.tls)
         try:
             conn.send(mq.connect(SERVICE_IDENTITY, keepalive=KEEPALIVE_S, clean_session=False))
-            parser = mq.PacketParser()
+            parser = mq.PacketParser(ignore=(mq.PUBACK,))  # the broker acks our answers: nothing to do
             connack = self._expect(conn, parser, mq.CONNACK)
             if len(connack.body) < 2 or connack.body[1] != 0:
                 raise ConnectionLost(f"broker refused the service (CONNACK {connack.body.hex()})")

@@ -119,6 +119,8 @@ RobotEvent = StateUpdated | ModeChanged | ModeReentry | LinkDown | LinkUp | Stre
 Listener = Callable[[RobotEvent], None]
 
 _RATE_WINDOW_S = 2.0
+_STREAM_PERIOD_S = 0.015  # the OI sends a stream frame every 15 ms
+_READ_EARLY_S = 0.001
 
 
 class Robot:
@@ -165,6 +167,8 @@ class Robot:
         self._clock = clock
         self._backoff = backoff or Backoff()
         self._silence_s = silence_s
+        self._frame_size = codec.stream_frame_size(self.stream_ids)
+        self._byte_s = 10.0 / self.baud  # start bit, 8 data bits, stop bit
         self._keep_awake_s = keep_awake_s
         self._release_on_close = release_on_close
         self._awake_pulse_at = 0.0
@@ -177,7 +181,7 @@ class Robot:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._state = RobotState(model=self.model.name, hold_mode=self._hold, link=LinkHealth(port=port_url))
-        self._sensors: dict[str, int] = {}
+        self._covering_ids: tuple[int, ...] | None = None  # a frame of these ids holds every sensor key
         self._frame_times: deque[float] = deque()
         self._last_frame_at: float | None = None
         self._reconnects = 0
@@ -460,7 +464,22 @@ class Robot:
                 self._supervise(now)
             except Exception:  # a bug here must not silently end the robot's only reader
                 self.log.exception("hal.robot.reader_error")
+            if data:
+                time.sleep(self._read_pause())  # at most one stream period: close() joins right after
         self._connected = False
+
+    def _read_pause(self) -> float:
+        """How long the reader sleeps after a read that returned bytes.
+
+        The line is paced by the baud rate (an 84-byte frame takes 7.3 ms at 115200), so a reader that wakes
+        for every few bytes spends its CPU on wake-ups. A partial frame waits for the bytes still missing;
+        after a whole frame the next one cannot be complete for another stream period, so sleep most of it
+        (waking a little early, then for the few missing bytes, keeps the delay below one frame time).
+        """
+        buffered = self._parser.buffered
+        if 0 < buffered < self._frame_size:
+            return (self._frame_size - buffered) * self._byte_s
+        return _STREAM_PERIOD_S - _READ_EARLY_S
 
     def _on_link_up(self) -> None:
         now = self._clock()
@@ -536,8 +555,14 @@ class Robot:
         self._emit(event)
 
     def _on_frame(self, frame: SensorFrame, now: float) -> None:
-        sensors = self._sensors
-        sensors.update(frame.values.to_dict())
+        sensors: Mapping[str, int] = frame.values
+        if frame.ids != self._covering_ids:
+            # a frame of another layout: merge (the usual stream holds every key, and is shared as is)
+            merged = {**self._state.sensors, **frame.values.to_dict()}
+            if len(merged) == len(frame.values):
+                self._covering_ids = frame.ids
+            else:
+                sensors = MappingProxyType(merged)
         times = self._frame_times
         times.append(now)
         while times and now - times[0] > _RATE_WINDOW_S:
@@ -562,7 +587,7 @@ class Robot:
                     )
         state = RobotState(
             model=self.model.name,
-            sensors=MappingProxyType(dict(sensors)),
+            sensors=sensors,
             pose=pose,
             oi_mode=mode,
             hold_mode=self._hold,

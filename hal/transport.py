@@ -9,6 +9,8 @@ still work: waking is then simply not possible and :meth:`SerialTransport.wake` 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import random
 import threading
 import time
@@ -42,6 +44,17 @@ class Backoff:
 
 
 OpenFn = Callable[..., Any]
+
+
+def _nonblocking_fd(port: Any) -> int | None:
+    """The descriptor of a plain posix port opened non-blocking (pyserial's default), else None."""
+    if type(port).__module__ != "serial.serialposix" or type(port).__name__ != "Serial":
+        return None
+    fd = getattr(port, "fd", None)
+    try:
+        return fd if isinstance(fd, int) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK else None
+    except OSError:
+        return None
 WRITE_TIMEOUT_S = 1.0
 
 
@@ -63,6 +76,7 @@ class SerialTransport:
         self._open_fn = open_fn
         self._sleep = sleep
         self._port: Any = None
+        self._fd: int | None = None
         self._write_lock = threading.Lock()
         self.has_modem_lines: bool | None = None
         self.log = get_logger("hal.transport", port=url)
@@ -85,9 +99,11 @@ class SerialTransport:
         except Exception as exc:  # any failure to open is "cannot open", never a dead reader thread
             raise TransportError(f"cannot open {self.url}: {exc or type(exc).__name__}") from exc
         self._port = port
+        self._fd = _nonblocking_fd(port)
 
     def close(self) -> None:
         port, self._port = self._port, None
+        self._fd = None
         if port is None:
             return
         # pyserial's socket:// close() calls shutdown() first and skips close() when the peer has already
@@ -111,6 +127,14 @@ class SerialTransport:
         if port is None:
             raise TransportError(f"{self.url} is not open")
         try:
+            fd = self._fd
+            if fd is not None:
+                # bytes usually wait already (the Robot sleeps until a frame is complete): one read(2),
+                # not pyserial's ioctl + select + read round
+                with contextlib.suppress(BlockingIOError):
+                    chunk = os.read(fd, size)
+                    if chunk:
+                        return chunk
             waiting = port.in_waiting
             data: bytes = port.read(min(size, waiting) if waiting else 1)
             if data and waiting == 0:

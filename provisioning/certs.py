@@ -36,6 +36,9 @@ DEFAULT_DEVICE_DAYS = 3650
 DEFAULT_SERVER_DAYS = 825
 MAX_DAYS = 36500
 REGISTRATION_CODE_RE = re.compile(r"[A-Za-z0-9]{1,64}")
+HOSTNAME_RE = re.compile(
+    r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*"
+)
 
 
 def validity_end(now: dt.datetime, days: int) -> dt.datetime:
@@ -290,6 +293,11 @@ def build_server_certificate(
     """A TLS server certificate (server-auth) whose SANs name every host and IP clients will dial."""
     if not hostnames and not ips:
         raise ValueError("a server certificate needs at least one hostname or IP address")
+    for host in hostnames:
+        if len(host) > 253 or not HOSTNAME_RE.fullmatch(host):
+            raise ValueError(
+                f"{host!r} is not a DNS name (letters, digits, '-' and dots; '*.' prefix allowed)"
+            )
     sans: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     cn = hostnames[0] if hostnames else str(ips[0])

@@ -314,6 +314,8 @@ def test_probe_cli_against_sim_cli(where: str, tmp_path: Path) -> None:
     finally:
         sim.terminate()
         sim.wait(timeout=10)
+        if sim.stdout is not None:
+            sim.stdout.close()
 
 
 def test_probe_cli_no_robot(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pty
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -187,6 +188,21 @@ def test_batch_refuses_concurrent_run(tmp_path: Path, file_ca: CertificateAuthor
 
 def test_batch_progress_only_on_a_terminal(tmp_path: Path, file_ca: CertificateAuthority) -> None:
     master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        """Read while the child runs: Linux may drop what is left in a pty once its last writer exits."""
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: every slave end is closed
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     proc = subprocess.Popen(
         [CLI, "batch", "--ca", str(file_ca.dir), "--count", "20", "--out", str(tmp_path / "tty")],
         stdout=subprocess.PIPE,
@@ -194,15 +210,7 @@ def test_batch_progress_only_on_a_terminal(tmp_path: Path, file_ca: CertificateA
     )
     os.close(slave)
     out, _ = proc.communicate(timeout=60)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
+    reader.join(30)
     os.close(master)
     assert proc.returncode == 0
     tty_text = b"".join(chunks).decode()

@@ -344,3 +344,15 @@ def test_verification_code_must_be_ascii(run_cli, tmp_path: Path, ca_dir: Path) 
         )
         one_error_line(result, "registration code must be")
     assert not out.exists()
+
+
+def test_server_cert_rejects_bad_names(run_cli, tmp_path: Path, ca_dir: Path) -> None:
+    base = ["ca", "server-cert", "--ca", str(ca_dir), "--out", str(tmp_path / "srv")]
+    one_error_line(
+        run_cli(*base, "--hostname", "bad host!"), "bad --hostname/--ip: 'bad host!' is not a DNS name"
+    )
+    one_error_line(run_cli(*base, "--ip", "300.1.2.3"), "bad --hostname/--ip")
+    one_error_line(run_cli(*base), "at least one --hostname or --ip")
+    assert not (tmp_path / "srv" / "server.key").exists()
+    result = run_cli(*base, "--hostname", "broker.local", "--hostname", "*.fleet.example", "--ip", "::1")
+    assert result.returncode == 0, result.stderr

@@ -30,24 +30,24 @@ def broker(tmp_path: Path, file_ca: CertificateAuthority) -> Iterator[int]:
     cert, key = issue_server_cert(file_ca, tmp_path / "broker", ["localhost"], ["127.0.0.1"])
     acl = tmp_path / "acl"
     acl.write_text("pattern readwrite roomba/%u/#\n")
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"user root\nper_listener_settings false\nallow_anonymous false\nacl_file {acl}\n"
-        f"listener {port} 127.0.0.1\ncafile {file_ca.cert_path}\ncertfile {cert}\nkeyfile {key}\n"
-        "require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n"
-    )
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _attempt in range(3):  # the free port can be taken by someone else before mosquitto binds it
+        port = free_port()
+        conf = tmp_path / "mosquitto.conf"
+        conf.write_text(
+            f"user root\nper_listener_settings false\nallow_anonymous false\nacl_file {acl}\n"
+            f"listener {port} 127.0.0.1\ncafile {file_ca.cert_path}\ncertfile {cert}\nkeyfile {key}\n"
+            "require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n"
+        )
+        proc = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        if _wait_listening(proc, port):
+            break
+        err = proc.stderr.read() if proc.stderr else b""
+        assert b"Address already in use" in err, err
+    else:
+        pytest.fail("mosquitto found no free port in 3 attempts")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not start listening"
-                time.sleep(0.05)
         yield port
     finally:
         proc.terminate()
@@ -58,6 +58,19 @@ def broker(tmp_path: Path, file_ca: CertificateAuthority) -> Iterator[int]:
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int) -> bool:
+    """True once mosquitto accepts connections; False if it exited (e.g. the port was taken)."""
+    deadline = time.monotonic() + 10
+    while proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            assert time.monotonic() < deadline, "mosquitto did not start listening"
+            time.sleep(0.05)
+    return False
 
 
 def connect(ident: Identity, port: int) -> tuple[mqtt.Client, queue.Queue[object]]:
