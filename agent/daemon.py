@@ -111,10 +111,12 @@ class Agent:
                 self._wheels_must_stop = True
 
     def start_robot(self) -> None:
-        from agent.robot_link import RobotLink, Worker
+        from agent.robot_link import FRAMES_PER_READ, RobotLink, Worker
         from hal.robot import Robot
 
-        robot = Robot(self.config.serial_port, model=self.config.model, hold_mode=None)
+        robot = Robot(
+            self.config.serial_port, model=self.config.model, hold_mode=None, frames_per_read=FRAMES_PER_READ
+        )
         self.robot_link = RobotLink(robot, self._post_snapshot, sample_s=min(1.0, self.sync.report_min_s))
         self.worker = Worker()
         robot.start()

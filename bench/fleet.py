@@ -10,7 +10,8 @@ For each N (default 100, 500 and 1,000; ``--robots`` to choose) against a fresh 
   its id, as seen on ``update/accepted`` by an observer; ``cmd_done_max_s`` until the last one is ``done``.
 - ``rss_mb``: resident memory of the simulator processes plus Mosquitto plus the shadow service, sampled
   after the command; ``rss_breakdown_mb`` splits it. ``cpu_pct``: CPU time of those processes over the run
-  (start to end of the command), in percent of one core (this machine has ``os.cpu_count()`` cores).
+  (start to end of the command), in percent of one core (this machine has ``os.cpu_count()`` cores);
+  ``steady_cpu_pct`` / ``steady_rss_mb``: the same over ``--steady-s`` seconds after it, the fleet cleaning.
 
     .venv/bin/python bench/fleet.py [--robots 100 500 1000] [--per-process 250] [--ramp 200]
 """
@@ -210,6 +211,14 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
             result["cpu_pct"] = round(100 * used / wall, 1)
             result["wall_s"] = round(wall, 1)
             result["sim_processes"] = len(sim_pids)
+            # steady state: the whole fleet cleaning, each agent reporting its pose about once a second
+            all_pids = sim_pids + service_pids
+            before = {p: cpu_s(p) for p in all_pids}
+            t_steady = time.monotonic()
+            time.sleep(args.steady_s)
+            spent = sum(cpu_s(p) - before[p] for p in all_pids)
+            result["steady_cpu_pct"] = round(100 * spent / (time.monotonic() - t_steady), 1)
+            result["steady_rss_mb"] = round(sum(rss_mb(p) for p in all_pids), 1)
             result["stream_ms"] = round(1000 * auto_stream_period(n), 1)
             result["cores"] = os.cpu_count()
         finally:
@@ -233,6 +242,7 @@ def main() -> int:
     p.add_argument("--report-min-s", type=float, default=1.0)
     p.add_argument("--settle", type=float, default=3.0, help="seconds between all connected and the command")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--steady-s", type=float, default=10.0, help="seconds of steady state measured after")
     args = p.parse_args()
     logs.configure("warning")
     raise_nofile()

@@ -3,8 +3,9 @@
 - ``updates_per_s``: accepted shadow updates per second with ``--robots`` robots (awscrt MQTT5 clients in
   this process, each keeping ``--window`` updates in flight) over ``--seconds``.
 - ``p50_ms`` / ``p99_ms``: update → update/accepted round trip for one robot, sequential.
-- ``baseline_p50_ms`` / ``baseline_p99_ms``: the same robot publishing to its own ``roomba/<thing>/bench``
-  topic and receiving it (a plain broker echo through the same Mosquitto); ``ratio_p50`` = p50 / baseline.
+- ``baseline_p50_ms`` / ``baseline_p99_ms``: a plain broker echo through the same Mosquitto (a client
+  publishing to a topic it subscribes to; the operator identity, since a robot may not receive on its own
+  ``roomba/<thing>/...`` topics); ``ratio_p50`` = p50 / baseline.
 
 The local cloud runs with the per-thing rate limit off (``rate_limit_per_thing=0``; AWS's 20/s would cap
 100 robots at 2,000/s). Clients use QoS1 publishes, QoS0 response subscriptions and flow control NONE, as
@@ -36,6 +37,7 @@ from awsiot import mqtt5_client_builder
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fleet import mqtt_lite as mq
+from fleet.layout import OPERATOR_IDENTITY
 from fleet.testing import IdentityPaths, LocalCloud
 from fleet.tlsio import TlsConnection
 from hal import logs
@@ -94,17 +96,27 @@ def measure_latency(
     client, connected = make_client(cloud, ident, bootstrap, on_publish)
     connected.result(30)
     accepted = f"$aws/things/{thing}/shadow/update/accepted"
-    echo = f"roomba/{thing}/bench"
-    client.subscribe(
-        mqtt5.SubscribePacket([mqtt5.Subscription(accepted, QOS0), mqtt5.Subscription(echo, QOS0)])
-    ).result(10)
+    client.subscribe(mqtt5.SubscribePacket([mqtt5.Subscription(accepted, QOS0)])).result(10)
+    # A robot may not receive on roomba/<thing>/... (the device policy), so the echo runs as the operator.
+    operator = cloud.identity(OPERATOR_IDENTITY)
+    echo_client, echo_connected = make_client(
+        cloud,
+        IdentityPaths(
+            f"{OPERATOR_IDENTITY}-bench-{uuid.uuid4().hex[:8]}", operator.cert, operator.key, operator.ca
+        ),
+        bootstrap,
+        on_publish,
+    )
+    echo_connected.result(30)
+    echo = f"local-cloud/bench/{uuid.uuid4().hex}"
+    echo_client.subscribe(mqtt5.SubscribePacket([mqtt5.Subscription(echo, QOS0)])).result(10)
 
-    def round_trips(topic: str, payload_of: Any) -> list[float]:
+    def round_trips(sender: mqtt5.Client, topic: str, payload_of: Any) -> list[float]:
         out = []
         for i in range(samples + 50):
             arrived.clear()
             t0 = time.perf_counter()
-            client.publish(mqtt5.PublishPacket(topic=topic, payload=payload_of(i), qos=QOS1))
+            sender.publish(mqtt5.PublishPacket(topic=topic, payload=payload_of(i), qos=QOS1))
             if not arrived.wait(5):
                 raise RuntimeError(f"no answer on {topic} within 5 s")
             if i >= 50:
@@ -112,11 +124,13 @@ def measure_latency(
         return out
 
     shadow = round_trips(
+        client,
         f"$aws/things/{thing}/shadow/update",
         lambda i: json.dumps({"state": {"reported": {"seq": i}}, "clientToken": str(i)}),
     )
-    base = round_trips(echo, lambda i: json.dumps({"seq": i}))
+    base = round_trips(echo_client, echo, lambda i: json.dumps({"seq": i}))
     client.stop()
+    echo_client.stop()
     return shadow, base
 
 

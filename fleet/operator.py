@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure("warning")
+    for what, name in (("thing", args.thing), ("shadow", args.name)):
+        if name is not None and (not name or any(c in name for c in "/+#\0")):
+            print(
+                f"roomba-fleet shadow {args.op}: {what} name {name!r} cannot be part of an MQTT topic "
+                "(names are 1-128 of [a-zA-Z0-9:_-])",
+                file=sys.stderr,
+            )
+            return EXIT_UNAVAILABLE
     body: dict[str, Any] | None = None
     if args.op == "update":
         try:

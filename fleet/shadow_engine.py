@@ -21,6 +21,7 @@ _ENCODE = sd.compact_json
 
 ShadowKey = tuple[str, str]  # (thing, shadow name; "" for the classic shadow)
 OPERATIONS = ("update", "get", "delete")
+TOPIC_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class ShadowEngine:
         self._dirty: dict[ShadowKey, StoredShadow] = {}
         self._valid_things: set[str] = set()
         self._valid_names: set[str] = set()
+        self._topics: dict[str, ShadowTopic | None] = {}  # parsed request topics: robots repeat theirs
         self.counters: dict[str, int] = {"accepted": 0, "rejected": 0, "throttled": 0, "ignored": 0}
 
     def take_dirty(self) -> dict[ShadowKey, StoredShadow]:
@@ -127,7 +129,12 @@ class ShadowEngine:
 
     def handle(self, topic: str, payload: bytes, now: float) -> list[tuple[str, bytes]]:
         """Answer one publication; returns ``(topic, payload)`` pairs to publish (empty if not a request)."""
-        req = parse_topic(topic)
+        req = self._topics.get(topic)
+        if req is None:
+            req = parse_topic(topic)
+            if len(self._topics) >= TOPIC_CACHE_SIZE:
+                self._topics.clear()
+            self._topics[topic] = req
         if req is None:
             self.counters["ignored"] += 1
             return []

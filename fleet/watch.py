@@ -135,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure("warning")
     cloud = CloudDir.at(args.dir)
     try:
+        return _run(cloud, args)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _run(cloud: CloudDir, args: argparse.Namespace) -> int:
+    try:
         view = FleetView(cloud.known_robots())
         with OperatorClient(cloud, timeout=args.timeout) as client:
             snapshot(client, view, args.timeout)
@@ -145,13 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             tty = sys.stdout.isatty()
             _render(view, tty, args.json, None)
-            try:
-                for pkt in client.messages(None):
-                    thing = view.apply(pkt.topic, pkt.payload, time.time())
-                    if thing:
-                        _render(view, tty, args.json, thing)
-            except KeyboardInterrupt:
-                return 0
+            for pkt in client.messages(None):
+                thing = view.apply(pkt.topic, pkt.payload, time.time())
+                if thing:
+                    _render(view, tty, args.json, thing)
     except (CloudNotRunning, SettingsError) as exc:
         print(f"roomba-fleet watch: {exc}", file=sys.stderr)
         return 2

@@ -131,7 +131,9 @@ class Robot:
     the model's baud rate. ``silence_s``: with no frame for this long the Robot wakes the robot and restarts
     the stream. ``keep_awake_s``: in Passive the robot sleeps after 5 minutes without activity, so the BRC
     line is pulsed this often where the port has modem lines. ``release_on_close``: leave the robot in Passive
-    on :meth:`close`.
+    on :meth:`close`. ``frames_per_read``: stream frames the reader lets pile up before it wakes (1: each
+    frame as soon as it is complete; more: fewer wake-ups and less CPU, a frame then seen up to that many
+    periods late, except while a :meth:`wait_for` is waiting).
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class Robot:
         silence_s: float = 1.0,
         keep_awake_s: float = 60.0,
         release_on_close: bool = True,
+        frames_per_read: int = 1,
         backoff: Backoff | None = None,
         transport: SerialTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -171,6 +174,10 @@ class Robot:
         self._byte_s = 10.0 / self.baud  # start bit, 8 data bits, stop bit
         self._keep_awake_s = keep_awake_s
         self._release_on_close = release_on_close
+        if not (isinstance(frames_per_read, int) and 1 <= frames_per_read <= 10):
+            raise ValueError(f"frames_per_read must be an integer from 1 to 10, got {frames_per_read!r}")
+        self._frames_per_read = frames_per_read
+        self._waiters = 0
         self._awake_pulse_at = 0.0
         self._up_at = 0.0
         self._dormant = False
@@ -272,10 +279,14 @@ class Robot:
                 ready.set()
 
         remove = self.add_listener(check)
+        with self._lock:
+            self._waiters += 1  # the reader wakes for every frame meanwhile
         try:
             if not predicate(self.state):
                 ready.wait(timeout)
         finally:
+            with self._lock:
+                self._waiters -= 1
             remove()
         state = self.state
         if not predicate(state):
@@ -465,7 +476,7 @@ class Robot:
             except Exception:  # a bug here must not silently end the robot's only reader
                 self.log.exception("hal.robot.reader_error")
             if data:
-                time.sleep(self._read_pause())  # at most one stream period: close() joins right after
+                time.sleep(self._read_pause())  # a few stream periods at most: close() joins right after
         self._connected = False
 
     def _read_pause(self) -> float:
@@ -475,11 +486,13 @@ class Robot:
         for every few bytes spends its CPU on wake-ups. A partial frame waits for the bytes still missing;
         after a whole frame the next one cannot be complete for another stream period, so sleep most of it
         (waking a little early, then for the few missing bytes, keeps the delay below one frame time).
+        ``frames_per_read`` above 1 adds whole periods, so that many frames are read in one wake-up.
         """
+        later = 0.0 if self._waiters else (self._frames_per_read - 1) * _STREAM_PERIOD_S
         buffered = self._parser.buffered
         if 0 < buffered < self._frame_size:
-            return (self._frame_size - buffered) * self._byte_s
-        return _STREAM_PERIOD_S - _READ_EARLY_S
+            return later + (self._frame_size - buffered) * self._byte_s
+        return later + _STREAM_PERIOD_S - _READ_EARLY_S
 
     def _on_link_up(self) -> None:
         now = self._clock()

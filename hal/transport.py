@@ -12,6 +12,8 @@ import contextlib
 import fcntl
 import os
 import random
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +57,20 @@ def _nonblocking_fd(port: Any) -> int | None:
         return fd if isinstance(fd, int) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK else None
     except OSError:
         return None
+
+
+def _socket_of(port: Any) -> socket.socket | None:
+    """The socket under a pyserial ``socket://`` port, else None.
+
+    pyserial's socket ``in_waiting`` is 0 or 1 (readable or not), so its read loop hands over one or two
+    bytes per call: a reader that pauses between reads (the Robot does) then falls behind a 15 ms stream.
+    """
+    if type(port).__module__ != "serial.urlhandler.protocol_socket":
+        return None
+    sock = getattr(port, "_socket", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
 WRITE_TIMEOUT_S = 1.0
 
 
@@ -77,6 +93,7 @@ class SerialTransport:
         self._sleep = sleep
         self._port: Any = None
         self._fd: int | None = None
+        self._sock: socket.socket | None = None
         self._write_lock = threading.Lock()
         self.has_modem_lines: bool | None = None
         self.log = get_logger("hal.transport", port=url)
@@ -100,10 +117,12 @@ class SerialTransport:
             raise TransportError(f"cannot open {self.url}: {exc or type(exc).__name__}") from exc
         self._port = port
         self._fd = _nonblocking_fd(port)
+        self._sock = _socket_of(port)
 
     def close(self) -> None:
         port, self._port = self._port, None
         self._fd = None
+        self._sock = None
         if port is None:
             return
         # pyserial's socket:// close() calls shutdown() first and skips close() when the peer has already
@@ -127,6 +146,18 @@ class SerialTransport:
         if port is None:
             raise TransportError(f"{self.url} is not open")
         try:
+            sock = self._sock
+            if sock is not None:  # socket://: everything that has arrived, in one recv
+                ready, _, _ = select.select([sock], [], [], self.read_timeout)
+                if not ready:
+                    return b""
+                try:
+                    chunk = sock.recv(size)
+                except BlockingIOError:
+                    return b""
+                if not chunk:
+                    raise ConnectionResetError("socket disconnected")
+                return chunk
             fd = self._fd
             if fd is not None:
                 # bytes usually wait already (the Robot sleeps until a frame is complete): one read(2),

@@ -124,6 +124,8 @@ class SimAgent(Agent):
             "ready": self.ready,
             "mission": self.tracker.state,
             "connections": c["connections"],
+            "shadow_updates": c["shadow_update_accepted"],
+            "shadow_throttled": c["throttled"],
             "events_queued": self.events_queued,
             "events_delivered": c["events_delivered"],
             "outbox_depth": self.outbox.depth(),
@@ -164,6 +166,11 @@ async def run_sim_agent(agent: SimAgent) -> None:
             agent.periodic("metrics", lambda: agent.settings["metrics_s"], agent.send_metrics)
         ),
     ]
+    probe = getattr(agent, "health_probe", None)
+    if probe is not None:
+        tasks.append(
+            agent.loop.create_task(agent.periodic("probe", lambda: config.intervals.health_probe_s, probe))
+        )
     try:
         await agent.stopping.wait()
     finally:

@@ -37,7 +37,9 @@ KEYS: dict[str, FaultKey] = {
     "window": FaultKey(
         "seconds", 1, 86400, "stuck/flat happen at a seeded moment in the first N s (default 30)"
     ),
-    "until": FaultKey("seconds", 0, 86400, "no new drops or broker restarts after N s (default 0: never stop)"),
+    "until": FaultKey(
+        "seconds", 0, 86400, "no new drops or broker restarts after N s (default 0: never stop)"
+    ),
 }
 
 

@@ -95,6 +95,9 @@ def quiet_system_trust_store(spec: ShardSpec) -> None:
 
 def shard_main(spec: ShardSpec, conn: Connection) -> None:
     """Entry point of a spawned shard process."""
+    # Ctrl-C reaches the whole process group; until the loop installs its handler, let the parent (which
+    # sends "stop") coordinate, rather than die mid-import with a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     quiet_system_trust_store(spec)
     Path(spec.log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(spec.log_file, "a", buffering=1) as log_stream:
@@ -264,6 +267,12 @@ class Shard:
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_reader(self.conn.fileno(), self._on_control)
         pool = WorkerPool(WORKER_THREADS)
+        try:
+            from agent.commands import warm_up
+
+            warm_up()  # build the schema validators once for the whole shard, before the ramp
+        except ImportError:
+            pass
         ticker = loop.create_task(self._tick())
         reporter = loop.create_task(self._report())
         ramp = loop.create_task(self._ramp(pool))

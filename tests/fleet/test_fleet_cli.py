@@ -77,6 +77,12 @@ def test_shadow_commands_print_json(local_cloud: LocalCloud, capsys: pytest.Capt
     assert code == 2 and "not valid JSON" in err
     code, out, _ = run_cli(capsys, "shadow", "delete", "op-robot", *d)
     assert code == 0 and json.loads(out)["version"] == 1
+    code, out, _ = run_cli(capsys, "shadow", "get", "bad.name", *d)
+    assert code == 1 and (json.loads(out)["code"], json.loads(out)["message"]) == (400, "Invalid thing name")
+    code, out, _ = run_cli(capsys, "shadow", "get", "op-robot", "--name", "x" * 65, *d)
+    assert code == 1 and json.loads(out)["message"] == "Invalid shadow name"
+    code, _out, err = run_cli(capsys, "shadow", "get", "a/b", *d)
+    assert code == 2 and "cannot be part of an MQTT topic" in err
 
 
 def test_commands_say_clearly_when_the_cloud_is_not_running(

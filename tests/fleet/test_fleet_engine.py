@@ -214,8 +214,8 @@ def test_broker_config_is_mutual_tls_with_identity_and_nodelay(tmp_path: Path) -
         ).splitlines()
     )
     acl = broker.acl_text().splitlines()
-    assert "pattern readwrite $aws/things/%u/shadow/#" in acl
-    assert "pattern readwrite roomba/%u/#" in acl
+    assert "pattern read $aws/things/%u/shadow/#" in acl
+    assert "pattern write roomba/%u/presence" in acl
 
 
 def test_missing_mosquitto_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,3 +323,37 @@ def test_store_durability_setting(tmp_path: Path, durable: bool, level: int) -> 
     assert store._db.execute("PRAGMA synchronous").fetchone()[0] == level  # 1 NORMAL, 2 FULL
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
+
+
+def test_acl_grants_a_robot_exactly_the_aws_device_policy() -> None:
+    """The broker ACL and ``roomba-provision aws policy`` must not drift apart (CONTRACTS.md "Topics")."""
+    from provisioning.aws import THING, device_policy
+
+    def as_filter(resource: str, prefix: str) -> str:
+        topic = resource.split(f":{prefix}/", 1)[1].replace(THING, "%u")
+        return topic[:-2] + "/#" if topic.endswith("/*") else topic.replace("*", "+")
+
+    statements = {st["Action"]: st["Resource"] for st in device_policy()["Statement"]}
+    publish = {as_filter(r, "topic") for r in statements["iot:Publish"]}
+    receive = {as_filter(r, "topic") for r in statements["iot:Receive"]}
+    subscribe = {as_filter(r, "topicfilter") for r in statements["iot:Subscribe"]}
+    acl = broker.acl_text().splitlines()
+    assert {line.split(" ", 2)[2] for line in acl if line.startswith("pattern write ")} == publish
+    assert {line.split(" ", 2)[2] for line in acl if line.startswith("pattern read ")} == receive == subscribe
+    assert not [line for line in acl if line.startswith("pattern readwrite")]
+
+
+def test_store_checkpoints_only_when_asked_and_keeps_everything(tmp_path: Path) -> None:
+    from fleet import shadow_store
+
+    engine = ShadowEngine(rate_per_thing=0)
+    store = ShadowStore(tmp_path / "c.sqlite3")
+    for i in range(shadow_store.CHECKPOINT_WHEN_IDLE_AFTER):
+        _answers(engine, f"$aws/things/cp-{i % 7}/shadow/update", {"state": {"reported": {"i": i}}})
+        assert not store.checkpoint_due
+        store.save(engine.take_dirty())
+    assert store.checkpoint_due  # nothing was checkpointed inside save(): the WAL holds every commit
+    assert store.checkpoint() >= shadow_store.CHECKPOINT_WHEN_IDLE_AFTER
+    assert not store.checkpoint_due
+    store.close()
+    assert ShadowStore(tmp_path / "c.sqlite3").load_all() == engine.shadows

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import queue
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -153,7 +155,7 @@ def test_named_shadow_worked_example_message_for_message(local_cloud: LocalCloud
         "timestamp": "<timestamp>",
     }
 
-    device.publish(f"{prefix}/delete", b"anything at all")
+    app.publish(f"{prefix}/delete", b"anything at all")  # the device policy gives robots no delete
     got = by_topic([m for m in device.collect(2) if m[0] != f"{prefix}/delete"])
     assert got[f"{prefix}/delete/accepted"]["version"] == v0 + 2
     assert structural(got[f"{prefix}/delete/accepted"]) == {
@@ -178,11 +180,52 @@ def test_robot_a_cannot_read_or_change_robot_b(local_cloud: LocalCloud, paho_rob
         time.sleep(0.02)
     assert a.acks[mid].value == 0x87, "publish to another robot's shadow was not refused"
     a.publish("$aws/things/iso-b/shadow/delete", b"")
+    a.publish("roomba/iso-b/telemetry", {"battery": 1}, qos=0)
     b.publish("$aws/things/iso-b/shadow/get", {"clientToken": "check"})
     b.subscribe("$aws/things/iso-b/shadow/get/accepted")
     b.publish("$aws/things/iso-b/shadow/get", {"clientToken": "check2"})
     docs = [d for _t, d in b.collect(2) if d.get("clientToken") == "check2"]
     assert docs and docs[0]["state"]["reported"] == {"secret": 42} and docs[0]["version"] == 1
+
+
+def _puback(robot: Any, mid: int) -> int:
+    deadline = time.monotonic() + 5
+    while mid not in robot.acks and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return int(robot.acks[mid].value)
+
+
+def test_a_robot_has_exactly_the_device_policy_on_its_own_topics(
+    local_cloud: LocalCloud, paho_robot: Any
+) -> None:
+    """As ``roomba-provision aws policy``: no delete, no spoofed responses, only the four agent topics."""
+    robot: Any = paho_robot(local_cloud, "policy-robot")
+    watcher: Any = paho_robot(local_cloud, OPERATOR_IDENTITY, client_id="policy-watcher")
+    watcher.subscribe("$aws/things/policy-robot/#", "roomba/policy-robot/#")
+    prefix = "$aws/things/policy-robot/shadow"
+    allowed = [f"{prefix}/update", f"{prefix}/name/cfg/get", "roomba/policy-robot/events"]
+    refused = [
+        f"{prefix}/delete",
+        f"{prefix}/name/cfg/delete",
+        f"{prefix}/update/accepted",
+        f"{prefix}/update/delta",
+        "roomba/policy-robot/anything-else",
+    ]
+    for topic in allowed + refused:
+        mid = robot.publish(topic, {"state": {"reported": {"on": topic}}, "clientToken": "p"})
+        assert _puback(robot, mid) == (0 if topic in allowed else 0x87), topic
+    published_by_robot: set[str] = set()  # topics on which the robot's own payload was delivered
+    for topic, doc in watcher.collect(40, timeout=2):
+        reported = ((doc.get("state") if isinstance(doc, dict) else None) or {}).get("reported") or {}
+        if reported.get("on") == topic:
+            published_by_robot.add(topic)
+    assert published_by_robot == set(allowed), "a refused publish was delivered (or an allowed one lost)"
+
+    robot.subscribe("roomba/policy-robot/#", f"{prefix}/update/accepted")
+    robot.publish("roomba/policy-robot/telemetry", {"battery": 3}, qos=0)
+    robot.publish(f"{prefix}/update", {"state": {"reported": {"n": 1}}, "clientToken": "mine"})
+    got = robot.collect(2, timeout=1.5)
+    assert [t for t, _d in got] == [f"{prefix}/update/accepted"], "a robot received its own agent topics"
 
 
 def test_certificate_from_another_ca_is_refused(
@@ -264,3 +307,99 @@ def test_a_flooding_robot_gets_429_and_others_are_unaffected(
     assert len(answers) == 120
     assert codes.count(429) >= 80 and codes.count(404) >= 20
     assert {d["message"] for _t, d in answers if d["code"] == 429} == {"Too Many Requests"}
+
+
+def _raw_answer(robot: Any, topic_prefix: str) -> tuple[str, bytes]:
+    """The next message the service published under ``topic_prefix`` (the robot's own requests skipped)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            topic, payload, _retain = robot.messages.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if topic.startswith(topic_prefix) and topic.rsplit("/", 1)[1] in ("accepted", "rejected"):
+            return topic, payload
+    raise AssertionError(f"no answer under {topic_prefix}")
+
+
+def test_aws_wire_bytes_for_404_409_and_state_null(local_cloud: LocalCloud, paho_robot: Any) -> None:
+    """§11.8 (404 without a token), §11.3 (optimistic locking) and §11.9 (state null), byte for byte."""
+    thing = "wire-robot"
+    prefix = f"$aws/things/{thing}/shadow"
+    robot: Any = paho_robot(local_cloud, thing)
+    robot.subscribe(f"{prefix}/get/+", f"{prefix}/update/accepted", f"{prefix}/update/rejected")
+
+    robot.publish(f"{prefix}/get", b"")
+    assert _raw_answer(robot, f"{prefix}/get") == (
+        f"{prefix}/get/rejected",
+        b'{"code":404,"message":"No shadow exists with name: \'wire-robot\'"}',
+    )
+
+    robot.publish(f"{prefix}/update", {"state": {"desired": {"colors": ["RED", "GREEN", "BLUE"]}}})
+    _topic, first = _raw_answer(robot, f"{prefix}/update")
+    version = json.loads(first)["version"]
+    token = "426bfd96-e720-46d3-95cd-014e3ef12bb6"
+    stale = {"state": {"desired": {"colors": ["BLUE"]}}, "version": version - 1, "clientToken": token}
+    robot.publish(f"{prefix}/update", stale)
+    assert _raw_answer(robot, f"{prefix}/update") == (
+        f"{prefix}/update/rejected",
+        b'{"code":409,"message":"Version conflict","clientToken":"426bfd96-e720-46d3-95cd-014e3ef12bb6"}',
+    )
+    robot.publish(f"{prefix}/update", {**stale, "version": version})
+    topic, _payload = _raw_answer(robot, f"{prefix}/update")
+    assert topic == f"{prefix}/update/accepted"
+    robot.publish(f"{prefix}/get", b"")
+    _topic, got = _raw_answer(robot, f"{prefix}/get")
+    assert json.loads(got)["state"] == {"desired": {"colors": ["BLUE"]}, "delta": {"colors": ["BLUE"]}}
+    assert json.loads(got)["version"] == version + 1
+
+    robot.publish(f"{prefix}/update", {"state": None})
+    topic, payload = _raw_answer(robot, f"{prefix}/update")
+    assert topic == f"{prefix}/update/accepted"
+    wire = re.fullmatch(
+        rb'\{"state":null,"metadata":\{"timestamp":(\d+)\},"version":(\d+),"timestamp":\1\}', payload
+    )
+    assert wire is not None, payload
+    assert int(wire.group(2)) == version + 2
+
+
+def _persistent_311(cloud: LocalCloud, identity: str, client_id: str) -> tuple[Any, list[str]]:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    ident = cloud.identity(identity)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=False
+    )
+    client.tls_set(ca_certs=str(ident.ca), certfile=str(ident.cert), keyfile=str(ident.key))
+    received: list[str] = []
+    client.on_message = lambda _c, _u, m: received.append(m.topic)
+    client.connect(cloud.endpoint, cloud.port)
+    client.loop_start()
+    deadline = time.monotonic() + 10
+    while not client.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.is_connected()
+    return client, received
+
+
+def test_taking_over_another_robots_client_id_reveals_nothing_queued(local_cloud: LocalCloud) -> None:
+    import threading
+
+    victim, _ = _persistent_311(local_cloud, "takeover-victim", "takeover-victim")
+    subscribed = threading.Event()
+    victim.on_subscribe = lambda *_a: subscribed.set()
+    victim.subscribe("$aws/things/takeover-victim/shadow/update/delta", qos=1)
+    assert subscribed.wait(10)
+    victim.disconnect()
+    victim.loop_stop()
+    accepted, _doc = local_cloud.update_shadow("takeover-victim", {"state": {"desired": {"secret": 42}}})
+    assert accepted  # a delta is now queued in the victim's persistent session
+    thief, received = _persistent_311(local_cloud, "takeover-thief", "takeover-victim")
+    try:
+        local_cloud.update_shadow("takeover-victim", {"state": {"desired": {"secret": 43}}})
+        time.sleep(1.0)
+        assert received == [], "a robot read another robot's queued or live shadow messages"
+    finally:
+        thief.disconnect()
+        thief.loop_stop()

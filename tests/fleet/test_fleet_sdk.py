@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -12,12 +13,15 @@ import pytest
 from awscrt import mqtt, mqtt5, mqtt_request_response
 from awsiot import ServiceStreamOptions, V2ServiceException, iotshadow, mqtt5_client_builder
 
+from fleet.layout import OPERATOR_IDENTITY
 from fleet.testing import LocalCloud
 
 pytestmark = pytest.mark.slow
 
 
-def _crt_client(cloud: LocalCloud, thing: str) -> tuple[mqtt5.Client, Future[None], Future[None]]:
+def _crt_client(
+    cloud: LocalCloud, thing: str, client_id: str | None = None
+) -> tuple[mqtt5.Client, Future[None], Future[None]]:
     ident = cloud.identity(thing)
     connected: Future[None] = Future()
     stopped: Future[None] = Future()
@@ -36,7 +40,7 @@ def _crt_client(cloud: LocalCloud, thing: str) -> tuple[mqtt5.Client, Future[Non
         cert_filepath=str(ident.cert),
         pri_key_filepath=str(ident.key),
         ca_filepath=str(ident.ca),
-        client_id=thing,
+        client_id=client_id or thing,
         enable_metrics_collection=False,
         on_lifecycle_connection_success=on_success,
         on_lifecycle_stopped=on_stopped,
@@ -50,8 +54,8 @@ def _crt_client(cloud: LocalCloud, thing: str) -> tuple[mqtt5.Client, Future[Non
 def crt_robot(local_cloud: LocalCloud) -> Iterator[Any]:
     made: list[tuple[mqtt5.Client, Future[None]]] = []
 
-    def make(thing: str) -> mqtt5.Client:
-        client, _c, stopped = _crt_client(local_cloud, thing)
+    def make(thing: str, client_id: str | None = None) -> mqtt5.Client:
+        client, _c, stopped = _crt_client(local_cloud, thing, client_id)
         made.append((client, stopped))
         return client
 
@@ -61,17 +65,16 @@ def crt_robot(local_cloud: LocalCloud) -> Iterator[Any]:
         stopped.result(10)
 
 
+def _rr_options() -> mqtt_request_response.ClientOptions:
+    return mqtt_request_response.ClientOptions(
+        max_request_response_subscriptions=2, max_streaming_subscriptions=2, operation_timeout_in_seconds=10
+    )
+
+
 def test_v2_client_full_cycle(local_cloud: LocalCloud, crt_robot: Any) -> None:
     thing = "sdk-v2-robot"
     client = crt_robot(thing)
-    shadow = iotshadow.IotShadowClientV2(
-        client,
-        mqtt_request_response.ClientOptions(
-            max_request_response_subscriptions=2,
-            max_streaming_subscriptions=2,
-            operation_timeout_in_seconds=10,
-        ),
-    )
+    shadow = iotshadow.IotShadowClientV2(client, _rr_options())
     deltas: queue.Queue[iotshadow.ShadowDeltaUpdatedEvent] = queue.Queue()
     established = threading.Event()
 
@@ -136,10 +139,19 @@ def test_v2_client_full_cycle(local_cloud: LocalCloud, crt_robot: Any) -> None:
     ).result(15)
     assert got_named.state.desired == {"volume": 3}
 
-    deleted = shadow.delete_shadow(iotshadow.DeleteShadowRequest(thing_name=thing)).result(15)
+    with pytest.raises(V2ServiceException) as refused:  # the device policy gives a robot no delete
+        shadow.delete_shadow(iotshadow.DeleteShadowRequest(thing_name=thing)).result(15)
+    assert refused.value.modeled_error is None  # refused by the broker (PUBACK 0x87), never answered
+    assert refused.value.inner_error.name == "AWS_ERROR_MQTT_REQUEST_RESPONSE_PUBLISH_FAILURE"
+
+    operator = iotshadow.IotShadowClientV2(
+        crt_robot(OPERATOR_IDENTITY, f"{OPERATOR_IDENTITY}-{uuid.uuid4().hex[:12]}"), _rr_options()
+    )
+    deleted = operator.delete_shadow(iotshadow.DeleteShadowRequest(thing_name=thing)).result(15)
     assert deleted.version == 2
-    with pytest.raises(V2ServiceException):
+    with pytest.raises(V2ServiceException) as gone:
         shadow.get_shadow(iotshadow.GetShadowRequest(thing_name=thing)).result(15)
+    assert gone.value.modeled_error.code == 404
 
 
 def test_v1_client_publish_and_subscribe(local_cloud: LocalCloud, crt_robot: Any) -> None:

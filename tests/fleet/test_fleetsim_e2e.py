@@ -24,7 +24,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet import fleetops
+from fleet import fleetops, fleetview
 from fleet.opclient import CloudNotRunning
 from fleet.simulate import status_path
 from fleet.testing import LocalCloud
@@ -216,7 +216,9 @@ def check_fleet(
     return final
 
 
-def test_fleetsim_twenty_robots_connect_and_run_a_fleet_mission_once(cloud: LocalCloud) -> None:
+def test_fleetsim_twenty_robots_connect_and_run_a_fleet_mission_once(
+    cloud: LocalCloud, capsys: pytest.CaptureFixture[str]
+) -> None:
     events = EventLog(cloud)
     sim = Simulation(cloud, ["--robots", str(ROBOTS), "--seed", "3", "--prefix", "fleet-"])
     try:
@@ -237,6 +239,14 @@ def test_fleetsim_twenty_robots_connect_and_run_a_fleet_mission_once(cloud: Loca
             return {"id": f"m2-{thing}", "action": "dock"}
 
         wait_until(lambda: not commands_done(cloud, things, want), 30, "every shadow to converge on m2")
+        # the fleet view over the same cloud: everyone connected, every command applied
+        capsys.readouterr()
+        args = ["--fleet", "--once", "--json", "--prefix", "fleet-", "--dir", str(cloud.dir.root)]
+        assert fleetview.main(args) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["robots"] == ROBOTS and summary["connected"] == ROBOTS
+        assert summary["commands"] == {"applied": ROBOTS}
+        assert sum(summary["missions"].values()) == ROBOTS and "unknown" not in summary["missions"]
         # re-sending the same mission changes nothing: the ledger already has the id
         send_mission(cloud, things[:5], {"id": "mission-shared", "action": "clean"})
         time.sleep(1.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import pytest
 
@@ -136,7 +137,7 @@ def test_fleetsim_fleetops_render_keys_by_thing_and_explains_failures() -> None:
 
 
 def test_fleetsim_fleetops_refuses_bad_documents_and_empty_selections(
-    tmp_path: object, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     d = str(tmp_path)
     assert fleetops.main(["update", "--all", "--dir", d, "{not json"]) == 2
@@ -244,3 +245,25 @@ def test_fleetsim_link_streams_frames_and_survives_an_unplug() -> None:
     assert isinstance(seen[-1], StateUpdated)
     assert not math.isnan(link.robot.state.pose.x_mm)
     link.robot.close()
+
+
+# --- simulate refuses bad input before starting anything ---------------------------------------------------
+
+
+def test_fleetsim_simulate_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fleet import simulate
+
+    d = str(tmp_path)
+    assert simulate.main(["--robots", "0", "--dir", d]) == 2
+    assert simulate.main(["--robots", "3", "--dir", d, "--faults", "link_drop=5,wat=1"]) == 2
+    assert simulate.main(["--robots", "3", "--dir", d]) == 2  # no local cloud running there
+    bad_config = tmp_path / "agent.toml"
+    bad_config.write_text('thing_name = "x"\n')
+    assert simulate.main(["--robots", "3", "--dir", d, "--config", str(bad_config)]) == 2
+    err = capsys.readouterr().err
+    assert "--robots must be at least 1" in err
+    assert "--faults: link_drop=5: must be between 0 and 1 per second" in err
+    assert "--faults: 'wat': unknown fault" in err
+    assert "is not running; start it with `roomba-fleet up --dir" in err
+    assert "has no [connection] endpoint" in err
+    assert not (tmp_path / "identities").exists()  # nothing provisioned for a refused run

@@ -24,7 +24,16 @@ from hal.codec import ChargingSources, CorruptFrame
 from hal.errors import CommandRangeError, ModeError, NoResponseError
 from hal.opcodes import OIMode
 from hal.probe import main as probe_main
-from hal.robot import LinkDown, LinkUp, ModeChanged, ModeReentry, Robot, RobotEvent, StateUpdated
+from hal.robot import (
+    LinkDown,
+    LinkUp,
+    ModeChanged,
+    ModeReentry,
+    Robot,
+    RobotEvent,
+    RobotState,
+    StateUpdated,
+)
 from hal.sim.server import SimServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -69,6 +78,32 @@ class Recorder:
         raise AssertionError(f"no {kind.__name__} event within {timeout} s; saw {self.events}")
 
 
+def wait_until_still(robot: Robot, frames: int = 4, timeout: float = 5.0) -> RobotState:
+    """The state once the wheels have stopped: ``frames`` frames in a row with the same encoder counts.
+
+    (Drive sets packet 39, not 41/42, so the requested wheel velocities cannot tell that a stop arrived; at
+    200 mm/s the encoders move about 6 counts per 15 ms frame.)
+    """
+    seen: list[tuple[int | None, int | None]] = []
+    still: list[RobotState] = []
+    done = threading.Event()
+
+    def listener(event: RobotEvent) -> None:
+        if isinstance(event, StateUpdated) and not done.is_set():
+            sensors = event.state.sensors
+            seen.append((sensors.get("left_encoder_counts"), sensors.get("right_encoder_counts")))
+            if len(seen) >= frames and len(set(seen[-frames:])) == 1 and seen[-1][0] is not None:
+                still.append(event.state)
+                done.set()
+
+    remove = robot.add_listener(listener)
+    try:
+        assert done.wait(timeout), f"the wheels did not stop within {timeout} s: {seen[-8:]}"
+    finally:
+        remove()
+    return still[0]
+
+
 def recorded(server: SimServer) -> list[dict[str, Any]]:
     """The commands the simulator received, as its --record file has them (read in the loop's thread)."""
     server.control({"op": "state"})  # flushes pending command events to the record file
@@ -83,15 +118,7 @@ def test_drive_one_second_at_200_mm_s(hal_sim: SimServer) -> None:
         robot.drive(200)
         time.sleep(1.0)
         robot.stop()
-        robot.wait_for(
-            lambda s: (
-                s.sensors.get("requested_right_velocity") == 0
-                and s.sensors.get("left_encoder_counts") is not None
-            ),
-            timeout=2,
-        )
-        time.sleep(0.1)
-        end = robot.state
+        end = wait_until_still(robot)
     encoder_mm = end.pose.distance_mm - start.pose.distance_mm
     reported_mm = end.reported_distance_mm - start.reported_distance_mm
     # How long the wheels really turned is when the robot got Drive and the stop, not how long this thread
@@ -156,14 +183,7 @@ def test_unplug_and_replug_recovers_state_and_stream(hal_sim: SimServer) -> None
         robot.drive(200)
         time.sleep(0.3)
         robot.stop()
-        robot.wait_for(
-            lambda s: (
-                s.sensors.get("requested_right_velocity") == 0
-                and s.sensors.get("left_encoder_counts") is not None
-            ),
-            timeout=2,
-        )
-        before = robot.state
+        before = wait_until_still(robot)
         assert before.pose.distance_mm > 20
         hal_sim.unplug(0.5)
         recorder.wait(LinkDown)

@@ -241,3 +241,24 @@ def test_transport_closes_the_socket_when_the_peer_hung_up() -> None:
                 transport.read()
     assert not transport.is_open
     assert sock.fileno() == -1
+
+
+def test_transport_reads_everything_waiting_on_a_socket_in_one_call() -> None:
+    """pyserial's socket:// read hands over 1-2 bytes per call; the transport must take what has arrived."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        transport = SerialTransport(f"socket://127.0.0.1:{server.getsockname()[1]}", read_timeout=0.5)
+        transport.open()
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(bytes(range(256)) * 2)
+            got, reads = b"", 0
+            while len(got) < 512 and reads < 50:
+                got += transport.read()
+                reads += 1
+        transport.close()
+    assert got == bytes(range(256)) * 2
+    assert reads <= 3

@@ -138,11 +138,16 @@ def test_commands_split_across_reads_and_merged_in_one_read_give_the_same_result
 def test_actuator_commands_in_passive_are_ignored_but_their_data_bytes_consumed() -> None:
     clock = make(OIMode.PASSIVE)
     clock.robot.drain_events()
+    clock.out.clear()
     clock.send([Op.DRIVE, 0, Op.SENSORS, 0, Op.START])
+    clock.run(0.01, step=0.01)
+    assert clock.out == b""  # the Sensors(0) inside Drive's data was data, not a request (26 bytes)
     assert clock.robot.world.cmd_left == 0 and clock.robot.world.cmd_right == 0
     assert clock.ask([Op.SENSORS, 35]) == bytes([OIMode.PASSIVE])
-    drive = commands(clock.robot)[0]
+    drive, *rest = commands(clock.robot)
     assert drive.opcode == Op.DRIVE and drive.ignored == "not allowed in PASSIVE"
+    assert drive.args == (0, Op.SENSORS, 0, Op.START)
+    assert [c.opcode for c in rest] == [Op.SENSORS]
 
 
 def test_off_ignores_everything_but_start_and_consumes_data_bytes() -> None:
