@@ -128,6 +128,16 @@ def test_v2_client_full_cycle(local_cloud: LocalCloud, crt_robot: Any) -> None:
         "Version conflict",
     )
 
+    # A reported-only update that leaves desired != reported raises the full delta again (§13 items 3, 5).
+    docked = shadow.update_shadow(
+        iotshadow.UpdateShadowRequest(
+            thing_name=thing, state=iotshadow.ShadowState(reported={"mode": "docked"})
+        )
+    ).result(15)
+    again = deltas.get(timeout=10)
+    assert (again.state, again.version, docked.version) == ({"mode": "clean"}, 3, 3)
+    assert again.metadata == delta.metadata, "delta metadata must keep the desired timestamp"
+
     named = shadow.update_named_shadow(
         iotshadow.UpdateNamedShadowRequest(
             thing_name=thing, shadow_name="config", state=iotshadow.ShadowState(desired={"volume": 3})
@@ -148,7 +158,7 @@ def test_v2_client_full_cycle(local_cloud: LocalCloud, crt_robot: Any) -> None:
         crt_robot(OPERATOR_IDENTITY, f"{OPERATOR_IDENTITY}-{uuid.uuid4().hex[:12]}"), _rr_options()
     )
     deleted = operator.delete_shadow(iotshadow.DeleteShadowRequest(thing_name=thing)).result(15)
-    assert deleted.version == 2
+    assert deleted.version == 3
     with pytest.raises(V2ServiceException) as gone:
         shadow.get_shadow(iotshadow.GetShadowRequest(thing_name=thing)).result(15)
     assert gone.value.modeled_error.code == 404
