@@ -109,6 +109,7 @@ class Agent:
             if entry.action == "drive":
                 # the robot may still be driving on the last Drive it got: stop it once the link is up
                 self._wheels_must_stop = True
+        self.ledger.commit()
 
     def start_robot(self) -> None:
         from agent.robot_link import FRAMES_PER_READ, RobotLink, Worker
@@ -249,8 +250,6 @@ class Agent:
 
     def run_command(self, eff: RunCommand) -> None:
         cmd = eff.command
-        for event in self.tracker.on_command(cmd.action):
-            self.emit(event)
         if self._driving is not None and self._drive_timer is not None:
             # any new command supersedes a manual drive: stop the wheels first (same worker queue, in order)
             self._drive_timer.cancel()
@@ -289,8 +288,12 @@ class Agent:
                 cmd.args["duration_ms"] / 1000.0, self._finish_drive, cmd.id, None
             )
             self.pump()
-            return
-        self.finish_command(cmd.id, "done", None)
+            self.ledger.commit()
+        else:
+            self.finish_command(cmd.id, "done", None)
+        # events (each a durable outbox row) only for what the robot was told, and after the answer
+        for event in self.tracker.on_command(cmd.action):
+            self.emit(event)
 
     def _finish_drive(self, command_id: str, reason: str | None) -> None:
         self._driving = None
@@ -325,8 +328,10 @@ class Agent:
         self.worker.submit(self.robot_link.end_drive, done)
 
     def finish_command(self, command_id: str, status: str, reason: str | None) -> None:
+        """Answer first, then make the outcome durable: the answer does not wait for the disk."""
         self.execute(self.sync.command_finished(command_id, status, reason))
         self.pump()
+        self.ledger.commit()
 
     def apply_setting(self, eff: ApplySetting) -> None:
         if eff.shadow is not None:
@@ -531,6 +536,7 @@ class Agent:
             self.write_status()
         except OSError:
             pass
+        self.ledger.commit()
         self.db.close()
 
 

@@ -82,8 +82,12 @@ class Shadow:
     state: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
     version: int = 0
-    encoded: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
-    """Compact JSON of each section of ``state`` and (keyed ``"metadata.<section>"``) ``metadata``."""
+    encoded: tuple[Mapping[str, Any], Mapping[str, Any], Mapping[str, str]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    """``(state, metadata, json)``: the compact JSON of each section of ``state`` and (keyed
+    ``"metadata.<section>"``) of ``metadata``, valid only while those very objects are this Shadow's (so a
+    ``dataclasses.replace`` with new state never reuses stale JSON)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "metadata": self.metadata, "version": self.version}
@@ -389,8 +393,9 @@ def _utf8_size(text: str) -> int:
 
 
 def _encoded_sections(shadow: Shadow) -> Mapping[str, str]:
-    if shadow.encoded is not None:
-        return shadow.encoded
+    cached = shadow.encoded
+    if cached is not None and cached[0] is shadow.state and cached[1] is shadow.metadata:
+        return cached[2]
     out = {s: compact_json(v) for s, v in shadow.state.items()}
     out.update({f"metadata.{s}": compact_json(v) for s, v in shadow.metadata.items()})
     return out
@@ -454,7 +459,7 @@ def apply_update(
                 new_meta.pop(section, None)
         if sum(_utf8_size(encoded[s]) for s in SECTIONS if s in new_state) > MAX_DOCUMENT_BYTES:
             raise ShadowError(413, MSG_TOO_LARGE, token)
-    new_shadow = Shadow(new_state, new_meta, current_version + 1, encoded)
+    new_shadow = Shadow(new_state, new_meta, current_version + 1, (new_state, new_meta, encoded))
     accepted: dict[str, Any] = {
         "state": request.state,
         "metadata": accepted_meta,

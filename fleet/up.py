@@ -139,14 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     except broker.BrokerMissing as exc:
         print(f"roomba-fleet up: {exc}", file=sys.stderr)
         return 1
+    # before prepare(): a running cloud's broker files and robot configs must not change under it
+    problem = clean_up_after_predecessor(cloud_dir)
+    if problem:
+        print(f"roomba-fleet up: {problem}", file=sys.stderr)
+        return 1
     try:
         settings = cloud.prepare(cloud_dir, args.port)
     except (ProvisioningError, SettingsError) as exc:
         print(f"roomba-fleet up: {exc}", file=sys.stderr)
-        return 1
-    problem = clean_up_after_predecessor(cloud_dir)
-    if problem:
-        print(f"roomba-fleet up: {problem}", file=sys.stderr)
         return 1
     if port_open(settings.endpoint, settings.port):
         print(

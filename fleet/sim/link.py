@@ -192,6 +192,17 @@ class SimLink:
         self.opcodes: Counter[str] = Counter()
         self._wakes_seen = 0
 
+    def unplug(self, now: float) -> None:
+        """Pull the cable. Bytes already written reach the robot first: on a real line a command is through
+        in well under a millisecond, so only the ticker's batching would otherwise lose them."""
+        out = self.transport.take_for_robot()
+        if out:
+            self.sim.feed(out, now)
+        self.transport.unplug()
+
+    def plug(self) -> None:
+        self.transport.plug()
+
     def step(self, now: float) -> None:
         sim, transport = self.sim, self.transport
         if transport.wake_requests != self._wakes_seen:

@@ -234,9 +234,9 @@ class Shard:
         self.log.info("fleet.sim.fault", thing=r.thing, kind=kind)
         try:
             if kind == "serial_drop":
-                r.link.transport.unplug()
+                r.link.unplug(now)
             elif kind == "serial_restore":
-                r.link.transport.plug()
+                r.link.plug()
             elif kind in ("stuck", "unstuck"):
                 r.link.sim.control({"op": "stuck", "on": kind == "stuck"}, now)
             elif kind == "flat":

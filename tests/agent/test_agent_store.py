@@ -24,10 +24,13 @@ def test_ledger_begin_once_and_survives_reopen(tmp_path: Path) -> None:
 
 
 def test_ledger_is_bounded(tmp_path: Path) -> None:
-    """Pruned every 64 commands to the newest ``keep`` (the current desired id is always among them)."""
+    """Pruned every 64 commands to the newest ``keep`` (the current desired id is always among them), by the
+    commit that follows an answer, not by the fsynced begin on the critical path."""
     ledger = Ledger(open_db(tmp_path), keep=5)
     for i in range(130):
         ledger.begin(f"c{i}", "stop", {})
+        ledger.finish(f"c{i}", "done")
+        ledger.commit()
     assert ledger.get("c0") is None and ledger.get("c129") is not None
     assert sum(ledger.counts().values()) <= 5 + 64
 
@@ -51,3 +54,20 @@ def test_outbox_bounded_with_drop_counter(tmp_path: Path) -> None:
         outbox.put("e", {"i": i})
     assert outbox.depth() == 3 and outbox.dropped() == 2
     assert outbox.head().payload == {"i": 2}  # type: ignore[union-attr]
+
+
+def test_ledger_outcome_is_visible_at_once_and_durable_after_commit(tmp_path: Path) -> None:
+    """``finish`` does not wait for the disk, yet ``get`` sees it at once, and ``commit`` (or the next
+    ``begin``) makes it survive a restart."""
+    ledger = Ledger(open_db(tmp_path))
+    ledger.begin("c1", "clean", {"id": "c1", "action": "clean"})
+    ledger.finish("c1", "done")
+    entry = ledger.get("c1")
+    assert entry is not None and (entry.status, entry.reason) == ("done", None)
+    reopened = Ledger(open_db(tmp_path))
+    assert reopened.get("c1").status == "accepted"  # type: ignore[union-attr]  # not committed yet
+    ledger.commit()
+    assert Ledger(open_db(tmp_path)).get("c1").status == "done"  # type: ignore[union-attr]
+    ledger.finish("c1", "failed", "why")
+    ledger.begin("c2", "stop", {})  # the next begin carries pending outcomes in its transaction
+    assert Ledger(open_db(tmp_path)).get("c1").reason == "why"  # type: ignore[union-attr]

@@ -310,6 +310,15 @@ def test_up_stops_what_a_predecessor_left_and_refuses_a_second_up(
     cloud_dir = CloudDir.at(tmp_path / "cloud")
     problem = clean_up_after_predecessor(cloud_dir)
     assert problem is not None and "already running" in problem and str(cloud.proc.pid) in problem
+    conf_before = cloud_dir.broker_conf.read_text()
+    second = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "up", *cloud.cli_args, "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1 and "already running" in second.stderr
+    assert cloud_dir.broker_conf.read_text() == conf_before, "a refused up rewrote the running cloud's files"
     # A child left behind (as if `up` had died where the kernel cannot signal its children).
     stray = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)", str(cloud_dir.root)], stdin=subprocess.DEVNULL

@@ -492,3 +492,36 @@ def test_non_standard_json_numbers_are_invalid_json(payload: bytes) -> None:
     with pytest.raises(ShadowError) as info:
         sd.parse_update(payload)
     assert (info.value.code, info.value.message) == (400, "Invalid JSON")
+
+
+def test_document_json_matches_a_fresh_encoding_and_never_goes_stale() -> None:
+    import dataclasses
+
+    steps: list[dict[str, Any]] = [
+        {"state": {"reported": {"a": 1, "é": [1, {"b": 2.5}]}}},
+        {"state": {"desired": {"a": 2, "n": {"x": True}}}},
+        {"state": {"reported": {"a": 2}}},
+        {"state": {"desired": None}},
+        {"state": {"desired": {"z": "ü"}, "reported": {"é": None}}},
+        {"state": None},
+        {"state": {"reported": {"back": 1}}},
+    ]
+    shadow: Shadow | None = None
+    for i, step in enumerate(steps):
+        shadow = sd.apply_update(shadow, sd.parse_update(json.dumps(step)), 100 + i).shadow
+        assert sd.document_json(shadow) == sd.compact_json(shadow.to_json()), step
+    assert shadow is not None
+    edited = dataclasses.replace(shadow, state={"reported": {"x": 1}})
+    assert json.loads(sd.document_json(edited))["state"] == {"reported": {"x": 1}}
+
+
+@pytest.mark.parametrize(("chars", "accepted"), [(4092, True), (4093, False)])
+def test_size_limit_counts_utf8_bytes(chars: int, accepted: bool) -> None:
+    """``{"s":"é…"}`` is 8 + 2·n bytes: 4092 characters make exactly 8192."""
+    request = sd.parse_update(json.dumps({"state": {"reported": {"s": "é" * chars}}}, ensure_ascii=False))
+    if accepted:
+        assert sd.apply_update(None, request, 1).shadow.version == 1
+    else:
+        with pytest.raises(ShadowError) as err:
+            sd.apply_update(None, request, 1)
+        assert err.value.code == 413

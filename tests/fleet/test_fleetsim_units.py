@@ -228,20 +228,23 @@ def test_fleetsim_link_streams_frames_and_survives_an_unplug() -> None:
     assert state.link.connected and state.link.frames_ok >= 10
     assert state.oi_mode == OIMode.PASSIVE
     assert link.opcodes["Start"] == 1 and link.opcodes["Stream"] == 1
-    link.transport.unplug()
+    link.robot.clean()  # written just before the cable is pulled: it still reaches the robot
+    link.unplug(clock_value[0])
+    assert link.opcodes["Clean"] == 0
     run(0.5)
+    assert link.opcodes["Clean"] == 1
     assert any(isinstance(e, LinkDown) for e in seen)
     assert not link.robot.state.link.connected
     frames = link.robot.state.link.frames_ok
-    link.transport.plug()
+    link.plug()
     run(3.0)
     assert any(isinstance(e, LinkUp) and e.reconnects == 1 for e in seen)
     assert link.robot.state.link.frames_ok > frames
     assert link.opcodes["Start"] >= 2  # the handshake again after the cable came back
-    link.robot.clean()
+    link.robot.spot()
     run(0.5)
-    assert link.opcodes["Clean"] == 1
-    assert link.sim.state()["mission"] == "clean"
+    assert link.opcodes["Spot"] == 1
+    assert link.sim.state()["mission"] == "spot"
     assert isinstance(seen[-1], StateUpdated)
     assert not math.isnan(link.robot.state.pose.x_mm)
     link.robot.close()
