@@ -32,6 +32,7 @@ from agent.sync import (
     ApplySetting,
     CommandLog,
     Effect,
+    Notice,
     Publish,
     RunCommand,
     ShadowSync,
@@ -243,10 +244,25 @@ class Agent:
                     status=eff.status,
                     reason=eff.reason,
                 )
+            elif isinstance(eff, Notice):
+                self.log.warning(eff.event, **dict(eff.fields))
 
     def _publish_done(self, fut: asyncio.Future[Any]) -> None:
+        """A failed publish, or a QoS 1 PUBACK with a failure reason (0x87 not authorized: the policy denies
+        the topic), is counted and logged once per reason; the request's own timeout retries it."""
+        from agent.mqtt import puback_ok
+
         if fut.cancelled() or fut.exception() is not None:
             self.metrics.inc("publish_failures")
+            return
+        ok, why = puback_ok(fut.result())
+        if not ok:
+            self.metrics.inc("publish_failures")
+            self.metrics.inc(f"publish_rejected_{why}")
+            if self.metrics.counters[f"publish_rejected_{why}"] == 1:
+                self.log.warning(
+                    "mqtt.publish.rejected", reason=why, hint="check the IoT policy: roomba-agent doctor"
+                )
 
     def run_command(self, eff: RunCommand) -> None:
         cmd = eff.command
@@ -328,9 +344,10 @@ class Agent:
         self.worker.submit(self.robot_link.end_drive, done)
 
     def finish_command(self, command_id: str, status: str, reason: str | None) -> None:
-        """Answer first, then make the outcome durable: the answer does not wait for the disk."""
-        self.execute(self.sync.command_finished(command_id, status, reason))
+        """Answer first, then log it and make the outcome durable: the answer waits for neither."""
+        effects = self.sync.command_finished(command_id, status, reason)
         self.pump()
+        self.execute(effects)
         self.ledger.commit()
 
     def apply_setting(self, eff: ApplySetting) -> None:
@@ -404,7 +421,16 @@ class Agent:
                 self.pump_outbox()
             else:
                 self.metrics.inc(f"events_publish_failed_{why}")
-                self.loop.call_later(self._outbox_retry.next_delay(), self.pump_outbox)
+                delay = self._outbox_retry.next_delay()
+                if self._outbox_retry.attempt == 1:
+                    self.log.warning(
+                        "events.publish.failed",
+                        reason=why,
+                        event_id=head.event_id,
+                        retry_in_s=round(delay, 1),
+                        hint="PUBACK not_authorized: the IoT policy must allow roomba/<thing>/events",
+                    )
+                self.loop.call_later(delay, self.pump_outbox)
 
         fut.add_done_callback(done)
 

@@ -76,7 +76,15 @@ class CommandLog:
     reason: str | None
 
 
-Effect = Publish | Subscribe | RunCommand | ApplySetting | CommandLog
+@dataclass(frozen=True)
+class Notice:
+    """Something the operator should see in the log (a rejected shadow request and what happens next)."""
+
+    event: str
+    fields: tuple[tuple[str, Any], ...]
+
+
+Effect = Publish | Subscribe | RunCommand | ApplySetting | CommandLog | Notice
 
 
 def prune(value: Mapping[str, Any]) -> dict[str, Any]:
@@ -281,27 +289,40 @@ class ShadowSync:
         return self._reconcile(side, state.get("desired") or {}, now)
 
     def _on_error(self, side: _Side, doc: Mapping[str, Any], now: float, op: str) -> list[Effect]:
+        """shadow_protocol.md §10: 429 waits for the bucket and backs off, 409 re-reads the shadow, 400/413
+        drop that content (it would be rejected again: never looped), anything else retries with backoff."""
         code = doc.get("code")
         self.metrics.inc(f"shadow_{op}_rejected_{code}")
         effects: list[Effect] = []
+        if code == 429:
+            self.metrics.inc("throttled")
+            self.bucket.drain(now)
         if op == "update":
             _, patch, _ = side.inflight or ("", {}, 0.0)
             side.inflight = None
-            if code == 429:
-                self.metrics.inc("throttled")
-                self.bucket.drain(now)
-                side.retry_at = now + self.backoff.next_delay()
-            elif code == 409:
+            if code == 409:
                 effects.append(self._get(side, now))
+                then = "re-reading the shadow"
             elif code in (400, 413):
                 # the same patch would be rejected again: count it and stop retrying this content
                 side.acked = shadowdoc.merge_state(side.acked or {}, patch)
                 self.metrics.inc("shadow_update_dropped")
+                then = f"dropped keys {sorted(patch)} (not retried until they change)"
             else:
                 side.retry_at = now + self.backoff.next_delay()
+                then = f"retrying in {side.retry_at - now:.1f} s"
         else:
+            # a get that failed (429, 5xx, 403): asked again after the backoff by flush()
+            side.get_token = None
             side.retry_at = now + self.backoff.next_delay()
-        return effects
+            then = f"asking again in {side.retry_at - now:.1f} s"
+        fields = (
+            ("shadow", side.name or "classic"),
+            ("code", code),
+            ("message", str(doc.get("message"))[:200]),
+            ("then", then),
+        )
+        return [*effects, Notice(f"shadow.{op}.rejected", fields)]
 
     # desired -> actions ------------------------------------------------------------------------------
     def _set_error(self, side: _Side, key: str, reason: str | None) -> None:
@@ -403,6 +424,8 @@ class ShadowSync:
         if not self.connected:
             return effects
         for side in (self.classic, self.config):
+            if not side.synced and side.get_token is None and now >= side.retry_at:
+                effects.append(self._get(side, now))  # the last get was rejected: its backoff is over
             if side.get_token is not None and now - side.get_token[1] > REQUEST_TIMEOUT_S:
                 self.metrics.inc("shadow_get_timeout")
                 self.get_timeouts += 1
@@ -455,6 +478,8 @@ class ShadowSync:
             if side.get_token is not None:
                 wake = min(wake, REQUEST_TIMEOUT_S - (now - side.get_token[1]))
             if not side.synced:
+                if side.get_token is None and self.connected:
+                    wake = min(wake, side.retry_at - now)
                 continue
             wake = min(wake, self.heartbeat_s - (now - side.last_publish))
             if now < side.retry_at:

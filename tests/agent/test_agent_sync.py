@@ -12,7 +12,7 @@ import pytest
 from agent import shadowdoc
 from agent.metrics import Metrics
 from agent.store import Ledger, open_db
-from agent.sync import ApplySetting, CommandLog, Publish, RunCommand, ShadowSync, Subscribe
+from agent.sync import ApplySetting, CommandLog, Notice, Publish, RunCommand, ShadowSync, Subscribe
 
 THING = "robot-1"
 BASE = f"$aws/things/{THING}/shadow"
@@ -25,6 +25,7 @@ class Cloud:
         self.shadows: dict[str, shadowdoc.Shadow] = {}
         self.now = 1_700_000_000
         self.reject_next: list[int] = []
+        self.reject_gets: list[int] = []
         self.updates: list[dict[str, Any]] = []
 
     def handle(self, pub: Publish) -> list[tuple[str, bytes]]:
@@ -33,6 +34,9 @@ class Cloud:
         body = json.loads(pub.payload)
         token = body.get("clientToken")
         if op == "get":
+            if self.reject_gets:
+                err = shadowdoc.ShadowError(self.reject_gets.pop(0), "test", token)
+                return [(prefix + "/get/rejected", json.dumps(shadowdoc.error_document(err)).encode())]
             if name not in self.shadows:
                 err = shadowdoc.not_found_error(THING, token)
                 return [(prefix + "/get/rejected", json.dumps(shadowdoc.error_document(err)).encode())]
@@ -81,6 +85,7 @@ class Harness:
         self.applied: list[tuple[str | None, str, Any]] = []
         self.logs: list[CommandLog] = []
         self.subscribed: list[Subscribe] = []
+        self.notices: list[Notice] = []
         self.sync.set_robot_state({"battery": {"percent": 80}, "mission": "idle"})
 
     def run(self, effects: list[Any]) -> None:
@@ -93,6 +98,7 @@ class Harness:
             elif isinstance(eff, RunCommand):
                 self.ran.append(eff.command.id)
                 queue += self.sync.command_finished(eff.command.id, "done")
+                self.ledger.commit()  # as the daemon does once the answer has been handed to MQTT
             elif isinstance(eff, ApplySetting):
                 self.applied.append((eff.shadow, eff.key, eff.value))
                 self.sync.setting_result(eff.shadow, eff.key, eff.value, None)
@@ -100,6 +106,8 @@ class Harness:
                 self.logs.append(eff)
             elif isinstance(eff, Subscribe):
                 self.subscribed.append(eff)
+            elif isinstance(eff, Notice):
+                self.notices.append(eff)
             if not queue:
                 queue += self.sync.flush(self.now)
 
@@ -173,6 +181,7 @@ def test_interrupted_command_reported_not_rerun(tmp_path: Path) -> None:
     ledger = Ledger(open_db(tmp_path))
     ledger.begin("c9", "clean", {"id": "c9", "action": "clean"})  # crashed before finishing
     ledger.finish("c9", "failed", "agent restarted before the command finished; not retried")
+    ledger.commit()  # recover_ledger commits before the agent connects
     cloud.fleet_desired({"command": {"id": "c9", "action": "clean"}})
     h = Harness(tmp_path, cloud=cloud)
     h.connect()
@@ -258,6 +267,34 @@ def test_update_rejections(tmp_path: Path, code: int, expect: str) -> None:
         assert reported(h.cloud)["mission"] == "idle"  # dropped, not retried in a loop
     else:
         assert reported(h.cloud)["mission"] == "cleaning"  # retried after backoff
+
+
+@pytest.mark.parametrize("code", [429, 500, 403], ids=["throttled", "internal", "forbidden"])
+def test_rejected_get_is_asked_again_after_backoff(tmp_path: Path, code: int) -> None:
+    """A rejected get (not 404) must not leave the shadow unsynced until the next reconnect."""
+    h = Harness(tmp_path)
+    h.cloud.fleet_desired({"command": {"id": "c1", "action": "dock"}})
+    h.cloud.reject_gets = [code, code]
+    effects = h.sync.on_connected(False, h.now)
+    h.run(effects)
+    assert h.ran == [] and h.sync.metrics.counters[f"shadow_get_rejected_{code}"] >= 1
+    assert h.notices and h.notices[0].event == "shadow.get.rejected"
+    assert dict(h.notices[0].fields)["then"].startswith("asking again in")
+    for _ in range(20):
+        h.advance(3)
+    assert h.ran == ["c1"] and reported(h.cloud)["command"]["status"] == "done"
+    assert h.sync.metrics.counters[f"shadow_get_rejected_{code}"] >= 2
+
+
+def test_update_rejection_is_logged_with_what_happens_next(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.connect()
+    h.cloud.reject_next = [413]
+    h.sync.set_robot_state({"mission": "cleaning"})
+    h.advance(1)
+    assert [n.event for n in h.notices] == ["shadow.update.rejected"]
+    fields = dict(h.notices[0].fields)
+    assert fields["code"] == 413 and "dropped keys ['mission']" in fields["then"]
 
 
 def test_heartbeat_bounds_staleness(tmp_path: Path) -> None:

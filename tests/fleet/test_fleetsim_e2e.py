@@ -314,3 +314,28 @@ def test_fleetsim_converges_and_loses_no_event_under_faults(cloud: LocalCloud) -
     finally:
         sim.stop()
         events.close()
+
+
+def test_fleetsim_runs_against_the_endpoint_an_agent_config_names(cloud: LocalCloud) -> None:
+    """``--config``: the endpoint comes from an agent configuration, not from DIR's run file (here it is
+    the same broker, reached through a config as a remote endpoint would be)."""
+    config = cloud.dir.root / "remote.toml"
+    config.write_text(
+        "[connection]\n"
+        f'endpoint = "{cloud.endpoint}"\nport = {cloud.port}\nroot_ca = "{cloud.ca_path}"\nlocal = true\n'
+    )
+    cloud.dir.run_file.rename(cloud.dir.run_file.with_suffix(".hidden"))  # as if no local cloud ran here
+    try:
+        sim = Simulation(
+            cloud, ["--robots", "3", "--prefix", "remote-", "--config", str(config), "--duration", "8"]
+        )
+        sim.wait_ready(40)
+        assert sim.proc.wait(40) == 0, sim.stderr()
+    finally:
+        cloud.dir.run_file.with_suffix(".hidden").rename(cloud.dir.run_file)
+    final = sim.status()
+    assert final["final"] is True and final["all_connected_s"] is not None
+    assert sorted(final["per_robot"]) == ["remote-0001", "remote-0002", "remote-0003"]
+    for robot in final["per_robot"].values():
+        assert robot["ready"] and robot["connections"] >= 1 and robot["outbox_depth"] == 0, robot
+        assert robot["serial"]["frames_ok"] > 0 and robot["opcodes"].get("Stream", 0) >= 1, robot
