@@ -13,8 +13,14 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("fleet.up", "run the local cloud (Mosquitto + shadow service) in the foreground"),
     "robot": ("fleet.robots", "robot add NAME: issue a robot identity and write its agent config"),
-    "shadow": ("fleet.operator", "shadow get|update|delete THING: operator access to shadows (JSON)"),
-    "watch": ("fleet.watch", "live view of robots: presence and reported state (--once --json)"),
+    "shadow": (
+        "fleet.operator",
+        "shadow get|update|delete THING|--all|--prefix P: operator access to shadows (JSON)",
+    ),
+    "watch": (
+        "fleet.watch",
+        "live view of robots: presence and reported state (--fleet for the summary, --once --json)",
+    ),
     "simulate": ("fleet.simulate", "run simulated robots with the real agent against the local cloud"),
 }
 

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and any(a == "--all" or a.startswith("--prefix") for a in argv):
+        from fleet import fleetops
+
+        return fleetops.main(argv)
     args = build_parser().parse_args(argv)
     logs.configure("warning")
     for what, name in (("thing", args.thing), ("shadow", args.name)):

@@ -126,11 +126,16 @@ def snapshot(client: OperatorClient, view: FleetView, settle: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and "--fleet" in argv:
+        from fleet import fleetview
+
+        return fleetview.main(argv)
     p = argparse.ArgumentParser(prog="roomba-fleet watch", description=__doc__.splitlines()[0])
     p.add_argument("--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)")
     p.add_argument("--once", action="store_true", help="print the current view and exit")
     p.add_argument("--json", action="store_true", help="JSON output (one document with --once, else lines)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the initial view")
+    p.add_argument("--fleet", action="store_true", help="the fleet summary instead of one line per robot")
     args = p.parse_args(argv)
     logs.configure("warning")
     cloud = CloudDir.at(args.dir)

@@ -24,7 +24,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet import fleetops, fleetview
+from fleet import cli as fleet_cli
+from fleet import fleetops
 from fleet.opclient import CloudNotRunning
 from fleet.simulate import status_path
 from fleet.testing import LocalCloud
@@ -233,16 +234,22 @@ def test_fleetsim_twenty_robots_connect_and_run_a_fleet_mission_once(
         # a second mission with one id per robot, through the CLI entry point
         per_robot = {"id": "m2-{thing}", "action": "dock"}
         doc = json.dumps({"state": {"desired": {"command": per_robot}}})
-        assert fleetops.main(["update", "--prefix", "fleet-", "--dir", str(cloud.dir.root), doc]) == 0
+        root = str(cloud.dir.root)
+        assert fleet_cli.main(["shadow", "update", "--prefix", "fleet-", "--dir", root, doc]) == 0
 
         def want(thing: str) -> dict[str, Any]:
             return {"id": f"m2-{thing}", "action": "dock"}
 
         wait_until(lambda: not commands_done(cloud, things, want), 30, "every shadow to converge on m2")
-        # the fleet view over the same cloud: everyone connected, every command applied
+        # `roomba-fleet shadow get --all`: one JSON object keyed by thing name
         capsys.readouterr()
-        args = ["--fleet", "--once", "--json", "--prefix", "fleet-", "--dir", str(cloud.dir.root)]
-        assert fleetview.main(args) == 0
+        assert fleet_cli.main(["shadow", "get", "--all", "--dir", root]) == 0
+        shadows = json.loads(capsys.readouterr().out)
+        assert sorted(shadows) == things
+        assert all(shadows[t]["state"]["reported"]["command"]["id"] == f"m2-{t}" for t in things)
+        # the fleet view over the same cloud: everyone connected, every command applied
+        args = ["watch", "--fleet", "--once", "--json", "--prefix", "fleet-", "--dir", root]
+        assert fleet_cli.main(args) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["robots"] == ROBOTS and summary["connected"] == ROBOTS
         assert summary["commands"] == {"applied": ROBOTS}
