@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The main job on a laptop: the local cloud (Mosquitto with mutual TLS + the shadow service), a simulated
-# robot on a pseudo-terminal, its agent, a fleet command, and the live view. Ctrl-C stops everything.
+# The main job on a laptop, the whole loop:
+#   1. the local cloud (Mosquitto with mutual TLS and per-robot ACLs + the shadow service),
+#   2. one simulated Create 2 on a pseudo-terminal with its agent as a separate process (the shape of a real
+#      robot: roomba-sim <-> pty <-> roomba-agent <-> MQTT),
+#   3. a small in-process fleet (roomba-fleet simulate) of robots running the same agent code,
+#   4. a fleet-wide clean mission sent through the shadows, and the live view showing it take effect.
+# Ctrl-C stops everything. DEMO_SECONDS=N stops by itself after N seconds (used by the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 DIR=${ROOMBA_FLEET_DIR:-$PWD/var/demo}
 THING=${THING:-robot-001}
+FLEET=${FLEET:-4}
 mkdir -p "$DIR/logs"
 pids=()
 cleanup() {
@@ -14,28 +20,46 @@ cleanup() {
     wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+    local limit=$1 what=$2; shift 2
+    for _ in $(seq 1 $((limit * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "demo: gave up waiting for $what; logs are in $DIR/logs" >&2
+    exit 1
+}
 
 echo "demo: starting the local cloud in $DIR (logs in $DIR/logs)"
-roomba-fleet up --dir "$DIR" >"$DIR/logs/cloud.log" 2>&1 &
+roomba-fleet up --dir "$DIR" >"$DIR/logs/cloud.out" 2>"$DIR/logs/cloud.err" &
 pids+=($!)
-for _ in $(seq 1 100); do
-    grep -q '"event": *"fleet.up.ready"\|fleet.up.ready' "$DIR/logs/cloud.log" 2>/dev/null && break
-    sleep 0.2
-done
+wait_for 30 "the local cloud" grep -qx ready "$DIR/logs/cloud.out"
 
-echo "demo: starting a simulated robot on $DIR/$THING.tty"
-roomba-sim robot --link "$DIR/$THING.tty" --control "$DIR/$THING.ctl" --seed 1 \
-    --record "$DIR/logs/$THING.oi.jsonl" >"$DIR/logs/sim.log" 2>&1 &
+echo "demo: starting a simulated robot on the pty $DIR/$THING.tty"
+roomba-sim robot --link "$DIR/$THING.tty" --control "$DIR/$THING.ctl" --seed 1 --docked \
+    --record "$DIR/logs/$THING.oi.jsonl" >"$DIR/logs/sim.out" 2>"$DIR/logs/sim.err" &
 pids+=($!)
-for _ in $(seq 1 50); do [ -e "$DIR/$THING.tty" ] && break; sleep 0.1; done
+wait_for 10 "the simulator" test -e "$DIR/$THING.tty"
 
-CONFIG=$(roomba-fleet robot add "$THING" --dir "$DIR" --serial-port "$DIR/$THING.tty" | tail -n 1)
-echo "demo: agent config $CONFIG"
-roomba-agent run --config "$CONFIG" >"$DIR/logs/agent.log" 2>&1 &
+CONFIG=$(roomba-fleet robot add "$THING" --dir "$DIR" --serial-port "$DIR/$THING.tty" 2>/dev/null | tail -n 1)
+echo "demo: starting its agent (config $CONFIG)"
+roomba-agent run --config "$CONFIG" >"$DIR/logs/agent.out" 2>"$DIR/logs/agent.err" &
 pids+=($!)
 
-sleep 3
-echo "demo: sending a clean mission to $THING through its shadow"
-roomba-fleet shadow update "$THING" --dir "$DIR" \
-    "{\"state\":{\"desired\":{\"command\":{\"id\":\"demo-$(date +%s)\",\"action\":\"clean\"}}}}" >/dev/null
+echo "demo: starting a fleet of $FLEET more simulated robots with real agents"
+roomba-fleet simulate --robots "$FLEET" --dir "$DIR" --seed 1 >"$DIR/logs/simulate.out" 2>"$DIR/logs/simulate.err" &
+pids+=($!)
+wait_for 60 "the fleet" grep -q "simulate ready" "$DIR/logs/simulate.out"
+wait_for 30 "$THING's agent" roomba-agent status --config "$CONFIG"
+
+MISSION="demo-$(date +%s)"
+echo "demo: sending the fleet-wide mission $MISSION (clean) through every robot's shadow"
+roomba-fleet shadow update --all --dir "$DIR" \
+    "{\"state\":{\"desired\":{\"command\":{\"id\":\"$MISSION\",\"action\":\"clean\"}}}}" >/dev/null
+
+if [ -n "${DEMO_SECONDS:-}" ]; then
+    sleep "$DEMO_SECONDS"
+    roomba-fleet watch --dir "$DIR" --once
+    roomba-fleet watch --fleet --dir "$DIR" --once
+    exit 0
+fi
+echo "demo: the live view (Ctrl-C to stop everything)"
+sleep 1
 roomba-fleet watch --dir "$DIR"
