@@ -100,6 +100,9 @@ class Agent:
         self.mqtt: Any = None
         self.robot_link: Any = None
         self.worker: Any = None
+        # run_agent (one client per process) turns Nagle off on the MQTT socket; a process hosting many
+        # agents (the fleet simulator) leaves it, as scanning its descriptors on every connect would cost
+        self.tcp_nodelay = False
 
     # --- start-up ------------------------------------------------------------------------------------------
     def recover_ledger(self) -> None:
@@ -170,6 +173,10 @@ class Agent:
             self.execute(self.sync.on_message(event.topic, event.payload, now))
         elif isinstance(event, Connected):
             self.metrics.inc("connections")
+            if self.tcp_nodelay:
+                from agent.mqtt import set_tcp_nodelay
+
+                self.metrics.set("tcp_nodelay_sockets", set_tcp_nodelay(self.config.port))
             self.log.info("mqtt.connected", session_present=event.session_present)
             self.publish_presence("online")
             self.execute(self.sync.on_connected(event.session_present, now))
@@ -581,6 +588,7 @@ async def run_agent(
     credential_check: Callable[[], list[credentials.CredentialProblem]] | None = None,
 ) -> int:
     agent = Agent(config, notifier, reconnect_max_ms=reconnect_max_ms)
+    agent.tcp_nodelay = True
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stopping.set)

@@ -59,6 +59,41 @@ def presence_topic(thing: str) -> str:
     return f"roomba/{thing}/presence"
 
 
+def set_tcp_nodelay(peer_port: int) -> int:
+    """Turn Nagle off on this process's TCP connections to ``peer_port``; returns how many were changed.
+
+    awscrt has no TCP_NODELAY option, and small MQTT packets sent back to back (an answer right after a
+    PUBACK) otherwise wait for the peer's delayed ACK, up to 40 ms (platform_notes.md). The option is set on
+    a duplicate of the CRT's descriptor, which shares the socket; a descriptor reused meanwhile by another
+    TCP socket only gets a harmless option.
+    """
+    import os
+    import socket
+
+    changed = 0
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if not os.path.realpath(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            tcp = sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6)
+            if tcp and sock.getpeername()[1] == peer_port:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                changed += 1
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return changed
+
+
 def _error_name(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown"
