@@ -77,7 +77,7 @@ def set_tcp_nodelay(peer_port: int) -> int:
         return 0
     for fd in fds:
         try:
-            if not os.path.realpath(f"/proc/self/fd/{fd}").startswith("socket:"):
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
                 continue
             sock = socket.socket(fileno=os.dup(fd))
         except OSError:

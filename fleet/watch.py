@@ -90,14 +90,44 @@ class FleetView:
         return {"robots": robots}
 
     def table(self) -> str:
-        lines = [f"{'THING':<24} {'CONNECTION':<10} {'VERSION':>7}  REPORTED"]
+        lines = [
+            f"{'THING':<20} {'CONNECTION':<10} {'VERSION':>7}  {'MISSION':<10} {'BATTERY':<16} "
+            f"{'OI MODE':<8} {'HAZARDS':<12} COMMAND"
+        ]
         for row in sorted(self.rows.values(), key=lambda r: r.thing):
-            reported = json.dumps(row.reported, separators=(",", ":")) if row.reported else "-"
-            if len(reported) > 80:
-                reported = reported[:77] + "..."
             version = str(row.version) if row.version is not None else "-"
-            lines.append(f"{row.thing:<24} {row.connection:<10} {version:>7}  {reported}")
+            lines.append(
+                f"{row.thing:<20} {row.connection:<10} {version:>7}  {_reported_columns(row.reported)}"
+            )
         return "\n".join(lines)
+
+
+def _reported_columns(reported: dict[str, Any] | None) -> str:
+    """The agent's reported state as table cells; anything unexpected shows as '?' rather than failing."""
+    if not isinstance(reported, dict):
+        return "-"
+    mission = reported.get("mission")
+    raw_battery = reported.get("battery")
+    battery: dict[str, Any] = raw_battery if isinstance(raw_battery, dict) else {}
+    pct = battery.get("percent")
+    charging = battery.get("charging")
+    batt = f"{pct}%" if isinstance(pct, int | float) else "?"
+    if isinstance(charging, str) and charging != "not_charging":
+        batt += f" {charging}"
+    mode = reported.get("oi_mode")
+    hazards = reported.get("hazards")
+    active = [k for k, v in hazards.items() if v] if isinstance(hazards, dict) else []
+    hz = ",".join(sorted(active)) or "-"
+    command = reported.get("command")
+    cmd = "-"
+    if isinstance(command, dict) and command.get("id") is not None:
+        cmd = f"{command.get('id')}: {command.get('status', '?')}"
+        if command.get("reason"):
+            cmd += f" ({command['reason']})"
+    return (
+        f"{mission if isinstance(mission, str) else '?':<10} {batt:<16} "
+        f"{mode if isinstance(mode, str) else '?':<8} {hz[:12]:<12} {cmd}"
+    )
 
 
 def snapshot(client: OperatorClient, view: FleetView, settle: float) -> None:

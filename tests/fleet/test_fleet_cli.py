@@ -327,3 +327,31 @@ def test_up_stops_what_a_predecessor_left_and_refuses_a_second_up(
     assert clean_up_after_predecessor(cloud_dir) is None
     assert stray.wait(10) == -signal.SIGTERM
     assert not cloud_dir.run_file.exists()
+
+
+def test_watch_table_shows_the_agent_state_as_columns_and_survives_odd_documents() -> None:
+    from fleet.watch import FleetView
+
+    view = FleetView(["r1", "r2", "r3"])
+    doc = {
+        "state": {
+            "reported": {
+                "mission": "cleaning",
+                "battery": {"percent": 42, "charging": "trickle"},
+                "oi_mode": "passive",
+                "hazards": {"bump": False, "cliff": True},
+                "command": {"id": "m-1", "status": "failed", "reason": "serial link down"},
+            }
+        },
+        "version": 7,
+    }
+    assert view.apply("$aws/things/r1/shadow/get/accepted", json.dumps(doc).encode(), 0.0) == "r1"
+    odd = {"state": {"reported": {"battery": "full", "hazards": [1], "command": "x"}}, "version": 2}
+    assert view.apply("$aws/things/r2/shadow/get/accepted", json.dumps(odd).encode(), 0.0) == "r2"
+    assert view.apply("roomba/r1/presence", b'{"state": "online"}', 0.0) == "r1"
+    rows = {line.split()[0]: line for line in view.table().splitlines()[1:]}
+    assert rows["r1"].split()[:7] == ["r1", "online", "7", "cleaning", "42%", "trickle", "passive"]
+    assert "cliff" in rows["r1"] and "bump" not in rows["r1"]
+    assert rows["r1"].endswith("m-1: failed (serial link down)")
+    assert rows["r2"].split()[:5] == ["r2", "never", "2", "?", "?"]
+    assert rows["r3"].split() == ["r3", "never", "-", "-"]
