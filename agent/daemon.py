@@ -570,6 +570,7 @@ class Agent:
         except OSError:
             pass
         self.ledger.commit()
+        self.ledger.close()
         self.db.close()
 
 
@@ -645,6 +646,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except cfg.ConfigError as exc:
         for problem in exc.problems:
             print(f"roomba-agent: config problem: {problem}", file=sys.stderr)
+        print(
+            f"  fix the above, then check: roomba-agent doctor --config {args.config or 'FILE'}",
+            file=sys.stderr,
+        )
         notifier.status("invalid configuration: " + "; ".join(exc.problems)[:200])
         return EX_CONFIG
     configure(config.log_level)

@@ -11,6 +11,8 @@ import json
 import os
 import sqlite3
 import time
+import weakref
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,76 @@ def open_db(state_dir: str | Path) -> sqlite3.Connection:
     return db
 
 
+class IntentJournal:
+    """``state_dir/ledger.journal``: the durable "this command id was taken" record, written before an action.
+
+    One line per command (``<crc32> <json>``) written into space that was zero-filled ahead of time, then one
+    ``fdatasync``: no file-size or extent change to journal, so it costs a fraction of a SQLite commit. The
+    SQLite row is written in the same step without its own fsync and made durable by the ledger's next
+    synced commit; at start-up any journal line whose row a power cut lost is put back (as ``accepted``,
+    which start-up then reports as interrupted). Lines are read until the first one that does not check out,
+    so the journal restarts at offset 0 once everything in it is known to be durable in SQLite; each restart
+    starts a new generation ``g``, so an older line that happens to follow the new ones is not read back.
+    """
+
+    CHUNK = 64 * 1024
+    LIMIT = 1024 * 1024
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._closer = weakref.finalize(self, os.close, self._fd)
+        self._offset = 0
+        self._size = os.fstat(self._fd).st_size
+        self._gen = time.time_ns()
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every intact line from the start (a torn or stale tail ends the list)."""
+        data = os.pread(self._fd, self._size, 0) if self._size else b""
+        out: list[dict[str, Any]] = []
+        for line in data.split(b"\n"):
+            crc, _, body = line.partition(b" ")
+            if len(crc) != 8 or not body or format(zlib.crc32(body), "08x").encode() != crc:
+                break
+            try:
+                record = json.loads(body)
+            except ValueError:
+                break
+            if not isinstance(record, dict) or (out and record.get("g") != out[0].get("g")):
+                break
+            out.append(record)
+        return out
+
+    def _reserve(self, need: int) -> None:
+        while self._offset + need > self._size:
+            # real zeros, not a hole: later writes then change no extent and no size
+            os.pwrite(self._fd, bytes(self.CHUNK), self._size)
+            self._size += self.CHUNK
+            os.fsync(self._fd)
+
+    def append(self, record: dict[str, Any]) -> None:
+        body = json.dumps({"g": self._gen, **record}, separators=(",", ":")).encode()
+        line = format(zlib.crc32(body), "08x").encode() + b" " + body + b"\n"
+        self._reserve(len(line))
+        os.pwrite(self._fd, line, self._offset)
+        os.fdatasync(self._fd)
+        self._offset += len(line)
+
+    def restart_if_full(self) -> None:
+        """Call only when every record is durable elsewhere: invalidate the first line, write from 0 again."""
+        if self._offset >= self.LIMIT:
+            self.reset()
+
+    def reset(self) -> None:
+        os.pwrite(self._fd, bytes(16), 0)
+        os.fdatasync(self._fd)
+        self._offset = 0
+        self._gen = time.time_ns()
+
+    def close(self) -> None:
+        self._closer()
+
+
 class Ledger:
     """Every command id ever handled (the newest ``keep`` of them), with its final status.
 
@@ -77,6 +149,30 @@ class Ledger:
         self._keep = keep
         self._pending: dict[str, tuple[str, str | None, float]] = {}
         self._prune_after = 0  # rowid from which the next commit() trims old rows
+        self._unsynced = False  # rows written since the last synced commit
+        path = db.execute("PRAGMA database_list").fetchone()[2]
+        self._journal = IntentJournal(Path(path).with_name("ledger.journal")) if path else None
+        if self._journal is not None:
+            self._replay(self._journal)
+
+    def _replay(self, journal: IntentJournal) -> None:
+        """Put back the rows of journalled commands that a power cut took from SQLite, then start over."""
+        rows = [
+            (r["id"], r["action"], r["status"], r.get("reason"), json.dumps(r["document"]), r["at"], r["at"])
+            for r in journal.records()
+        ]
+        if rows:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")  # the connection's own synchronous=FULL: durable before the reset
+        journal.reset()
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+
+    def _synchronous(self) -> int:
+        return int(self._db.execute("PRAGMA synchronous").fetchone()[0])
 
     def get(self, command_id: str) -> LedgerEntry | None:
         row = self._db.execute(
@@ -94,16 +190,31 @@ class Ledger:
                 [(st, why, at, cid) for cid, (st, why, at) in self._pending.items()],
             )
 
-    def _transaction(self, body: Callable[[], Any]) -> Any:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, body: Callable[[], Any], *, synced: bool = True) -> Any:
+        """One transaction; ``synced=False`` skips its fsync (only when the journal holds the record)."""
+        restore = None
+        if not synced:
+            restore = self._synchronous()
+            self._db.execute("PRAGMA synchronous=NORMAL")
         try:
-            result = body()
-            self._write_pending()
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = body()
+                self._write_pending()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        finally:
+            if restore is not None:
+                self._db.execute(f"PRAGMA synchronous={restore}")
         self._pending.clear()
+        if synced and self._synchronous() >= 2:
+            self._unsynced = False
+            if self._journal is not None:
+                self._journal.restart_if_full()
+        elif not synced:
+            self._unsynced = True
         return result
 
     def begin(
@@ -123,7 +234,11 @@ class Ledger:
                 (command_id, action, status, reason, json.dumps(document), now, now),
             )
 
-        cur = self._transaction(insert)
+        journal = self._journal if self._synchronous() >= 2 else None  # synchronous=OFF: no fsync asked
+        cur = self._transaction(insert, synced=journal is None)
+        if cur.rowcount and journal is not None:
+            record = {"id": command_id, "action": action, "status": status, "reason": reason}
+            journal.append({**record, "document": document, "at": now})  # the fsync that makes it durable
         rowid = cur.lastrowid or 0
         if cur.rowcount and self._keep and rowid % 64 == 0:
             self._prune_after = rowid - self._keep
@@ -136,7 +251,7 @@ class Ledger:
     def commit(self) -> None:
         """Make recorded outcomes durable, and trim the oldest rows (off the critical path)."""
         prune, self._prune_after = self._prune_after, 0
-        if not self._pending and prune <= 0:
+        if not self._pending and prune <= 0 and not self._unsynced:
             return
 
         def trim() -> None:

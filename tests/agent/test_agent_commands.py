@@ -100,3 +100,25 @@ def test_docs_embed_the_published_schemas() -> None:
     for name in ("desired", "config"):
         schema = load_schema(name)
         assert embedded[schema["$id"]] == schema
+
+
+def test_verdicts_per_command_shape_match_a_full_validation() -> None:
+    """The verdict is remembered per command without its id; it must equal a fresh schema walk every time,
+    whatever the id, and an invalid id is never hidden by a remembered verdict."""
+    from agent.commands import _SHAPES, _command_problems, validate_sections
+
+    shapes = [
+        {"action": "clean"},
+        {"action": "drive", "velocity_mm_s": 900, "duration_ms": 100},
+        {"action": "drive", "velocity_mm_s": 100, "duration_ms": 500},
+        {"action": "set_clock", "day": 1},
+        {"action": "locate", "hour": 3},
+    ]
+    _SHAPES.clear()
+    for shape in shapes:
+        for cid in ("c1", "c2", "bad id!", "x" * 65, 7):
+            raw = {"id": cid, **shape}
+            assert _command_problems(raw) == validate_sections("desired", {"command": raw}), raw
+    assert 0 < len(_SHAPES) <= len(shapes)
+    rejected = parse_command({"id": "bad id!", "action": "clean"})
+    assert isinstance(rejected, Rejected) and "command.id" in rejected.reason

@@ -71,3 +71,44 @@ def test_ledger_outcome_is_visible_at_once_and_durable_after_commit(tmp_path: Pa
     ledger.finish("c1", "failed", "why")
     ledger.begin("c2", "stop", {})  # the next begin carries pending outcomes in its transaction
     assert Ledger(open_db(tmp_path)).get("c1").reason == "why"  # type: ignore[union-attr]
+
+
+def test_begin_is_durable_through_the_journal_when_sqlite_loses_the_row(tmp_path: Path) -> None:
+    """``begin`` fsyncs only the journal line; a power cut that takes the unsynced SQLite row away is
+    repaired at start-up, so the id still can never run again."""
+    ledger = Ledger(open_db(tmp_path))
+    assert ledger.begin("c1", "clean", {"id": "c1", "action": "clean"})
+    assert b'"id":"c1"' in (tmp_path / "ledger.journal").read_bytes()
+    lost = open_db(tmp_path)  # what the disk holds after the power cut: no row for c1
+    lost.execute("DELETE FROM commands WHERE id = 'c1'")
+    lost.close()
+    after = Ledger(open_db(tmp_path))
+    entry = after.get("c1")
+    assert entry is not None and entry.status == "accepted" and entry.document["action"] == "clean"
+    assert not after.begin("c1", "clean", {})
+    assert [e.id for e in after.unfinished()] == ["c1"]  # reported as interrupted, never rerun
+
+
+def test_journal_reads_one_generation_only(tmp_path: Path) -> None:
+    """After a restart at offset 0, an old line that lines up right after the new ones is not read back."""
+    from agent.store import IntentJournal
+
+    journal = IntentJournal(tmp_path / "j")
+    journal.append({"id": "old-1"})
+    journal.append({"id": "old-2"})
+    assert [r["id"] for r in journal.records()] == ["old-1", "old-2"]
+    journal.reset()
+    assert journal.records() == []
+    journal.append({"id": "new-1"})  # same length as old-1: old-2 now follows it exactly
+    assert [r["id"] for r in journal.records()] == ["new-1"]
+    journal.close()
+
+
+def test_no_journal_fsync_when_the_owner_turned_sync_off(tmp_path: Path) -> None:
+    """The fleet simulator runs hundreds of agents with ``synchronous=OFF``: then no journal line either."""
+    db = open_db(tmp_path)
+    ledger = Ledger(db)
+    db.execute("PRAGMA synchronous=OFF")
+    assert ledger.begin("c1", "stop", {})
+    assert b"c1" not in (tmp_path / "ledger.journal").read_bytes()
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 0
