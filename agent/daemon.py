@@ -224,7 +224,10 @@ class Agent:
         from agent.mqtt import presence_topic
 
         body = {"state": state, "agent_version": AGENT_VERSION, "at": round(time.time(), 3)}
-        self.mqtt.publish(presence_topic(self.config.thing_name), json.dumps(body).encode(), 1, retain=True)
+        fut = self.mqtt.publish(
+            presence_topic(self.config.thing_name), json.dumps(body).encode(), 1, retain=True
+        )
+        fut.add_done_callback(self._publish_done)
 
     # --- effects -------------------------------------------------------------------------------------------
     def execute(self, effects: Sequence[Effect]) -> None:
