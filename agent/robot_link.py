@@ -159,15 +159,31 @@ class RobotLink:
             raise HalError(f"setting {key!r} has no robot mapping")
 
 
+Job = tuple[Callable[[], None], Callable[[BaseException | None], None]]
+
+
+def run_jobs(q: Any) -> None:
+    """Run queued ``(fn, done)`` jobs in order until ``None`` arrives; each outcome goes to its ``done``."""
+    while True:
+        item = q.get()
+        if item is None:
+            return
+        fn, done = item
+        try:
+            fn()
+        except Exception as exc:
+            done(exc)
+        else:
+            done(None)
+
+
 class Worker:
     """One thread that runs robot calls in order, reporting each outcome back to the loop."""
 
     def __init__(self) -> None:
         import queue
 
-        self._q: queue.Queue[tuple[Callable[[], None], Callable[[BaseException | None], None]] | None] = (
-            queue.Queue()
-        )
+        self._q: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="agent-robot-worker", daemon=True)
         self._thread.start()
 
@@ -175,17 +191,7 @@ class Worker:
         self._q.put((fn, done))
 
     def _run(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            fn, done = item
-            try:
-                fn()
-            except Exception as exc:
-                done(exc)
-            else:
-                done(None)
+        run_jobs(self._q)
 
     @property
     def alive(self) -> bool:

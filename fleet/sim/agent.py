@@ -18,10 +18,9 @@ from typing import Any
 from agent import config as cfg
 from agent.daemon import Agent
 from agent.model import Event
+from agent.robot_link import Job, run_jobs
 from agent.sdnotify import Notifier
 from fleet.sim.link import SimLink
-
-Job = tuple[Callable[[], None], Callable[[BaseException | None], None]]
 
 
 class WorkerPool:
@@ -38,17 +37,7 @@ class WorkerPool:
 
     @staticmethod
     def _run(q: queue.SimpleQueue[Job | None]) -> None:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            fn, done = item
-            try:
-                fn()
-            except Exception as exc:
-                done(exc)
-            else:
-                done(None)
+        run_jobs(q)
 
     def lane(self, index: int) -> Lane:
         i = index % len(self._queues)

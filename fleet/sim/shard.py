@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import resource
 import signal
 import time
 import zlib
@@ -66,15 +65,9 @@ class ShardSpec:
 
 
 def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
-    if soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft
+    from fleet.up import raise_nofile_limit
+
+    return raise_nofile_limit()
 
 
 def quiet_system_trust_store(spec: ShardSpec) -> None:
