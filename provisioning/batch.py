@@ -48,6 +48,10 @@ class Progress:
     elapsed_s: float
 
 
+class BatchStopped(Exception):
+    """The batch was asked to stop between two identities; rerunning it resumes."""
+
+
 @dataclass(frozen=True)
 class BatchResult:
     total: int
@@ -176,8 +180,13 @@ def run_batch(
     chain: bool = False,
     progress: Callable[[Progress], None] | None = None,
     now: dt.datetime | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> BatchResult:
-    """Make every planned identity under ``out_dir/<thing>/`` and list it once in ``manifest.jsonl``."""
+    """Make every planned identity under ``out_dir/<thing>/`` and list it once in ``manifest.jsonl``.
+
+    ``should_stop`` is asked before each identity; when it says so the batch raises ``BatchStopped`` between
+    two identities, so a signal never lands in the middle of one (the CLI's SIGINT/SIGTERM handlers only set
+    a flag)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock_fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
@@ -188,7 +197,7 @@ def run_batch(
             raise BatchLocked(
                 f"another batch is writing into {out}; wait for it or use another --out"
             ) from None
-        return _run_locked(ca, out, plan, days, root_ca, chain, progress, now)
+        return _run_locked(ca, out, plan, days, root_ca, chain, progress, now, should_stop)
     finally:
         os.close(lock_fd)
 
@@ -202,6 +211,7 @@ def _run_locked(
     chain: bool,
     progress: Callable[[Progress], None] | None,
     now: dt.datetime | None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> BatchResult:
     started = time.monotonic()
     stale = remove_stale_temps(out)
@@ -217,6 +227,8 @@ def _run_locked(
     manifest = _Manifest(manifest_path)
     try:
         for index, item in enumerate(plan, start=1):
+            if should_stop is not None and should_stop():
+                raise BatchStopped(f"stopped after {index - 1} of {len(plan)} identities")
             directory = out / item.thing
             if item.thing in entries and directory.exists():
                 skipped += 1

@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from provisioning.batch import MANIFEST, plan_count, plan_serials, run_batch
+from provisioning.batch import MANIFEST, BatchStopped, plan_count, plan_serials, run_batch
 from provisioning.ca import CertificateAuthority
 from provisioning.errors import BatchLocked, InvalidInput
 
@@ -280,3 +280,24 @@ def test_batch_root_ca_must_be_a_certificate(tmp_path: Path, file_ca: Certificat
     assert not (tmp_path / "o" / "robot-001").exists()
     result = run_cli(*args, "--root-ca", str(file_ca.cert_path))
     assert result.returncode == 0, result.stderr
+
+
+def test_batch_stops_only_between_identities_and_resumes(
+    tmp_path: Path, file_ca: CertificateAuthority
+) -> None:
+    out = tmp_path / "batch"
+    plan = plan_count(8, "robot-")
+    asked = []
+
+    def stop_after_three() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(BatchStopped, match="after 3 of 8"):
+        run_batch(file_ca, out, plan, should_stop=stop_after_three)
+    first = [t.thing for t in plan[:3]]
+    assert [e["thing"] for e in manifest_lines(out)] == first
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("robot-")) == first
+    result = run_batch(file_ca, out, plan)
+    assert (result.created, result.skipped) == (5, 3)
+    assert_complete(out, [t.thing for t in plan], file_ca)
