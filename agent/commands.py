@@ -167,9 +167,10 @@ def parse_command(raw: Any) -> Command | Rejected:
     return Command(raw["id"], raw["action"], args)
 
 
+@cache
 def warm_up() -> None:
     """Build every validator now (the daemon calls it in the background once READY), so the first command
-    does not pay for importing jsonschema."""
+    does not pay for importing jsonschema. Once per process: the fleet simulator has many agents in one."""
     for name in ("desired", "config"):
         for key in load_schema(name).get("properties", {}):
             _section_validator(name, key)

@@ -163,28 +163,21 @@ def init_ca(
         with hsm.session(pkcs11_module, token_label, resolved_pin, rw=True) as sess:
             hsm.generate_ec_key(sess, key_label)
         key = hsm.open_key(ref, resolved_pin)
-        cert = certs.build_ca_certificate(
-            key,
-            common_name=common_name,
-            organization=organization,
-            days=days,
-            path_length=path_length,
-            now=now,
-        )
-        _make_dir(directory)
-        atomic_write(directory / CA_PKCS11, (json.dumps(ref.to_json(), indent=2) + "\n").encode(), 0o644)
+        key_file = (CA_PKCS11, (json.dumps(ref.to_json(), indent=2) + "\n").encode(), 0o644)
     else:
         key = certs.generate_key(key_type)
-        cert = certs.build_ca_certificate(
-            key,
-            common_name=common_name,
-            organization=organization,
-            days=days,
-            path_length=path_length,
-            now=now,
-        )
-        _make_dir(directory)
-        atomic_write(directory / CA_KEY, certs.key_pem(key), 0o600)
+        key_file = (CA_KEY, certs.key_pem(key), 0o600)
+    cert = certs.build_ca_certificate(
+        key,
+        common_name=common_name,
+        organization=organization,
+        days=days,
+        path_length=path_length,
+        now=now,
+    )
+    _make_dir(directory)
+    name, data, mode = key_file
+    atomic_write(directory / name, data, mode)
     atomic_write(directory / CA_CERT, certs.cert_pem(cert), 0o644)
     log.info("ca.init", dir=str(directory), key_type=key_type, in_token=bool(pkcs11_module))
     return CertificateAuthority(directory, cert, key)
