@@ -1,3 +1,5 @@
-"""roomba-agent: agent."""
+"""The robot agent: shadow sync, commands, outbox, health, run by systemd."""
 
-__version__ = "0.1.0"
+from base import __version__
+
+__all__ = ["__version__"]

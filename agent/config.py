@@ -7,7 +7,6 @@ sees every problem at once, one readable line each, instead of fixing them one r
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hal.models import MODELS
+from shadow.names import is_thing_name
 
-THING_NAME_RE = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_STATE_DIR = "/var/lib/roomba-agent"
 
@@ -146,7 +145,7 @@ def _as_bool(value: Any) -> bool | None:
     return None
 
 
-def _as_number(value: Any, kind: type) -> int | float | None:
+def _as_number(value: Any, kind: type[int] | type[float]) -> int | float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -193,7 +192,7 @@ def validate(doc: Mapping[str, Any]) -> tuple[AgentConfig | None, list[str]]:
         return parsed
 
     thing = text("thing_name", doc.get("thing_name"))
-    if thing and not THING_NAME_RE.match(thing):
+    if thing and not is_thing_name(thing):
         problems.append(
             f"thing_name: {thing!r} is not a valid AWS IoT thing name (1-128 of letters, digits, ':', '_', '-')"
         )

@@ -22,7 +22,6 @@ from typing import Any
 from agent import __version__ as AGENT_VERSION
 from agent import config as cfg
 from agent import credentials
-from agent.backoff import Backoff
 from agent.commands import warm_up
 from agent.metrics import Metrics
 from agent.model import Event, MissionTracker, Snapshot, reported_state, telemetry
@@ -38,7 +37,8 @@ from agent.sync import (
     ShadowSync,
     Subscribe,
 )
-from hal.logs import configure, get_logger
+from base.backoff import Backoff
+from base.logs import configure, get_logger
 
 EX_CONFIG = 78  # sysexits: systemd's RestartPreventExitStatus keeps a bad config from restart-looping
 STATUS_FILE = "status.json"

@@ -24,7 +24,8 @@ from typing import Any
 
 from agent import config as cfg
 from agent import credentials
-from agent.status import STALE_AFTER_S, _pid_alive
+from agent.status import STALE_AFTER_S
+from base.process import pid_alive
 
 BUILD_YEAR = 2026
 
@@ -87,7 +88,7 @@ class Doctor:
         status = Path(c.state_dir) / "status.json"
         try:
             doc = json.loads(status.read_text())
-            if time.time() - float(doc.get("written_at", 0)) < STALE_AFTER_S and _pid_alive(doc.get("pid")):
+            if time.time() - float(doc.get("written_at", 0)) < STALE_AFTER_S and pid_alive(doc.get("pid")):
                 self.running = doc
         except (OSError, ValueError):
             pass
@@ -413,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per network/robot stage")
     args = p.parse_args(list(argv) if argv is not None else None)
-    from hal.logs import configure
+    from base.logs import configure
 
     configure("error")
     results = Doctor(args.config, cfg.cli_overrides(args), args.timeout).run()

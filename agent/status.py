@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import config as cfg
+from base.process import pid_alive
 
 STALE_AFTER_S = 15.0
 
@@ -34,22 +35,10 @@ def _state_dir(args: argparse.Namespace) -> str:
     )
 
 
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def assess(doc: dict[str, Any], now: float) -> tuple[str, int]:
     """Pure: (one-line verdict, exit code). 0 running and ready, 1 running but not ready, 3 not running."""
     age = now - float(doc.get("written_at", 0))
-    if age > STALE_AFTER_S or not _pid_alive(doc.get("pid")):
+    if age > STALE_AFTER_S or not pid_alive(doc.get("pid")):
         return f"not running (status file is {age:.0f} s old)", 3
     if not doc.get("ready"):
         waiting = []

@@ -15,11 +15,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent import shadowdoc
-from agent.backoff import Backoff, TokenBucket
 from agent.commands import Command, Rejected, parse_command, validate_sections
 from agent.metrics import Metrics
 from agent.model import diff
+from base.backoff import Backoff, TokenBucket
+from shadow import document as shadowdoc
 
 CONFIG_SHADOW = "config"
 URGENT_KEYS = frozenset({"command", "schedule", "leds", "errors", "mission", "link"})

@@ -38,10 +38,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60.0)
     args = ap.parse_args()
-    from hal.logs import configure
+    from base.logs import configure
 
     configure("error")
-    from fleet.testing import LocalCloud
+    from localcloud.testing import LocalCloud
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-footprint-"))
     notify_path = str(tmp / "notify.sock")

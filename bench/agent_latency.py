@@ -77,7 +77,7 @@ class Operator:
     """
 
     def __init__(self, cloud: Any, thing: str) -> None:
-        from fleet.opclient import OperatorClient
+        from localcloud.opclient import OperatorClient
 
         self.thing = thing
         self.base = f"$aws/things/{thing}/shadow"
@@ -203,10 +203,10 @@ def main() -> int:
     ap.add_argument("--gap-ms", type=float, default=120, help="pause between commands (shadow rate limits)")
     args = ap.parse_args()
     os.environ.setdefault("ROOMBA_LOG_LEVEL", "error")
-    from hal.logs import configure
+    from base.logs import configure
 
     configure("error")
-    from fleet.testing import LocalCloud
+    from localcloud.testing import LocalCloud
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     with LocalCloud.start() as cloud:

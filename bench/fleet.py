@@ -32,13 +32,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from base import logs
+from base.process import raise_nofile_limit
 from fleet import fleetops
-from fleet import mqtt_lite as mq
-from fleet.opclient import OperatorClient
-from fleet.sim.shard import raise_nofile
 from fleet.simulate import auto_stream_period, provision, robot_names
-from fleet.testing import LocalCloud
-from hal import logs
+from localcloud import mqtt_lite as mq
+from localcloud.opclient import OperatorClient
+from localcloud.testing import LocalCloud
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -245,7 +245,7 @@ def main() -> int:
     p.add_argument("--steady-s", type=float, default=10.0, help="seconds of steady state measured after")
     args = p.parse_args()
     logs.configure("warning")
-    raise_nofile()
+    raise_nofile_limit()
     for n in args.robots:
         print(json.dumps(run(n, args)), flush=True)
     return 0

@@ -65,7 +65,7 @@ def main() -> int:
             check=True, capture_output=True,
         )  # fmt: skip
 
-        from hal.logs import configure
+        from base.logs import configure
         from provisioning.batch import plan_count, run_batch
         from provisioning.ca import init_ca
 

@@ -36,11 +36,11 @@ from awsiot import mqtt5_client_builder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleet import mqtt_lite as mq
-from fleet.layout import OPERATOR_IDENTITY
-from fleet.testing import IdentityPaths, LocalCloud
-from fleet.tlsio import TlsConnection
-from hal import logs
+from base import logs
+from localcloud import mqtt_lite as mq
+from localcloud.layout import OPERATOR_IDENTITY
+from localcloud.testing import IdentityPaths, LocalCloud
+from localcloud.tlsio import TlsConnection
 
 QOS0 = mqtt5.QoS.AT_MOST_ONCE
 QOS1 = mqtt5.QoS.AT_LEAST_ONCE
@@ -203,7 +203,7 @@ def measure_throughput(
 def measure_throughput_lean(
     cloud: LocalCloud, robots: int, seconds: float, window: int, cpu_us_per_update: dict[str, float]
 ) -> float:
-    """Many robots on raw TLS sockets speaking MQTT 3.1.1 via ``fleet.mqtt_lite``: a load generator cheap
+    """Many robots on raw TLS sockets speaking MQTT 3.1.1 via ``localcloud.mqtt_lite``: a load generator cheap
     enough that the figure measures the stand-in (broker + shadow service), not the client library."""
     things = [f"bench-{i:03d}" for i in range(robots)]
     conns: dict[socket.socket, tuple[str, TlsConnection, mq.PacketParser]] = {}

@@ -1,1 +1,1 @@
-"""roomba-agent: fleet."""
+"""``roomba-fleet``: the operator's command line (one module per sub-command)."""

@@ -11,10 +11,10 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("fleet.up", "run the local cloud (Mosquitto + shadow service) in the foreground"),
-    "robot": ("fleet.robots", "robot add NAME: issue a robot identity and write its agent config"),
+    "up": ("localcloud.up", "run the local cloud (Mosquitto + shadow service) in the foreground"),
+    "robot": ("fleet.robot", "robot add NAME: issue a robot identity and write its agent config"),
     "shadow": (
-        "fleet.operator",
+        "fleet.shadow",
         "shadow get|update|delete THING|--all|--prefix P: operator access to shadows (JSON)",
     ),
     "watch": (

@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.layout import CloudDir, SettingsError
-from fleet.opclient import CloudNotRunning, OperatorClient
-from hal import logs
+from base import logs
+from localcloud.layout import CloudDir, SettingsError
+from localcloud.opclient import CloudNotRunning, OperatorClient
 
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hal import logs
+from base import logs
 
 BATTERY_BUCKETS = ((0, 10), (10, 20), (20, 50), (50, 80), (80, 101))
 LOW_BATTERY_PCT = 15
@@ -141,9 +141,9 @@ def render(summary: Mapping[str, Any], *, width: int = 100, max_names: int = 8) 
 
 def main(argv: list[str] | None = None) -> int:
     """``roomba-fleet watch --fleet [--once] [--json] [--prefix P]``: the summary, live or once."""
-    from fleet.layout import CloudDir, SettingsError
-    from fleet.opclient import CloudNotRunning, OperatorClient
     from fleet.watch import FleetView, snapshot
+    from localcloud.layout import CloudDir, SettingsError
+    from localcloud.opclient import CloudNotRunning, OperatorClient
 
     p = argparse.ArgumentParser(prog="roomba-fleet watch --fleet", description=__doc__.splitlines()[0])
     p.add_argument("--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)")

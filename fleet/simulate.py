@@ -1,7 +1,7 @@
 """``roomba-fleet simulate --robots N``: a fleet of simulated robots, each driven by the real agent.
 
 Provisions N identities in DIR once (reused on the next run), then starts the robots in spawned shard
-processes (``fleet.sim.shard``): each robot is a ``SimRobot`` wired in memory to ``hal.robot.Robot`` and
+processes (``fleetsim.shard``): each robot is a ``SimRobot`` wired in memory to ``hal.robot.Robot`` and
 the unmodified agent, with its own certificate, shadow, ledger and outbox. Connections ramp up at
 ``--ramp`` per second; ``--faults`` adds seeded weather (link drops, broker restarts, serial noise, stuck
 and flat robots). A status document is kept in ``DIR/run/simulate.json`` (per robot: connected, ready,
@@ -25,10 +25,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fleet.layout import CloudDir, SettingsError
-from fleet.sim.faults import FaultSpec, FaultSpecError, parse_faults
-from fleet.sim.shard import ConnectionOverride, ShardSpec, raise_nofile, shard_main
-from hal import logs
+from base import logs
+from base.process import raise_nofile_limit
+from fleetsim.faults import FaultSpec, FaultSpecError, parse_faults
+from fleetsim.shard import ConnectionOverride, ShardSpec, shard_main
+from localcloud.layout import CloudDir, SettingsError
 
 log = logs.get_logger("fleet.simulate")
 
@@ -61,7 +62,7 @@ def split(things: Sequence[str], per_process: int) -> list[tuple[str, ...]]:
 
 def provision(cloud: CloudDir, names: Sequence[str], *, say: Any = None) -> tuple[int, int]:
     """Identities once (kept in DIR), agent configurations every run (the port may have changed)."""
-    from fleet import cloud as fleet_cloud
+    from localcloud import cloud as fleet_cloud
     from provisioning import device as pdevice
 
     settings = cloud.load_settings()
@@ -131,7 +132,7 @@ def connection_override(path: str) -> ConnectionOverride:
 def restart_broker(cloud: CloudDir) -> str:
     """SIGTERM the local cloud's Mosquitto; ``roomba-fleet up`` restarts it (its supervisor). Returns what
     happened, for the log."""
-    from fleet.up import run_info
+    from localcloud.up import run_info
 
     info = run_info(cloud)
     children = info.get("children") if info else None
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(problem)
             return EXIT_USAGE
     else:
-        from fleet.up import run_info
+        from localcloud.up import run_info
 
         if run_info(cloud) is None:
             say(
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"provisioning failed: {exc}")
         return 1
     say(f"{args.robots} identities ready ({created} new, {reused} reused) in {time.monotonic() - t0:.1f} s")
-    raise_nofile()
+    raise_nofile_limit()
     return run_fleet(args, cloud, names, faults, override, say)
 
 

@@ -16,9 +16,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fleet.layout import CloudDir, SettingsError
-from fleet.opclient import CloudNotRunning, OperatorClient
-from hal import logs
+from base import logs
+from localcloud.layout import CloudDir, SettingsError
+from localcloud.opclient import CloudNotRunning, OperatorClient
 
 PRESENCE = "roomba/+/presence"
 DOCUMENTS = "$aws/things/+/shadow/update/documents"

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from enum import IntFlag
 from typing import Any, TextIO
 
+from base.logs import configure
 from hal import codec
 from hal.errors import HalError, NoResponseError
-from hal.logs import configure
 from hal.models import MODELS, get_model
 from hal.opcodes import OIMode
 from hal.packets import PACKETS

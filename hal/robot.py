@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from base.logs import get_logger
 from hal import codec
 from hal.codec import BatteryLine, CorruptFrame, FirmwareBanner, SensorFrame, StreamEvent, StreamParser
 from hal.errors import HalError, ModeError, NoResponseError, TransportError
-from hal.logs import get_logger
 from hal.models import RobotModel, get_model
 from hal.odometry import DeltaOdometry, EncoderOdometry, Pose
 from hal.opcodes import OPCODES, OIMode

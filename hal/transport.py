@@ -22,8 +22,8 @@ from typing import Any
 
 import serial
 
+from base.logs import get_logger
 from hal.errors import TransportError
-from hal.logs import get_logger
 
 __all__ = ["Backoff", "SerialTransport"]
 

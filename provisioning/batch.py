@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from hal.logs import get_logger
+from base.logs import get_logger
 from provisioning import certs
 from provisioning.ca import CertificateAuthority, read_certificate
 from provisioning.device import DEVICE_CERT, DEVICE_KEY, DEVICE_PKCS11, Identity, create_identity

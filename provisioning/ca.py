@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from hal.logs import get_logger
+from base.logs import get_logger
 from provisioning import certs, hsm
 from provisioning.errors import CaDirMissing, CaExists, InvalidInput, OutputExists
 from provisioning.fsio import atomic_write

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from hal import logs
+from base import logs
 from provisioning import aws, certs, hsm
 from provisioning.batch import BatchStopped, PlannedThing, Progress, plan_count, plan_serials, run_batch
 from provisioning.ca import CA_CERT, init_ca, issue_server_cert, load_ca, read_certificate

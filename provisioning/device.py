@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from hal.logs import get_logger
+from base.logs import get_logger
 from provisioning import certs, hsm
 from provisioning.ca import CertificateAuthority, read_certificate
 from provisioning.errors import InvalidInput, KeyExists, OutputExists

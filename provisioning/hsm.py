@@ -23,7 +23,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from hal.logs import get_logger
+from base.logs import get_logger
 from provisioning.errors import (
     KeyExists,
     PinLocked,

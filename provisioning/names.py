@@ -1,30 +1,24 @@
-"""Thing-name rules, the same ones AWS IoT enforces, checked before anything is signed."""
+"""Thing-name rules for a certificate: AWS IoT's (:mod:`shadow.names`) plus X.509's 64-character CN."""
 
 from __future__ import annotations
 
-import re
-
 from provisioning.errors import ThingNameNotAllowed
+from shadow.names import THING_NAME_MAX, THING_NAME_RE
+from shadow.names import thing_name_problem as aws_thing_name_problem
 
-THING_NAME_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+__all__ = ["CN_MAX", "THING_NAME_RE", "check_thing_name", "thing_name_problem"]
+
 CN_MAX = 64
 
 
 def thing_name_problem(name: str) -> str | None:
-    """Why ``name`` is not a valid AWS IoT thing name, or None when it is."""
-    if not name:
-        return "thing name is empty (AWS IoT needs 1-128 characters of [a-zA-Z0-9:_-])"
-    if len(name) > 128:
-        return f"thing name is {len(name)} characters long; AWS IoT allows at most 128"
-    if len(name) > CN_MAX:
+    """Why ``name`` cannot be a robot's thing name (and so its certificate CN), or None when it can."""
+    if CN_MAX < len(name) <= THING_NAME_MAX:
         return (
             f"thing name is {len(name)} characters long; it must also be the certificate CN, "
             f"which X.509 limits to {CN_MAX}"
         )
-    if not THING_NAME_RE.fullmatch(name):
-        bad = sorted({c for c in name if not re.fullmatch(r"[a-zA-Z0-9:_-]", c)})
-        return f"thing name {name!r} contains {''.join(bad)!r}; AWS IoT allows only [a-zA-Z0-9:_-]"
-    return None
+    return aws_thing_name_problem(name)
 
 
 def check_thing_name(name: str) -> str:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from hal.logs import configure, get_logger
+from base.logs import configure, get_logger
 from hal.sim.robot import MAX_SPEED, QUIRKS
 from hal.sim.server import SimServer, send_control
 

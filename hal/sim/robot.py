@@ -27,7 +27,8 @@ from hal.opcodes import OPCODES, OIMode, Op, data_length
 from hal.packets import PACKETS, members, pack
 from hal.quirks import ANGLE_BUG_FACTOR, Quirks, for_firmware
 from hal.sim.faults import BAUD_CODES, DEFAULT_BAUD, ByteNoise, PacedOutput
-from hal.sim.world import BUTTON_BITS, ROBOT_RADIUS_MM, WHEEL_BASE_MM, ChargingState, Mission, World
+from hal.codec import ChargingState
+from hal.sim.world import BUTTON_BITS, ROBOT_RADIUS_MM, WHEEL_BASE_MM, Mission, World
 
 TICK_S = 0.015
 IDLE_WAKE_S = 0.25

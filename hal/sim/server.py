@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from hal.logs import get_logger
+from base.logs import get_logger
 from hal.sim.robot import CommandReceived, ControlError, ModeChanged, PowerEvent, SimEvent, SimRobot
 from hal.sim.world import World
 

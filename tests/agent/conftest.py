@@ -11,150 +11,16 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 
+from base.testing import wait_until
+from localcloud.testing import PahoOperator
+
 BIN = Path(sys.executable).parent
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Operator:
-    """The fleet side: writes desired, reads shadows, records events and presence."""
-
-    def __init__(self, cloud: Any, thing: str) -> None:
-        ident = cloud.operator()
-        self.thing = thing
-        self.base = f"$aws/things/{thing}/shadow"
-        self.lock = threading.Lock()
-        self.events: list[dict[str, Any]] = []
-        self.presence: list[dict[str, Any]] = []
-        self.responses: dict[str, dict[str, Any]] = {}
-        self.connects = 0
-        self.subscribed = threading.Event()
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"operator-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        self.client.tls_set(ca_certs=str(ident.ca), certfile=str(ident.cert), keyfile=str(ident.key))
-        self.client.reconnect_delay_set(0.05, 0.2)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.connect("127.0.0.1", cloud.port)
-        self.client.loop_start()
-        wait_until(self.subscribed.is_set, 20, "operator subscription")
-
-    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
-        self.subscribed.clear()
-        client.subscribe(
-            [(f"{self.base}/#", 1), (f"roomba/{self.thing}/events", 1), (f"roomba/{self.thing}/presence", 1)]
-        )
-        with self.lock:
-            self.connects += 1
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            doc = json.loads(msg.payload)
-        except ValueError:
-            return
-        with self.lock:
-            if msg.topic.endswith("/events"):
-                self.events.append(doc)
-            elif msg.topic.endswith("/presence"):
-                self.presence.append(doc)
-            elif (
-                isinstance(doc, dict)
-                and str(doc.get("clientToken", "")).startswith("op-")
-                and msg.topic.endswith(("/accepted", "/rejected"))
-            ):
-                self.responses[doc["clientToken"]] = {"topic": msg.topic, **doc}
-
-    def prefix(self, shadow: str | None) -> str:
-        return self.base if shadow is None else f"{self.base}/name/{shadow}"
-
-    def update_desired(self, desired: dict[str, Any], shadow: str | None = None) -> None:
-        token = f"op-{uuid.uuid4().hex[:10]}"
-        body = {"state": {"desired": desired}, "clientToken": token}
-        self.client.publish(f"{self.prefix(shadow)}/update", json.dumps(body), qos=1)
-        wait_until(lambda: token in self.responses, 20, "desired update accepted")
-        assert self.responses[token]["topic"].endswith("/accepted"), self.responses[token]
-
-    def command(self, cmd: dict[str, Any]) -> None:
-        """Replace desired.command the way the fleet must (docs/agent.md): old arguments nulled."""
-        from agent.commands import desired_command_patch
-
-        previous = (self.get().get("desired") or {}).get("command")
-        self.update_desired({"command": desired_command_patch(previous, cmd)})
-
-    def get(self, shadow: str | None = None, timeout: float = 30) -> dict[str, Any]:
-        """Asked again every 2 s: after a broker restart the shadow service needs a moment to come back."""
-        tokens: list[str] = []
-
-        def answered() -> dict[str, Any] | None:
-            for t in tokens:
-                if t in self.responses:
-                    return self.responses[t]
-            if not tokens or time.monotonic() - sent[0] > 2:
-                tokens.append(f"op-{uuid.uuid4().hex[:10]}")
-                sent[0] = time.monotonic()
-                self.client.publish(
-                    f"{self.prefix(shadow)}/get", json.dumps({"clientToken": tokens[-1]}), qos=1
-                )
-            return None
-
-        sent = [0.0]
-        resp = wait_until(answered, timeout, "shadow get")
-        state = resp.get("state") or {}
-        return state if isinstance(state, dict) else {}
-
-    def reported(self, shadow: str | None = None) -> dict[str, Any]:
-        return self.get(shadow).get("reported") or {}
-
-    def wait_reported(
-        self, predicate: Callable[[dict[str, Any]], Any], timeout: float, what: str, shadow: str | None = None
-    ) -> dict[str, Any]:
-        box: dict[str, Any] = {}
-
-        def check() -> bool:
-            box["r"] = self.reported(shadow)
-            return bool(predicate(box["r"]))
-
-        try:
-            wait_until(check, timeout, what, interval=0.2)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; last reported: {json.dumps(box.get('r'))[:1500]}") from None
-        return box["r"]
-
-    def wait_command(
-        self, command_id: str, statuses: tuple[str, ...] = ("done",), timeout: float = 15
-    ) -> dict:
-        rep = self.wait_reported(
-            lambda r: (
-                (r.get("command") or {}).get("id") == command_id and r["command"].get("status") in statuses
-            ),
-            timeout,
-            f"command {command_id}",
-        )
-        return dict(rep["command"])
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 class Sim:
@@ -312,7 +178,7 @@ def agent_config(cloud: Any, thing: str, serial: Path, **intervals: float) -> Pa
 
 @pytest.fixture(scope="module")
 def local_cloud() -> Iterator[Any]:
-    from fleet.testing import LocalCloud
+    from localcloud.testing import LocalCloud
 
     with LocalCloud.start() as cloud:
         yield cloud
@@ -324,7 +190,7 @@ def rig(local_cloud: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Ite
     thing = "e2e-" + request.node.name.split("[")[0].removeprefix("test_")[:40].replace("_", "-")
     sim = Sim(tmp_path)
     config = agent_config(local_cloud, thing, sim.link)
-    operator = Operator(local_cloud, thing)
+    operator = PahoOperator(local_cloud, thing)
     notify = NotifySocket(tmp_path)
     agent = AgentProc(config, tmp_path, env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent import shadowdoc
+from shadow import document as shadowdoc
 
 START = 128
 CLEAN, SPOT, MAX, DOCK, DRIVE, DRIVE_DIRECT, SONG, PLAY, SCHEDULE, SAFE = (

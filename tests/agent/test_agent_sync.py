@@ -1,5 +1,5 @@
 """The sans-I/O shadow sync engine against an in-memory shadow service built on the same pure rules
-(`agent.shadowdoc`) the local cloud uses, with the real SQLite ledger. No network, no clock."""
+(`shadow.document`) the local cloud uses, with the real SQLite ledger. No network, no clock."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from agent import shadowdoc
 from agent.metrics import Metrics
 from agent.store import Ledger, open_db
 from agent.sync import ApplySetting, CommandLog, Notice, Publish, RunCommand, ShadowSync, Subscribe
+from shadow import document as shadowdoc
 
 THING = "robot-1"
 BASE = f"$aws/things/{THING}/shadow"

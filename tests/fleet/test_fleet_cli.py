@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from base.process import pid_alive
 from fleet.cli import main
-from fleet.supervisor import pid_alive
-from fleet.testing import LocalCloud
+from localcloud.testing import LocalCloud
 
 pytestmark = pytest.mark.slow
 
@@ -190,8 +190,8 @@ def test_up_restarts_crashed_children_and_shadows_persist_across_restarts(
 
 
 def test_a_new_port_is_saved_and_robot_configs_follow(tmp_path: Path) -> None:
-    from fleet.cloud import add_robot, prepare
-    from fleet.layout import CloudDir
+    from localcloud.cloud import add_robot, prepare
+    from localcloud.layout import CloudDir
 
     cloud = CloudDir.at(tmp_path / "c")
     assert prepare(cloud, 18001).port == 18001
@@ -303,8 +303,8 @@ def test_children_die_with_a_sigkilled_up_and_the_next_up_starts(
 def test_up_stops_what_a_predecessor_left_and_refuses_a_second_up(
     new_cloud: Callable[..., LocalCloud], tmp_path: Path
 ) -> None:
-    from fleet.layout import CloudDir
-    from fleet.up import clean_up_after_predecessor
+    from localcloud.layout import CloudDir
+    from localcloud.up import clean_up_after_predecessor
 
     cloud = new_cloud()
     cloud_dir = CloudDir.at(tmp_path / "cloud")

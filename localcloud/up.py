@@ -1,0 +1,211 @@
+"""``roomba-fleet up``: the local AWS IoT stand-in in the foreground (Mosquitto + shadow service).
+
+Prepares DIR (CA, certificates, broker configuration) with the provisioning API, starts Mosquitto with a
+raised open-file limit and the shadow service, prints where to connect, supervises both and stops both on
+Ctrl-C / SIGTERM. ``run/up.json`` in DIR tells other commands (and tests) the pids and port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from base import logs
+from base.process import pid_alive, process_cmdline, raise_nofile_limit
+from localcloud import broker, cloud
+from localcloud.layout import CloudDir, SettingsError
+from localcloud.supervisor import Child, Supervisor
+from provisioning.errors import ProvisioningError
+
+log = logs.get_logger("localcloud.up")
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class BrokerLogReady:
+    """Mosquitto is ready once it logs "running" after this start. Reading its log, instead of probing
+    the port, keeps a failed-TLS line per start out of that log. ``mark()`` runs just before each start."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.offset = 0
+
+    def mark(self, _child: Child) -> None:
+        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def __call__(self, _child: Child) -> bool:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.offset)
+                return b" running" in f.read()
+        except FileNotFoundError:
+            return False
+
+
+def _write_run_file(cloud_dir: CloudDir, sup: Supervisor, port: int) -> None:
+    path = cloud_dir.run_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "pid": os.getpid(),
+        "port": port,
+        "children": {c.name: c.proc.pid if c.proc else None for c in sup.children},
+        "restarts": {c.name: c.restarts for c in sup.children},
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info) + "\n")
+    os.replace(tmp, path)
+
+
+def _belongs_to(pid: int, cloud_dir: CloudDir) -> bool:
+    argv = process_cmdline(pid)
+    return str(cloud_dir.broker_conf) in argv or str(cloud_dir.root) in argv
+
+
+def _could_be_up(pid: int) -> bool:
+    argv = process_cmdline(pid)
+    return not argv or any("fleet" in part for part in argv)
+
+
+def clean_up_after_predecessor(cloud_dir: CloudDir) -> str | None:
+    """Deal with what a previous ``up`` on this DIR left: a problem if it still runs, else stop its
+    children (only processes whose command line names this DIR) if any outlived it."""
+    info = run_info(cloud_dir)
+    if not info:
+        return None
+    pid = info.get("pid")
+    if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid) and _could_be_up(pid):
+        return f"a local cloud is already running in {cloud_dir.root} (pid {pid}); stop it first"
+    children = info.get("children")
+    stale = [
+        p
+        for p in (children.values() if isinstance(children, dict) else [])
+        if isinstance(p, int) and pid_alive(p) and _belongs_to(p, cloud_dir)
+    ]
+    for child in stale:
+        log.warning("localcloud.up.stale_child", pid=child)
+        print(f"roomba-fleet up: stopping pid {child} left running by a previous `up`", file=sys.stderr)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while any(pid_alive(p) for p in stale) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for child in stale:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    cloud_dir.run_file.unlink(missing_ok=True)
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="roomba-fleet up", description=__doc__.splitlines()[0])
+    p.add_argument("--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)")
+    p.add_argument("--port", type=int, help="MQTT/TLS port (saved in DIR; default 8883)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure("info")
+    cloud_dir = CloudDir.at(args.dir)
+    try:
+        mosquitto = broker.find_mosquitto()
+    except broker.BrokerMissing as exc:
+        print(f"roomba-fleet up: {exc}", file=sys.stderr)
+        return 1
+    # before prepare(): a running cloud's broker files and robot configs must not change under it
+    problem = clean_up_after_predecessor(cloud_dir)
+    if problem:
+        print(f"roomba-fleet up: {problem}", file=sys.stderr)
+        return 1
+    try:
+        settings = cloud.prepare(cloud_dir, args.port)
+    except (ProvisioningError, SettingsError) as exc:
+        print(f"roomba-fleet up: {exc}", file=sys.stderr)
+        return 1
+    if port_open(settings.endpoint, settings.port):
+        print(
+            f"roomba-fleet up: {settings.endpoint}:{settings.port} is already in use (another local cloud?); "
+            f"stop it or pass --port",
+            file=sys.stderr,
+        )
+        return 1
+    raise_nofile_limit()
+    broker_ready = BrokerLogReady(cloud_dir.broker_log)
+    broker_child = Child(
+        "mosquitto",
+        [mosquitto, "-c", str(cloud_dir.broker_conf)],
+        cloud_dir.logs_dir / "mosquitto.out",
+        ready=broker_ready,
+        before_start=broker_ready.mark,
+    )
+    service_child = Child(
+        "shadow-service",
+        [sys.executable, "-m", "localcloud.shadow_service", "--dir", str(cloud_dir.root)],
+        cloud_dir.service_log,
+        ready=lambda c: c.ready_event.is_set(),
+        stdout_pipe=True,
+    )
+    sup = Supervisor([broker_child, service_child])
+    sup.on_change = lambda: _write_run_file(cloud_dir, sup, settings.port)
+
+    def on_signal(_sig: int, _frame: FrameType | None) -> None:
+        sup.stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    problem = sup.start_all()
+    if problem:
+        sup.stop_all()
+        print(f"roomba-fleet up: {problem}", file=sys.stderr)
+        for path in (broker_child.log_path, cloud_dir.broker_log):
+            if path.exists():
+                for line in path.read_text(errors="replace").strip().splitlines()[-5:]:
+                    print(f"  {line}", file=sys.stderr)
+        return 1
+    _write_run_file(cloud_dir, sup, settings.port)
+    _print_ready(cloud_dir, settings.endpoint, settings.port)
+    try:
+        sup.run()
+    finally:
+        print("roomba-fleet up: stopping", file=sys.stderr, flush=True)
+        sup.stop_all()
+        cloud_dir.run_file.unlink(missing_ok=True)
+    return 0
+
+
+def _print_ready(cloud_dir: CloudDir, endpoint: str, port: int) -> None:
+    d = str(cloud_dir.root)
+    lines = [
+        f"local cloud ready in {d}",
+        f"  endpoint: {endpoint}",
+        f"  port:     {port}",
+        f"  ca:       {cloud_dir.ca_cert}",
+        f"  add a robot:   roomba-fleet robot add NAME --dir {d}",
+        f"  watch robots:  roomba-fleet watch --dir {d}",
+        "  stop:          Ctrl-C",
+        "ready",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def run_info(cloud_dir: CloudDir) -> dict[str, object] | None:
+    """What ``up`` wrote to ``run/up.json`` (None if it is not running)."""
+    try:
+        data = json.loads(Path(cloud_dir.run_file).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,70 @@
+"""Fixtures every package's tests may use. Helpers that are not fixtures ship with the packages
+(:mod:`base.testing`, :mod:`localcloud.testing`, :mod:`hal.testing`) so benches and other projects can use
+them too."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from localcloud.testing import LocalCloud, PahoRobot, tls_refused
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging_config() -> Iterator[None]:
+    """CLI ``main()`` calls configure logging onto capsys's stream; put the previous set-up back so later
+    tests (any package's) never log to a closed capture."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def local_cloud() -> Iterator[LocalCloud]:
+    """A running local cloud shared by the session's tests (use distinct thing names per test)."""
+    with LocalCloud.start() as cloud:
+        yield cloud
+
+
+@pytest.fixture
+def new_cloud(tmp_path: Path) -> Iterator[Callable[..., LocalCloud]]:
+    """Factory for a private cloud in ``tmp_path`` (kept after stop, so it can be started again)."""
+    started: list[LocalCloud] = []
+
+    def start(**settings: Any) -> LocalCloud:
+        cloud = LocalCloud.start(tmp_path / "cloud", **settings)
+        started.append(cloud)
+        return cloud
+
+    yield start
+    for cloud in started:
+        cloud.stop()
+
+
+@pytest.fixture
+def paho_robot() -> Iterator[Callable[..., PahoRobot]]:
+    made: list[PahoRobot] = []
+
+    def make(cloud: LocalCloud, thing: str, **kwargs: Any) -> PahoRobot:
+        robot = PahoRobot(cloud, thing, **kwargs)
+        made.append(robot)
+        return robot
+
+    yield make
+    for robot in made:
+        robot.close()
+
+
+@pytest.fixture(name="tls_refused")
+def tls_refused_fixture() -> Callable[[LocalCloud, Path, Path], str | None]:
+    """``tls_refused(cloud, cert, key)``: why an MQTT/TLS connection with this certificate failed, or None."""
+    return tls_refused
