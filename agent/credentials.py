@@ -167,7 +167,8 @@ def start_isolated_check(
     """Run ``check_files`` in a forked child, so the long-running agent never maps ``cryptography`` (~8 MB
     RSS) and can start its robot link meanwhile; call the returned function to wait for the verdict.
 
-    Must be called before any thread or CRT object exists, where fork is safe (sdk_notes.md §6).
+    Must be called before any thread or CRT object exists: a forked child gets only the calling thread, so
+    a lock another thread (a CRT event loop, the HAL reader) held at the fork stays locked in the child.
     """
     read_fd, write_fd = os.pipe()
     pid = os.fork()

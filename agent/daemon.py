@@ -1,8 +1,10 @@
-"""``roomba-agent run``: the long-running robot agent.
+"""``roomba-agent run``: the long-running robot agent, and the one start-up every agent goes through.
 
 One asyncio loop owns all agent state; the HAL's reader thread, the CRT's threads and the robot worker only
-post to it. The sync rules live in :mod:`agent.sync` (sans-I/O); this module executes their effects,
-keeps the durable outbox flowing, writes the status file, and speaks to systemd.
+post to it. :class:`Agent` is the wiring: it builds the shared parts (store, sync engine, pump, robot side,
+MQTT connection), registers the features (:mod:`agent.features`) and routes robot snapshots and MQTT
+events to them. :class:`Hooks` holds what differs between a process of its own under systemd
+(:func:`run_agent`) and one agent among many in a fleet-simulator process.
 """
 
 from __future__ import annotations
@@ -13,175 +15,284 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
 from agent import __version__ as AGENT_VERSION
 from agent import config as cfg
 from agent import credentials
-from agent.commands import warm_up
+from agent.features import FeatureRegistry, FeatureStartError
+from agent.features.commands import Commands
+from agent.features.events import Events
+from agent.features.health import Health
+from agent.features.reporting import Reporting
+from agent.features.settings import Settings, initial_settings
 from agent.metrics import Metrics
-from agent.model import Event, MissionTracker, Snapshot, reported_state, telemetry
+from agent.model import Snapshot, reported_state
+from agent.mqtt import (
+    Connected,
+    ConnectFailed,
+    Disconnected,
+    Message,
+    MqttClient,
+    MqttConnection,
+    MqttEvent,
+    MqttFactory,
+    set_tcp_nodelay,
+)
+from agent.parts import AgentLog, RobotSide
+from agent.pump import Pump
+from agent.robot_link import FRAMES_PER_READ, RobotLink, RobotWorker, Worker
 from agent.sdnotify import Notifier
 from agent.store import Ledger, Outbox, open_db
-from agent.sync import (
-    ApplySetting,
-    CommandLog,
-    Effect,
-    Notice,
-    Publish,
-    RunCommand,
-    ShadowSync,
-    Subscribe,
-)
+from agent.sync import ShadowSync
 from base.backoff import Backoff
 from base.logs import configure, get_logger
+from hal.robot import Robot
+from shadow.topics import presence_topic
 
 EX_CONFIG = 78  # sysexits: systemd's RestartPreventExitStatus keeps a bad config from restart-looping
-STATUS_FILE = "status.json"
-INLINE_ACTIONS = frozenset({"clean", "spot", "max", "dock", "set_clock"})
 
 
-def write_json_atomic(path: Path, doc: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, separators=(",", ":"))
-    os.replace(tmp, path)
+def serial_robot(config: cfg.AgentConfig) -> Robot:
+    """The HAL robot on the configured serial port (started by :meth:`Agent.run`)."""
+    return Robot(config.serial_port, model=config.model, hold_mode=None, frames_per_read=FRAMES_PER_READ)
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What differs between the agent of ``roomba-agent run`` and an agent in the fleet simulator.
+
+    ``robot`` builds the HAL robot (not started) and ``worker`` the thread(s) for blocking robot calls.
+    ``credential_check`` runs before MQTT starts; its problems stop the agent with EX_CONFIG.
+    ``handle_signals``: SIGTERM/SIGINT stop the agent (a process of its own). ``watchdog``: ping systemd's
+    watchdog while healthy. ``tcp_nodelay``: turn Nagle off on the MQTT socket (one client per process;
+    a process hosting many agents would scan its descriptors on every connect). ``durable``: fsync the
+    store (a simulated robot need not survive a power cut). ``on_stopping`` runs first when the agent
+    stops, while its state is still open.
+    """
+
+    robot: Callable[[], Robot]
+    worker: Callable[[], RobotWorker] = Worker
+    notifier: Notifier = field(default_factory=lambda: Notifier(env={}))
+    mqtt: MqttFactory = MqttClient
+    credential_check: Callable[[], Sequence[credentials.CredentialProblem]] | None = None
+    handle_signals: bool = False
+    watchdog: bool = False
+    tcp_nodelay: bool = False
+    durable: bool = True
+    reconnect_max_ms: int = 120000
+    on_stopping: Callable[[], None] | None = None
 
 
 class Agent:
-    def __init__(
-        self, config: cfg.AgentConfig, notifier: Notifier, *, reconnect_max_ms: int = 120000
-    ) -> None:
+    """The wiring: builds the shared parts, registers the features, routes robot snapshots and MQTT events
+    to them, and runs the one start-up (:meth:`run`). Everything it builds exists from construction on, so a
+    caller may read ``metrics``, ``ready`` or the ``outbox`` before :meth:`run` and while it runs (the store
+    closes when it returns)."""
+
+    def __init__(self, config: cfg.AgentConfig, hooks: Hooks) -> None:
         self.config = config
-        self.notifier = notifier
-        self.reconnect_max_ms = reconnect_max_ms
-        self.log = get_logger("agent", thing=config.thing_name)
+        self.hooks = hooks
+        self.notifier = hooks.notifier
+        self.loop = asyncio.get_running_loop()
+        self.log = AgentLog(config.thing_name)
         self.metrics = Metrics()
+        self.started = time.monotonic()
+        self.stopping = asyncio.Event()
+        self._closed = False
+        self._restart: asyncio.Task[None] | None = None
+
         self.db = open_db(config.state_dir)
+        if not hooks.durable:
+            # no fsync: commits stay atomic and survive a crash of this process, not a power cut
+            self.db.execute("PRAGMA synchronous=OFF")
         self.ledger = Ledger(self.db)
         self.outbox = Outbox(self.db, config.thing_name, config.outbox_max_events)
-        iv = config.intervals
-        self.settings: dict[str, Any] = {
-            "report_min_s": iv.report_min_s,
-            "heartbeat_s": iv.heartbeat_s,
-            "telemetry_s": iv.telemetry_s,
-            "metrics_s": iv.metrics_s,
-            "log_level": config.log_level,
-        }
+        settings = initial_settings(config)
         self.sync = ShadowSync(
             config.thing_name,
             self.ledger,
             self.metrics,
-            report_min_s=iv.report_min_s,
-            heartbeat_s=iv.heartbeat_s,
+            report_min_s=config.intervals.report_min_s,
+            heartbeat_s=config.intervals.heartbeat_s,
             rate_per_s=config.shadow_rate_per_s,
             qos=0 if config.local else 1,
-            settings=self.settings,
+            settings=settings,
         )
-        self.tracker = MissionTracker()
-        self.snapshot: Snapshot | None = None
-        self.started = time.monotonic()
-        self.ready = False
-        self.stopping = asyncio.Event()
-        self._wake: asyncio.TimerHandle | None = None
-        self._outbox_busy = False
-        self._outbox_retry = Backoff(base_s=0.5, cap_s=30.0)
-        self._drive_timer: asyncio.TimerHandle | None = None
-        self._driving: str | None = None
-        self._commands_running = 0
-        self._message_at = 0.0
-        self._status_text = ""
-        self._wheels_must_stop = False
-        self.loop = asyncio.get_running_loop()
-        self.mqtt: Any = None
-        self.robot_link: Any = None
-        self.worker: Any = None
-        # run_agent (one client per process) turns Nagle off on the MQTT socket; a process hosting many
-        # agents (the fleet simulator) leaves it, as scanning its descriptors on every connect would cost
-        self.tcp_nodelay = False
-
-    # --- start-up ------------------------------------------------------------------------------------------
-    def recover_ledger(self) -> None:
-        for entry in self.ledger.unfinished():
-            reason = "agent restarted before the command finished; not retried"
-            self.ledger.finish(entry.id, "failed", reason)
-            self.log.warning("command.interrupted", command_id=entry.id, action=entry.action)
-            if entry.action == "drive":
-                # the robot may still be driving on the last Drive it got: stop it once the link is up
-                self._wheels_must_stop = True
-        self.ledger.commit()
-
-    def start_robot(self) -> None:
-        from agent.robot_link import FRAMES_PER_READ, RobotLink, Worker
-        from hal.robot import Robot
-
-        robot = Robot(
-            self.config.serial_port, model=self.config.model, hold_mode=None, frames_per_read=FRAMES_PER_READ
+        link = RobotLink(hooks.robot(), self._post_snapshot, sample_s=min(1.0, self.sync.report_min_s))
+        self.robot = RobotSide(link, hooks.worker())
+        self.mqtt: MqttConnection = hooks.mqtt(
+            config, self.loop, self.on_mqtt_event, reconnect_max_ms=hooks.reconnect_max_ms
         )
-        self.robot_link = RobotLink(robot, self._post_snapshot, sample_s=min(1.0, self.sync.report_min_s))
-        self.worker = Worker()
-        robot.start()
-
-    def start_mqtt(self) -> None:
-        from agent.mqtt import MqttClient
-
-        self.mqtt = MqttClient(
-            self.config, self.loop, self.on_mqtt_event, reconnect_max_ms=self.reconnect_max_ms
+        self.pump = Pump(
+            self.sync, self.mqtt, self.metrics, self.log, self.loop, subscribe_qos=0 if config.local else 1
         )
+
+        # the features, in start order (they stop in reverse)
+        self.features = FeatureRegistry(self.log)
+        self.events = self.features.add(
+            Events(
+                thing=config.thing_name,
+                outbox=self.outbox,
+                mqtt=self.mqtt,
+                loop=self.loop,
+                metrics=self.metrics,
+                log=self.log,
+            )
+        )
+        self.commands = self.features.add(
+            Commands(
+                robot=self.robot,
+                sync=self.sync,
+                ledger=self.ledger,
+                pump=self.pump,
+                events=self.events,
+                loop=self.loop,
+                metrics=self.metrics,
+                log=self.log,
+            )
+        )
+        self.settings = self.features.add(
+            Settings(
+                values=settings,
+                robot=self.robot,
+                sync=self.sync,
+                pump=self.pump,
+                log=self.log,
+                loop=self.loop,
+            )
+        )
+        self.health = self.features.add(
+            Health(
+                config=config,
+                notifier=self.notifier,
+                robot=self.robot,
+                mqtt=self.mqtt,
+                sync=self.sync,
+                pump=self.pump,
+                watchdog=hooks.watchdog,
+                started=self.started,
+                metrics=self.metrics,
+                log=self.log,
+            )
+        )
+        self.reporting = self.features.add(
+            Reporting(
+                config=config,
+                robot=self.robot,
+                mqtt=self.mqtt,
+                sync=self.sync,
+                outbox=self.outbox,
+                health=self.health,
+                settings=settings,
+                started=self.started,
+                metrics=self.metrics,
+                log=self.log,
+            )
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.health.ready
+
+    # --- the one start-up ------------------------------------------------------------------------------
+    async def run(self) -> int:
+        """Open the robot link, check credentials, start the features and MQTT, run until :attr:`stopping`
+        is set, then stop everything in reverse. Returns the process exit code."""
+        hooks = self.hooks
+        if hooks.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.loop.add_signal_handler(sig, self.stopping.set)
+        self.notifier.status("starting: opening the serial link and checking credentials")
+        self.robot.link.robot.start()
+        if hooks.credential_check is not None:
+            problems = await self.loop.run_in_executor(None, hooks.credential_check)
+            if problems:
+                await self._close()
+                return refuse(self.log, self.notifier, problems)
+        try:
+            await self.features.start_all()
+        except FeatureStartError as exc:
+            print(f"roomba-agent: {exc}", file=sys.stderr)
+            self.notifier.status(str(exc)[:200])
+            await self._close()
+            return 1
         self.metrics.inc("connection_attempts")
         self.mqtt.start()
+        self.health.check_ready()
+        self.pump.pump()
+        await self.stopping.wait()
+        await self.shutdown()
+        return 0
 
-    # --- robot side ----------------------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        if self.hooks.on_stopping is not None:
+            self.hooks.on_stopping()
+        self.notifier.stopping("stopping: disconnecting")
+        self.log.info("agent.stopping")
+        await self.features.stop_all()
+        if self._restart is not None:
+            self._restart.cancel()
+        goodbye = json.dumps({"state": "offline", "reason": "agent stopped", "at": round(time.time(), 3)})
+        await self.mqtt.stop((presence_topic(self.config.thing_name), goodbye.encode()))
+        await self._close(final_status=True)
+        self.log.info("agent.stopped")
+
+    async def _close(self, *, final_status: bool = False) -> None:
+        """Release the robot and the store: after this no callback touches agent state."""
+        self._closed = True
+        self.pump.stop()
+        self.robot.worker.close()
+        await asyncio.to_thread(self.robot.link.robot.close)
+        if final_status:
+            try:
+                self.reporting.write_status()
+            except OSError:
+                pass
+        self.ledger.commit()
+        self.ledger.close()
+        self.db.close()
+
+    # --- robot side -------------------------------------------------------------------------------------
     def _post_snapshot(self, snap: Snapshot) -> None:
         try:
             self.loop.call_soon_threadsafe(self.on_snapshot, snap)
         except RuntimeError:
-            pass
+            pass  # loop already closed during shutdown
 
     def on_snapshot(self, snap: Snapshot) -> None:
-        self.snapshot = snap
+        if self._closed:
+            return
+        robot = self.robot
+        robot.snapshot = snap
         self.metrics.set("serial_frames", snap.frames)
         self.metrics.set("serial_checksum_errors", snap.checksum_errors)
         self.metrics.set("serial_link", "up" if snap.link_up else "down")
-        for event in self.tracker.on_snapshot(snap):
-            self.emit(event)
-        self.sync.set_robot_state(reported_state(snap, self.tracker.state, AGENT_VERSION))
-        if snap.link_up and self._wheels_must_stop and self._driving is None:
-            self.stop_wheels_if_needed()
-        self.check_ready()
-        self.pump()
+        for event in robot.tracker.on_snapshot(snap):
+            self.events.emit(event)
+        self.sync.set_robot_state(reported_state(snap, robot.tracker.state, AGENT_VERSION))
+        self.commands.on_snapshot(snap)
+        self.health.check_ready()
+        self.pump.pump()
 
-    def emit(self, event: Event) -> None:
-        queued = self.outbox.put(event.kind, {"at": round(time.time(), 3), **event.data})
-        self.metrics.inc(f"events_{event.kind}")
-        self.log.info("event.queued", kind=event.kind, event_id=queued.event_id)
-        self.metrics.set("outbox_depth", self.outbox.depth())
-        self.pump_outbox()
-
-    # --- mqtt side -----------------------------------------------------------------------------------------
-    def on_mqtt_event(self, event: Any) -> None:
-        from agent.mqtt import Connected, ConnectFailed, Disconnected, Message
-
+    # --- mqtt side --------------------------------------------------------------------------------------
+    def on_mqtt_event(self, event: MqttEvent) -> None:
+        if self._closed:
+            return
         now = time.monotonic()
         if isinstance(event, Message):
-            self._message_at = time.perf_counter()
-            self.metrics.inc("messages_received")
-            self.execute(self.sync.on_message(event.topic, event.payload, now))
+            self.pump.on_message(event.topic, event.payload, now)
         elif isinstance(event, Connected):
             self.metrics.inc("connections")
-            if self.tcp_nodelay:
-                from agent.mqtt import set_tcp_nodelay
-
+            if self.hooks.tcp_nodelay:
                 self.metrics.set("tcp_nodelay_sockets", set_tcp_nodelay(self.config.port))
             self.log.info("mqtt.connected", session_present=event.session_present)
             self.publish_presence("online")
-            self.execute(self.sync.on_connected(event.session_present, now))
-            self.check_ready()
-            self.pump_outbox()
+            self.pump.execute(self.sync.on_connected(event.session_present, now))
+            self.health.check_ready()
+            self.events.send()
         elif isinstance(event, Disconnected):
             self.metrics.inc("disconnects")
             self.metrics.inc(f"disconnect_reason_{event.reason}")
@@ -198,7 +309,7 @@ class Agent:
             log("mqtt.connect.failed", reason=event.reason)
             if event.fatal:
                 self.on_fatal(event.reason)
-        self.pump()
+        self.pump.pump()
 
     def on_fatal(self, reason: str) -> None:
         """Not authorized or session taken over: the CRT would retry hot; stop and come back much later."""
@@ -210,374 +321,26 @@ class Agent:
             hint="another device uses this thing name, or the policy denies it: roomba-agent doctor",
         )
         self.notifier.status(f"MQTT refused ({reason}); retrying in {round(delay)} s")
-        mqtt = self.mqtt
 
         async def restart() -> None:
-            await mqtt.stop(timeout=5)
+            await self.mqtt.stop(timeout=5)
             await asyncio.sleep(delay)
             if not self.stopping.is_set():
-                self.start_mqtt()
+                self.metrics.inc("connection_attempts")
+                self.mqtt.start()
 
-        self.loop.create_task(restart())
+        if self._restart is None or self._restart.done():
+            self._restart = self.loop.create_task(restart())
 
     def publish_presence(self, state: str) -> None:
-        from agent.mqtt import presence_topic
-
         body = {"state": state, "agent_version": AGENT_VERSION, "at": round(time.time(), 3)}
         fut = self.mqtt.publish(
             presence_topic(self.config.thing_name), json.dumps(body).encode(), 1, retain=True
         )
-        fut.add_done_callback(self._publish_done)
-
-    # --- effects -------------------------------------------------------------------------------------------
-    def execute(self, effects: Sequence[Effect]) -> None:
-        for eff in effects:
-            if isinstance(eff, Publish):
-                if self.mqtt is not None and self.mqtt.connected:
-                    self.metrics.inc("publishes")
-                    fut = self.mqtt.publish(eff.topic, eff.payload, eff.qos)
-                    fut.add_done_callback(self._publish_done)
-            elif isinstance(eff, Subscribe):
-                qos = 0 if self.config.local else 1
-                for fut in self.mqtt.subscribe(eff.topics, qos):
-                    fut.add_done_callback(self._publish_done)
-            elif isinstance(eff, RunCommand):
-                self.run_command(eff)
-            elif isinstance(eff, ApplySetting):
-                self.apply_setting(eff)
-            elif isinstance(eff, CommandLog):
-                log = self.log.info if eff.status in ("accepted", "done") else self.log.warning
-                log(
-                    "command",
-                    command_id=eff.command_id,
-                    action=eff.action,
-                    status=eff.status,
-                    reason=eff.reason,
-                )
-            elif isinstance(eff, Notice):
-                self.log.warning(eff.event, **dict(eff.fields))
-
-    def _publish_done(self, fut: asyncio.Future[Any]) -> None:
-        """A failed publish, or a QoS 1 PUBACK with a failure reason (0x87 not authorized: the policy denies
-        the topic), is counted and logged once per reason; the request's own timeout retries it."""
-        from agent.mqtt import puback_ok
-
-        if fut.cancelled() or fut.exception() is not None:
-            self.metrics.inc("publish_failures")
-            return
-        ok, why = puback_ok(fut.result())
-        if not ok:
-            self.metrics.inc("publish_failures")
-            self.metrics.inc(f"publish_rejected_{why}")
-            if self.metrics.counters[f"publish_rejected_{why}"] == 1:
-                self.log.warning(
-                    "mqtt.publish.rejected", reason=why, hint="check the IoT policy: roomba-agent doctor"
-                )
-
-    def run_command(self, eff: RunCommand) -> None:
-        cmd = eff.command
-        if self._driving is not None and self._drive_timer is not None:
-            # any new command supersedes a manual drive: stop the wheels first (same worker queue, in order)
-            self._drive_timer.cancel()
-            self._finish_drive(self._driving, "superseded by command " + cmd.id)
-        if self.robot_link is None or not self.robot_link.link_up:
-            self.finish_command(cmd.id, "failed", "serial link to the robot is down")
-            return
-
-        def done(exc: BaseException | None) -> None:
-            self.loop.call_soon_threadsafe(self._command_ran, cmd, exc)
-
-        if cmd.action in INLINE_ACTIONS:
-            # one short serial write: run it right here, no thread hop (this is the latency path)
-            try:
-                self.robot_link.run(cmd)
-                self.metrics.observe("command_to_oi", time.perf_counter() - self._message_at)
-            except Exception as exc:
-                self._commands_running += 1
-                self._command_ran(cmd, exc)
-                return
-            self._commands_running += 1
-            self._command_ran(cmd, None)
-            return
-        self._commands_running += 1
-        self.worker.submit(lambda: self.robot_link.run(cmd), done)
-
-    def _command_ran(self, cmd: Any, exc: BaseException | None) -> None:
-        self._commands_running -= 1
-        if exc is not None:
-            self.finish_command(cmd.id, "failed", str(exc))
-            return
-        if cmd.action == "drive":
-            self._driving = cmd.id
-            self.sync.command_progress(cmd.id, "accepted")
-            self._drive_timer = self.loop.call_later(
-                cmd.args["duration_ms"] / 1000.0, self._finish_drive, cmd.id, None
-            )
-            self.pump()
-            self.ledger.commit()
-        else:
-            self.finish_command(cmd.id, "done", None)
-        # events (each a durable outbox row) only for what the robot was told, and after the answer
-        for event in self.tracker.on_command(cmd.action):
-            self.emit(event)
-
-    def _finish_drive(self, command_id: str, reason: str | None) -> None:
-        self._driving = None
-        self._drive_timer = None
-        self.tracker.on_drive_finished()
-
-        def done(exc: BaseException | None) -> None:
-            status = "failed" if exc is not None else "done"
-            why = (
-                f"the dead-man stop could not be sent ({exc}); retried when the link returns"
-                if exc
-                else reason
-            )
-            if exc is not None:
-                self._wheels_must_stop = True
-            self.loop.call_soon_threadsafe(self.finish_command, command_id, status, why)
-
-        self.worker.submit(self.robot_link.end_drive, done)
-
-    def stop_wheels_if_needed(self) -> None:
-        """A drive whose stop never reached the robot (link cut, agent killed): stop it as soon as we can."""
-        if not self._wheels_must_stop or self.robot_link is None or not self.robot_link.link_up:
-            return
-        self._wheels_must_stop = False
-
-        def done(exc: BaseException | None) -> None:
-            if exc is not None:
-                self._wheels_must_stop = True
-            else:
-                self.log.info("drive.stopped_after_interruption")
-
-        self.worker.submit(self.robot_link.end_drive, done)
-
-    def finish_command(self, command_id: str, status: str, reason: str | None) -> None:
-        """Answer first, then log it and make the outcome durable: the answer waits for neither."""
-        effects = self.sync.command_finished(command_id, status, reason)
-        self.pump()
-        self.execute(effects)
-        self.ledger.commit()
-
-    def apply_setting(self, eff: ApplySetting) -> None:
-        if eff.shadow is not None:
-            self.apply_agent_setting(eff.key, eff.value)
-            self.sync.setting_result(eff.shadow, eff.key, eff.value, None)
-            return
-        if self.robot_link is None or not self.robot_link.link_up:
-            self.sync.setting_result(None, eff.key, eff.value, "serial link to the robot is down; will retry")
-            return
-
-        def done(exc: BaseException | None) -> None:
-            def back() -> None:
-                self.sync.setting_result(None, eff.key, eff.value, str(exc) if exc else None)
-                self.log.info(
-                    "setting.applied" if exc is None else "setting.failed",
-                    key=eff.key,
-                    error=str(exc) if exc else None,
-                )
-                self.pump()
-
-            self.loop.call_soon_threadsafe(back)
-
-        self.worker.submit(lambda: self.robot_link.apply(eff.key, eff.value), done)
-
-    def apply_agent_setting(self, key: str, value: Any) -> None:
-        self.settings[key] = value
-        if key == "report_min_s":
-            self.sync.report_min_s = float(value)
-            if self.robot_link is not None:
-                self.robot_link.sample_s = min(1.0, float(value))
-        elif key == "heartbeat_s":
-            self.sync.heartbeat_s = float(value)
-        elif key == "log_level":
-            configure(str(value))
-            self.log = get_logger("agent", thing=self.config.thing_name)
-        self.log.info("config.applied", key=key, value=value)
-
-    # --- the pump: flush the sync engine, schedule the next wake-up ------------------------------------
-    def pump(self) -> None:
-        """Publish what the sync engine allows now. While a command's OI bytes are being written, wait:
-        its ``done`` then goes out in the same update as ``accepted`` would have (one request, not two)."""
-        now = time.monotonic()
-        if self._commands_running == 0:
-            self.execute(self.sync.flush(now))
-        if self._wake is not None:
-            self._wake.cancel()
-        self._wake = self.loop.call_later(max(0.01, self.sync.next_wakeup(now)), self.pump)
-
-    def pump_outbox(self) -> None:
-        """Send the oldest event, wait for its PUBACK, delete it, repeat: in order, at least once."""
-        if self._outbox_busy or self.mqtt is None or not self.mqtt.connected:
-            return
-        head = self.outbox.head()
-        if head is None:
-            self.metrics.set("outbox_depth", 0)
-            return
-        self._outbox_busy = True
-        fut = self.mqtt.publish(f"roomba/{self.config.thing_name}/events", head.to_json(), 1)
-
-        def done(f: asyncio.Future[Any]) -> None:
-            from agent.mqtt import puback_ok
-
-            self._outbox_busy = False
-            ok, why = (False, "error") if f.cancelled() or f.exception() else puback_ok(f.result())
-            if ok:
-                self.outbox.ack(head.seq)
-                self.metrics.inc("events_delivered")
-                self._outbox_retry.reset()
-                self.metrics.set("outbox_depth", self.outbox.depth())
-                self.pump_outbox()
-            else:
-                self.metrics.inc(f"events_publish_failed_{why}")
-                delay = self._outbox_retry.next_delay()
-                if self._outbox_retry.attempt == 1:
-                    self.log.warning(
-                        "events.publish.failed",
-                        reason=why,
-                        event_id=head.event_id,
-                        retry_in_s=round(delay, 1),
-                        hint="PUBACK not_authorized: the IoT policy must allow roomba/<thing>/events",
-                    )
-                self.loop.call_later(delay, self.pump_outbox)
-
-        fut.add_done_callback(done)
-
-    # --- periodic tasks ------------------------------------------------------------------------------------
-    def check_ready(self) -> None:
-        waiting = []
-        if self.robot_link is None or not self.robot_link.link_up or self.snapshot is None:
-            waiting.append("the serial link to the robot")
-        if self.mqtt is None or not self.mqtt.connected:
-            waiting.append(f"MQTT connection to {self.config.endpoint}:{self.config.port}")
-        if not waiting and not self.ready:
-            self.ready = True
-            ready_s = time.monotonic() - self.started
-            self.metrics.set("ready_s", round(ready_s, 3))
-            self.log.info("agent.ready", seconds=round(ready_s, 3))
-            self._status_text = f"connected to {self.config.endpoint}, robot link up"
-            self.notifier.ready(self._status_text)
-            threading.Thread(target=warm_up, name="agent-warm-up", daemon=True).start()
-        elif waiting:
-            self.set_status("waiting for " + " and ".join(waiting))
-        elif self.ready:
-            self.set_status(f"connected to {self.config.endpoint}, robot link up")
-
-    def set_status(self, text: str) -> None:
-        """systemd's STATUS=, sent only when it changes."""
-        if text != self._status_text:
-            self._status_text = text
-            self.notifier.status(text)
-
-    def healthy(self) -> tuple[bool, str]:
-        """Watchdog health: the loop runs (we are here), the worker and the HAL reader are alive, and the
-        MQTT client is not wedged (a stuck shadow request while connected means a silent client)."""
-        if self.worker is not None and not self.worker.alive:
-            return False, "robot worker thread died"
-        robot = self.robot_link.robot if self.robot_link is not None else None
-        thread = getattr(robot, "_thread", None)
-        if robot is not None and (thread is None or not thread.is_alive()):
-            return False, "HAL reader thread died"
-        if self.sync.get_timeouts >= 3 and self.mqtt is not None and self.mqtt.connected:
-            return False, "MQTT client connected but shadow requests time out"
-        return True, "ok"
-
-    async def watchdog_task(self) -> None:
-        interval = (self.notifier.watchdog_s or 10.0) / 2
-        while not self.stopping.is_set():
-            ok, why = self.healthy()
-            if ok:
-                self.notifier.watchdog()
-            else:
-                self.log.error("agent.unhealthy", reason=why)
-                self.notifier.status(f"unhealthy: {why}")
-            await asyncio.sleep(interval)
-
-    async def periodic(self, name: str, interval: Any, fn: Any) -> None:
-        while not self.stopping.is_set():
-            try:
-                await asyncio.wait_for(self.stopping.wait(), float(interval()))
-            except TimeoutError:
-                try:
-                    fn()
-                except Exception:
-                    self.log.exception("agent.periodic.failed", task=name)
-
-    def health_probe(self) -> None:
-        self.execute(self.sync.probe(time.monotonic()))
-        self.pump()
-
-    def send_telemetry(self) -> None:
-        if self.snapshot is not None and self.mqtt is not None and self.mqtt.connected:
-            body = {"at": round(time.time(), 3), "mission": self.tracker.state, **telemetry(self.snapshot)}
-            self.mqtt.publish(f"roomba/{self.config.thing_name}/telemetry", json.dumps(body).encode(), 0)
-            self.metrics.inc("telemetry_sent")
-
-    def status_doc(self) -> dict[str, Any]:
-        snap = self.snapshot
-        self.metrics.set("outbox_depth", self.outbox.depth())
-        self.metrics.set("outbox_dropped", self.outbox.dropped())
-        if self.mqtt is not None:
-            self.metrics.set("mqtt_pending_operations", self.mqtt.pending_operations())
-        return {
-            "thing_name": self.config.thing_name,
-            "pid": os.getpid(),
-            "agent_version": AGENT_VERSION,
-            "written_at": round(time.time(), 3),
-            "uptime_s": round(time.monotonic() - self.started, 1),
-            "ready": self.ready,
-            "mqtt": {
-                "endpoint": f"{self.config.endpoint}:{self.config.port}",
-                "connected": bool(self.mqtt and self.mqtt.connected),
-            },
-            "robot": {
-                "port": self.config.serial_port,
-                "link_up": bool(snap and snap.link_up),
-                "mission": self.tracker.state,
-                "reported": reported_state(snap, self.tracker.state, AGENT_VERSION) if snap else None,
-            },
-            "last_command": self.sync.classic.current.get("command"),
-            "errors": self.sync.classic.current.get("errors"),
-            "settings": self.settings,
-            "metrics": self.metrics.snapshot(),
-        }
-
-    def write_status(self) -> None:
-        write_json_atomic(Path(self.config.state_dir) / STATUS_FILE, self.status_doc())
-
-    def send_metrics(self) -> None:
-        if self.mqtt is not None and self.mqtt.connected:
-            body = {"at": round(time.time(), 3), **self.status_doc()["metrics"]}
-            self.mqtt.publish(f"roomba/{self.config.thing_name}/metrics", json.dumps(body).encode(), 0)
-
-    # --- shutdown ------------------------------------------------------------------------------------------
-    async def shutdown(self) -> None:
-        self.notifier.stopping("stopping: disconnecting")
-        self.log.info("agent.stopping")
-        if self._drive_timer is not None and self._driving is not None:
-            self._drive_timer.cancel()
-            self._finish_drive(self._driving, "agent stopping")
-            await asyncio.sleep(0.05)
-        if self.mqtt is not None:
-            from agent.mqtt import presence_topic
-
-            goodbye = json.dumps({"state": "offline", "reason": "agent stopped", "at": round(time.time(), 3)})
-            await self.mqtt.stop((presence_topic(self.config.thing_name), goodbye.encode()))
-        if self.worker is not None:
-            self.worker.close()
-        if self.robot_link is not None:
-            await asyncio.to_thread(self.robot_link.robot.close)
-        try:
-            self.write_status()
-        except OSError:
-            pass
-        self.ledger.commit()
-        self.ledger.close()
-        self.db.close()
+        fut.add_done_callback(self.pump.publish_done)
 
 
-def refuse(log: Any, notifier: Notifier, problems: Sequence[credentials.CredentialProblem]) -> int:
+def refuse(log: AgentLog, notifier: Notifier, problems: Sequence[credentials.CredentialProblem]) -> int:
     for p in problems:
         log.error("credentials.refused", code=p.code, reason=p.message, hint=p.hint)
         print(f"roomba-agent: refusing to connect: {p.message}\n  fix: {p.hint}", file=sys.stderr)
@@ -589,44 +352,19 @@ async def run_agent(
     config: cfg.AgentConfig,
     notifier: Notifier,
     reconnect_max_ms: int = 120000,
-    credential_check: Callable[[], list[credentials.CredentialProblem]] | None = None,
+    credential_check: Callable[[], Sequence[credentials.CredentialProblem]] | None = None,
 ) -> int:
-    agent = Agent(config, notifier, reconnect_max_ms=reconnect_max_ms)
-    agent.tcp_nodelay = True
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, agent.stopping.set)
-    agent.recover_ledger()
-    notifier.status("starting: opening the serial link and checking credentials")
-    agent.start_robot()
-    if credential_check is not None:
-        problems = await loop.run_in_executor(None, credential_check)
-        if problems:
-            await asyncio.to_thread(agent.robot_link.robot.close)
-            agent.worker.close()
-            agent.db.close()
-            return refuse(agent.log, notifier, problems)
-    agent.start_mqtt()
-    agent.check_ready()
-    agent.pump()
-    tasks = [
-        loop.create_task(agent.watchdog_task()),
-        loop.create_task(agent.periodic("status", lambda: config.intervals.status_s, agent.write_status)),
-        loop.create_task(
-            agent.periodic("telemetry", lambda: agent.settings["telemetry_s"], agent.send_telemetry)
-        ),
-        loop.create_task(agent.periodic("metrics", lambda: agent.settings["metrics_s"], agent.send_metrics)),
-        loop.create_task(
-            agent.periodic("probe", lambda: config.intervals.health_probe_s, agent.health_probe)
-        ),
-    ]
-    agent.write_status()
-    await agent.stopping.wait()
-    for task in tasks:
-        task.cancel()
-    await agent.shutdown()
-    agent.log.info("agent.stopped")
-    return 0
+    """``roomba-agent run``'s agent: a process of its own, under systemd."""
+    hooks = Hooks(
+        robot=lambda: serial_robot(config),
+        notifier=notifier,
+        credential_check=credential_check,
+        handle_signals=True,
+        watchdog=True,
+        tcp_nodelay=True,
+        reconnect_max_ms=reconnect_max_ms,
+    )
+    return await Agent(config, hooks).run()
 
 
 def build_parser() -> argparse.ArgumentParser:

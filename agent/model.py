@@ -12,22 +12,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# OI packet ids (oi_packets.tsv); the HAL keys sensors by name, hal_adapter maps them to these ids
-P_BUMPS_DROPS = 7
-P_CLIFFS = (9, 10, 11, 12)
-P_OVERCURRENTS = 14
-P_CHARGING_STATE = 21
-P_VOLTAGE = 22
-P_CURRENT = 23
-P_TEMPERATURE = 24
-P_CHARGE = 25
-P_CAPACITY = 26
-P_SOURCES = 34
-P_OI_MODE = 35
-P_MAIN_BRUSH_CURRENT = 56
-P_STASIS = 58
+from hal.opcodes import OIMode
+from hal.packets import KEY_TO_ID
 
-OI_MODES = {0: "off", 1: "passive", 2: "safe", 3: "full"}
+# Snapshot sensors are keyed by OI packet id; ids and names come from the HAL's packet table
+P_BUMPS_DROPS = KEY_TO_ID["bumps_wheel_drops"]
+P_CLIFFS = tuple(KEY_TO_ID[k] for k in ("cliff_left", "cliff_front_left", "cliff_front_right", "cliff_right"))
+P_OVERCURRENTS = KEY_TO_ID["wheel_overcurrents"]
+P_CHARGING_STATE = KEY_TO_ID["charging_state"]
+P_VOLTAGE = KEY_TO_ID["voltage"]
+P_CURRENT = KEY_TO_ID["current"]
+P_TEMPERATURE = KEY_TO_ID["temperature"]
+P_CHARGE = KEY_TO_ID["battery_charge"]
+P_CAPACITY = KEY_TO_ID["battery_capacity"]
+P_SOURCES = KEY_TO_ID["charging_sources"]
+P_OI_MODE = KEY_TO_ID["oi_mode"]
+P_MAIN_BRUSH_CURRENT = KEY_TO_ID["main_brush_motor_current"]
+P_STASIS = KEY_TO_ID["stasis"]
+
+OI_MODES = {int(mode): mode.name.lower() for mode in OIMode}
+# packet 21's values (Create 2 OI spec, "Charging State")
 CHARGING = {0: "not_charging", 1: "reconditioning", 2: "full", 3: "trickle", 4: "waiting", 5: "fault"}
 BATTERY_LOW_PCT = 15
 BATTERY_REARM_PCT = 20

@@ -1,9 +1,12 @@
 """The one module that imports awscrt: an MQTT5 mutual-TLS client whose callbacks land on an asyncio loop.
 
-CRT callbacks run on CRT event-loop threads, where blocking deadlocks the client (sdk_notes.md §2, §6); each
-one here only copies its data and hands it to ``loop.call_soon_threadsafe``. Futures from publish/subscribe
-are wrapped into asyncio futures the same way. The CRT reconnects by itself with capped, jittered
-exponential backoff; the agent resubscribes when a connection comes back without a session.
+CRT callbacks run on the CRT's event-loop threads, and blocking there (waiting on a future, taking a lock
+the loop holds) deadlocks the client; each one here only copies its data and hands it to
+``loop.call_soon_threadsafe``. Futures from publish/subscribe are wrapped into asyncio futures the same way.
+The CRT reconnects by itself with capped, jittered exponential backoff; the agent resubscribes when a
+connection comes back without a session.
+
+The agent's features see only :class:`MqttConnection`; :class:`MqttClient` is the awscrt implementation.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from awscrt import io, mqtt5
 from awsiot import mqtt5_client_builder
 
 from agent.config import AgentConfig
+from shadow.topics import presence_topic, shadow_topic
 
 
 @dataclass(frozen=True)
@@ -55,15 +59,53 @@ FATAL_CONNACK = {"NOT_AUTHORIZED", "BAD_USERNAME_OR_PASSWORD", "CLIENT_IDENTIFIE
 FATAL_DISCONNECT = {"SESSION_TAKEN_OVER", "NOT_AUTHORIZED"}
 
 
-def presence_topic(thing: str) -> str:
-    return f"roomba/{thing}/presence"
+class MqttConnection(Protocol):
+    """What the agent's features need of an MQTT connection; call every method from the loop's thread.
+
+    ``publish`` and ``subscribe`` return futures settled on the loop with the broker's answer (for QoS 1, a
+    result :func:`puback_ok` reads). ``drop``/``resume`` are for fault injection: the link dies without a
+    DISCONNECT, as when a cable is pulled, so the broker publishes the will.
+    """
+
+    @property
+    def connected(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self, goodbye: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None: ...
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> asyncio.Future[object]: ...
+
+    def subscribe(self, topics: Sequence[str], qos: int) -> list[asyncio.Future[object]]: ...
+
+    def pending_operations(self) -> int: ...
+
+    def drop(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class MqttFactory(Protocol):
+    """Builds the connection an agent uses (``MqttClient`` itself; a fake in tests)."""
+
+    def __call__(
+        self,
+        config: AgentConfig,
+        loop: asyncio.AbstractEventLoop,
+        on_event: Callable[[MqttEvent], None],
+        *,
+        reconnect_max_ms: int,
+    ) -> MqttConnection: ...
 
 
 def set_tcp_nodelay(peer_port: int) -> int:
     """Turn Nagle off on this process's TCP connections to ``peer_port``; returns how many were changed.
 
     awscrt has no TCP_NODELAY option, and small MQTT packets sent back to back (an answer right after a
-    PUBACK) otherwise wait for the peer's delayed ACK, up to 40 ms (platform_notes.md). The option is set on
+    PUBACK) otherwise wait for the peer's delayed ACK (Nagle's algorithm; up to 40 ms on Linux, whose
+    minimum delayed-ACK timeout is 40 ms). The option is set on
     a duplicate of the CRT's descriptor, which shares the socket; a descriptor reused meanwhile by another
     TCP socket only gets a harmless option.
     """
@@ -101,6 +143,12 @@ def _error_name(exc: BaseException | None) -> str:
 
 
 class MqttClient:
+    """The awscrt MQTT5 client behind :class:`MqttConnection`.
+
+    The CRT client is built on the first :meth:`start` (it reads the key, or opens the PKCS#11 token), so
+    an agent can be wired before its credentials are checked. A stopped client can be started again.
+    """
+
     def __init__(
         self,
         config: AgentConfig,
@@ -113,9 +161,14 @@ class MqttClient:
         self.config = config
         self.loop = loop
         self._on_event = on_event
-        self.connected = False
+        self._connected = False
         self._stopped = asyncio.Event()
-        self._client = self._build(reconnect_min_ms, reconnect_max_ms)
+        self._reconnect = (reconnect_min_ms, reconnect_max_ms)
+        self._client: mqtt5.Client | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
     def _post(self, event: MqttEvent) -> None:
         try:
@@ -125,9 +178,9 @@ class MqttClient:
 
     def _dispatch(self, event: MqttEvent) -> None:
         if isinstance(event, Connected):
-            self.connected = True
+            self._connected = True
         elif isinstance(event, Disconnected | Stopped):
-            self.connected = False
+            self._connected = False
             if isinstance(event, Stopped):
                 self._stopped.set()
         self._on_event(event)
@@ -212,11 +265,27 @@ class MqttClient:
         return mqtt5_client_builder.mtls_from_path(cert_filepath=c.cert, pri_key_filepath=c.key, **common)
 
     # operations (call from the loop thread) -------------------------------------------------------------
-    def start(self) -> None:
-        self._client.start()
+    def _crt(self) -> mqtt5.Client:
+        if self._client is None:
+            self._client = self._build(*self._reconnect)
+        return self._client
 
-    def _wrap(self, crt_future: Future[Any]) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = self.loop.create_future()
+    def start(self) -> None:
+        """Connect, and keep reconnecting until :meth:`stop` or :meth:`drop`."""
+        self._stopped.clear()
+        self._crt().start()
+
+    def drop(self) -> None:
+        """Stop without a DISCONNECT packet: the broker sees the link die and publishes the will."""
+        if self._client is not None:
+            self._client.stop()
+
+    def resume(self) -> None:
+        """Reconnect after :meth:`drop` (the CRT's own backoff applies from here)."""
+        self.start()
+
+    def _wrap(self, crt_future: Future[Any]) -> asyncio.Future[object]:
+        fut: asyncio.Future[object] = self.loop.create_future()
 
         def done(f: Future[Any]) -> None:
             def settle() -> None:
@@ -236,23 +305,29 @@ class MqttClient:
         crt_future.add_done_callback(done)
         return fut
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> asyncio.Future[Any]:
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> asyncio.Future[object]:
         packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS(qos), retain=retain)
-        return self._wrap(self._client.publish(packet))
+        return self._wrap(self._crt().publish(packet))
 
-    def subscribe(self, topics: Sequence[str], qos: int) -> list[asyncio.Future[Any]]:
+    def subscribe(self, topics: Sequence[str], qos: int) -> list[asyncio.Future[object]]:
         """One SUBSCRIBE per 8 filters (AWS IoT's per-packet limit)."""
         futures = []
         for i in range(0, len(topics), 8):
             subs = [mqtt5.Subscription(topic_filter=t, qos=mqtt5.QoS(qos)) for t in topics[i : i + 8]]
-            futures.append(self._wrap(self._client.subscribe(mqtt5.SubscribePacket(subscriptions=subs))))
+            futures.append(self._wrap(self._crt().subscribe(mqtt5.SubscribePacket(subscriptions=subs))))
         return futures
 
     def pending_operations(self) -> int:
+        if self._client is None:
+            return 0
         return int(self._client.get_stats().incomplete_operation_count)
 
     async def stop(self, goodbye: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
         """Graceful: publish the retained goodbye (a clean DISCONNECT suppresses the will), then stop."""
+        if self._client is None:
+            return
         if goodbye is not None and self.connected:
             try:
                 await asyncio.wait_for(self.publish(goodbye[0], goodbye[1], 1, retain=True), timeout / 2)
@@ -265,30 +340,39 @@ class MqttClient:
             pass
 
 
-def puback_ok(result: Any) -> tuple[bool, str]:
-    """Whether a QoS1 publish was accepted by the broker (PUBACK reason < 0x80), and the reason name."""
+def puback_ok(result: object) -> tuple[bool, str]:
+    """Whether a QoS 1 publish was accepted (PUBACK reason code below 0x80), and the reason's name.
+
+    A PUBACK may carry no reason code at all: MQTT 5 (section 3.4.2.1) lets the broker omit it when it is
+    0x00 (Success), and the CRT then reports None.
+    """
     puback = getattr(result, "puback", None)
     if puback is None:
         return True, "success"
-    code = puback.reason_code
-    name = getattr(code, "name", str(code)).lower()
+    code = getattr(puback, "reason_code", None)
+    if code is None:
+        return True, "success"
+    name = str(getattr(code, "name", code)).lower()
     return int(code) < 0x80, name
 
 
 def probe(config: AgentConfig, timeout: float = 15.0) -> tuple[str, str, float | None]:
     """One connect + classic-shadow get round trip, for ``doctor``: (stage that failed or "ok", detail, rtt_s).
 
-    Synchronous on purpose (doctor is a one-shot command); it waits on CRT futures from this thread, never
-    inside a callback. It uses the thing name as client id, so it must not run while the agent is connected.
+    A one-shot command: it runs its own event loop for the round trip. It uses the thing name as client id,
+    so it must not run while the agent is connected.
     """
-    import threading
+    return asyncio.run(_probe(config, timeout))
+
+
+async def _probe(config: AgentConfig, timeout: float) -> tuple[str, str, float | None]:
     import uuid
 
-    connected = threading.Event()
-    answered = threading.Event()
+    connected = asyncio.Event()
+    answered = asyncio.Event()
     outcome: dict[str, Any] = {}
     token = f"doctor-{uuid.uuid4().hex[:12]}"
-    base = f"$aws/things/{config.thing_name}/shadow/get"
+    get = shadow_topic(config.thing_name, "get")
 
     def on_event(event: MqttEvent) -> None:
         if isinstance(event, Connected):
@@ -302,36 +386,30 @@ def probe(config: AgentConfig, timeout: float = 15.0) -> tuple[str, str, float |
             outcome["t"] = time.monotonic()
             answered.set()
 
-    class _DirectLoop:
-        """Stands in for an asyncio loop: run the hand-off right away (the handlers only set events)."""
+    async def wait(event: asyncio.Event) -> bool:
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
-        def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
-            fn(*args)
-
-        def create_future(self) -> Any:
-            raise NotImplementedError
-
-    client = MqttClient(config, _DirectLoop(), on_event, reconnect_max_ms=5000)  # type: ignore[arg-type]
+    client = MqttClient(config, asyncio.get_running_loop(), on_event, reconnect_max_ms=5000)
     client.start()
     try:
-        if not connected.wait(timeout) or ("connect_error" in outcome and not client.connected):
+        if not await wait(connected) or ("connect_error" in outcome and not client.connected):
             return "mqtt", outcome.get("connect_error", f"no CONNACK within {timeout:.0f} s"), None
-        subs = [
-            mqtt5.Subscription(topic_filter=f"{base}/accepted", qos=mqtt5.QoS.AT_LEAST_ONCE),
-            mqtt5.Subscription(topic_filter=f"{base}/rejected", qos=mqtt5.QoS.AT_LEAST_ONCE),
-        ]
-        client._client.subscribe(mqtt5.SubscribePacket(subscriptions=subs)).result(timeout)
+        (subscribed,) = client.subscribe([f"{get}/accepted", f"{get}/rejected"], 1)
+        await asyncio.wait_for(subscribed, timeout)
         sent = time.monotonic()
-        payload = json.dumps({"clientToken": token}).encode()
-        client._client.publish(mqtt5.PublishPacket(topic=base, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE))
-        if not answered.wait(timeout):
+        client.publish(get, json.dumps({"clientToken": token}).encode(), 1)
+        if not await wait(answered):
             return "shadow", f"no answer to a shadow get within {timeout:.0f} s", None
-        rtt = outcome["t"] - sent
-        if outcome["topic"].endswith("/rejected"):
+        rtt = float(outcome["t"]) - sent
+        if str(outcome["topic"]).endswith("/rejected"):
             doc = json.loads(outcome["payload"])
             if doc.get("code") != 404:
                 return "shadow", f"get rejected: {doc.get('code')} {doc.get('message')}", rtt
         return "ok", "connected and the shadow service answered", rtt
     finally:
-        client._client.stop()
-        time.sleep(0.1)
+        client.drop()
+        await asyncio.sleep(0.1)

@@ -2,8 +2,9 @@
 
 The listener runs on the HAL's reader thread at the stream rate (every 15 ms). It forwards a snapshot to
 the agent's loop only when something that matters changed, or every ``sample_s``, so an idle robot costs
-the agent almost nothing; the reader itself wakes once per ``FRAMES_PER_READ`` frames. Robot calls run on one worker thread, never on the loop: ``set_mode`` waits for
-the mode to be confirmed by the stream.
+the agent almost nothing; the reader itself wakes once per ``FRAMES_PER_READ`` frames. Blocking robot calls
+run on a :class:`RobotWorker`, never on the loop: ``set_mode`` waits for the mode to be confirmed by the
+stream.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from agent.commands import Command
 from agent.model import (
@@ -29,7 +30,7 @@ from hal.opcodes import OIMode
 from hal.packets import PACKETS
 from hal.robot import LinkDown, LinkUp, ModeChanged, Robot, RobotEvent, RobotState, StateUpdated
 
-_ID_BY_KEY = {spec.key: pid for pid, spec in PACKETS.items() if 7 <= pid <= 58}
+_ID_BY_KEY = {spec.key: pid for pid, spec in PACKETS.items() if not spec.is_group}
 _WATCH = [PACKETS[p].key for p in (P_BUMPS_DROPS, *P_CLIFFS, P_OVERCURRENTS, P_CHARGING_STATE, P_SOURCES)]
 _CHARGE, _CAPACITY = PACKETS[P_CHARGE].key, PACKETS[P_CAPACITY].key
 _SOURCES = PACKETS[P_SOURCES].key
@@ -86,6 +87,11 @@ class RobotLink:
     @property
     def link_up(self) -> bool:
         return bool(self.robot.state.link.connected)
+
+    @property
+    def reader_alive(self) -> bool:
+        """Whether the HAL's reader runs (a dead reader means no snapshot, no reconnect: restart us)."""
+        return bool(self.robot.reader_alive)
 
     # actions (worker thread) ------------------------------------------------------------------------------
     def _to_passive(self) -> None:
@@ -162,7 +168,23 @@ class RobotLink:
 Job = tuple[Callable[[], None], Callable[[BaseException | None], None]]
 
 
-def run_jobs(q: Any) -> None:
+class RobotWorker(Protocol):
+    """Runs blocking robot calls in order, off the loop; each outcome goes to its ``done`` (on the worker's
+    thread: ``done`` posts back to the loop itself)."""
+
+    def submit(self, fn: Callable[[], None], done: Callable[[BaseException | None], None]) -> None: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    def close(self, timeout: float = 3.0) -> None: ...
+
+
+class JobQueue(Protocol):
+    def get(self) -> Job | None: ...
+
+
+def run_jobs(q: JobQueue) -> None:
     """Run queued ``(fn, done)`` jobs in order until ``None`` arrives; each outcome goes to its ``done``."""
     while True:
         item = q.get()

@@ -20,6 +20,7 @@ from agent.metrics import Metrics
 from agent.model import diff
 from base.backoff import Backoff, TokenBucket
 from shadow import document as shadowdoc
+from shadow.topics import shadow_prefix
 
 CONFIG_SHADOW = "config"
 URGENT_KEYS = frozenset({"command", "schedule", "leds", "errors", "mission", "link"})
@@ -146,9 +147,8 @@ class ShadowSync:
         self.qos = qos
         self.bucket = TokenBucket(rate_per_s, burst=max(1.0, rate_per_s))
         self.backoff = Backoff(base_s=0.5, cap_s=30.0)
-        base = f"$aws/things/{thing}/shadow"
-        self.classic = _Side(None, base)
-        self.config = _Side(CONFIG_SHADOW, f"{base}/name/{CONFIG_SHADOW}")
+        self.classic = _Side(None, shadow_prefix(thing))
+        self.config = _Side(CONFIG_SHADOW, shadow_prefix(thing, CONFIG_SHADOW))
         self.config.current = dict(settings or {})
         self.connected = False
         self._token_seq = 0
@@ -289,8 +289,9 @@ class ShadowSync:
         return self._reconcile(side, state.get("desired") or {}, now)
 
     def _on_error(self, side: _Side, doc: Mapping[str, Any], now: float, op: str) -> list[Effect]:
-        """shadow_protocol.md §10: 429 waits for the bucket and backs off, 409 re-reads the shadow, 400/413
-        drop that content (it would be rejected again: never looped), anything else retries with backoff."""
+        """A rejected request, by its error code (AWS IoT Developer Guide, "Device Shadow error messages"):
+        429 waits for the bucket and backs off, 409 (version conflict) re-reads the shadow, 400/413 drop
+        that content (it would be rejected again: never looped), anything else retries with backoff."""
         code = doc.get("code")
         self.metrics.inc(f"shadow_{op}_rejected_{code}")
         effects: list[Effect] = []

@@ -8,8 +8,9 @@
   ``roomba/<thing>/...`` topics); ``ratio_p50`` = p50 / baseline.
 
 The local cloud runs with the per-thing rate limit off (``rate_limit_per_thing=0``; AWS's 20/s would cap
-100 robots at 2,000/s). Clients use QoS1 publishes, QoS0 response subscriptions and flow control NONE, as
-platform_notes.md recommends for the stand-in.
+100 robots at 2,000/s). Clients use QoS1 publishes, QoS0 response subscriptions and flow control NONE: the
+SDK builder's default flow control (AWS IoT Core's limits) caps a client at about 100 publishes/s, and QoS0
+responses avoid a Nagle/delayed-ACK stall of about 40 ms after each PUBACK.
 
     .venv/bin/python bench/shadow_service.py [--robots 100] [--window 8] [--seconds 5] [--samples 2000]
 """
@@ -38,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from base import logs
 from localcloud import mqtt_lite as mq
-from localcloud.layout import OPERATOR_IDENTITY
+from localcloud.layout import LOCAL_TOPIC_ROOT, OPERATOR_IDENTITY
 from localcloud.testing import IdentityPaths, LocalCloud
 from localcloud.tlsio import TlsConnection
+from shadow.topics import shadow_topic
 
 QOS0 = mqtt5.QoS.AT_MOST_ONCE
 QOS1 = mqtt5.QoS.AT_LEAST_ONCE
@@ -95,7 +97,7 @@ def measure_latency(
 
     client, connected = make_client(cloud, ident, bootstrap, on_publish)
     connected.result(30)
-    accepted = f"$aws/things/{thing}/shadow/update/accepted"
+    accepted = shadow_topic(thing, "update", "accepted")
     client.subscribe(mqtt5.SubscribePacket([mqtt5.Subscription(accepted, QOS0)])).result(10)
     # A robot may not receive on roomba/<thing>/... (the device policy), so the echo runs as the operator.
     operator = cloud.identity(OPERATOR_IDENTITY)
@@ -108,7 +110,7 @@ def measure_latency(
         on_publish,
     )
     echo_connected.result(30)
-    echo = f"local-cloud/bench/{uuid.uuid4().hex}"
+    echo = f"{LOCAL_TOPIC_ROOT}/bench/{uuid.uuid4().hex}"
     echo_client.subscribe(mqtt5.SubscribePacket([mqtt5.Subscription(echo, QOS0)])).result(10)
 
     def round_trips(sender: mqtt5.Client, topic: str, payload_of: Any) -> list[float]:
@@ -125,7 +127,7 @@ def measure_latency(
 
     shadow = round_trips(
         client,
-        f"$aws/things/{thing}/shadow/update",
+        shadow_topic(thing, "update"),
         lambda i: json.dumps({"state": {"reported": {"seq": i}}, "clientToken": str(i)}),
     )
     base = round_trips(echo_client, echo, lambda i: json.dumps({"seq": i}))
@@ -151,7 +153,7 @@ def measure_throughput(
     payloads = {t: json.dumps({"state": {"reported": {"battery": 80, "mode": "clean"}}}) for t in things}
 
     def sender(thing: str, idx: int) -> Any:
-        topic = f"$aws/things/{thing}/shadow/update"
+        topic = shadow_topic(thing, "update")
 
         def on_publish(_data: mqtt5.PublishReceivedData) -> None:
             with lock:
@@ -169,18 +171,14 @@ def measure_throughput(
     for f in futures:
         f.result(60)
     subs = [
-        c.subscribe(
-            mqtt5.SubscribePacket([mqtt5.Subscription(f"$aws/things/{t}/shadow/update/accepted", QOS0)])
-        )
+        c.subscribe(mqtt5.SubscribePacket([mqtt5.Subscription(shadow_topic(t, "update", "accepted"), QOS0)]))
         for c, t in zip(clients, things, strict=True)
     ]
     for s in subs:
         s.result(10)
     for c, t in zip(clients, things, strict=True):
         for _ in range(window):
-            c.publish(
-                mqtt5.PublishPacket(topic=f"$aws/things/{t}/shadow/update", payload=payloads[t], qos=QOS1)
-            )
+            c.publish(mqtt5.PublishPacket(topic=shadow_topic(t, "update"), payload=payloads[t], qos=QOS1))
     time.sleep(1.0)  # warm-up
     pids = {name: cloud.child_pid(name) for name in ("shadow-service", "mosquitto")}
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -213,7 +211,7 @@ def measure_throughput_lean(
         ctx.load_cert_chain(str(ident.cert), str(ident.key))
         conn = TlsConnection.connect(cloud.endpoint, cloud.port, ctx)
         conn.send(mq.connect(thing, keepalive=60))
-        conn.send(mq.subscribe(1, [(f"$aws/things/{thing}/shadow/update/accepted", 0)]))
+        conn.send(mq.subscribe(1, [(shadow_topic(thing, "update", "accepted"), 0)]))
         parser = mq.PacketParser()
         acked = False
         while not acked:
@@ -221,7 +219,7 @@ def measure_throughput_lean(
             acked = any(p.type == mq.SUBACK for p in parser.packets())
         conns[conn.sock] = (thing, conn, parser)
     payload = json.dumps({"state": {"reported": {"battery": 80, "mode": "clean"}}}).encode()
-    requests = {t: mq.publish(f"$aws/things/{t}/shadow/update", payload, 1, 7) for t in things}
+    requests = {t: mq.publish(shadow_topic(t, "update"), payload, 1, 7) for t in things}
     for thing, conn, _p in conns.values():
         conn.send(requests[thing] * window)
     count = 0

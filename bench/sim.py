@@ -3,7 +3,9 @@
 Why: the fleet simulator runs hundreds of ``SimRobot`` cores in one process, and a single ``roomba-sim`` must
 stay cheap beside the agent it feeds. Measures the sans-I/O core per 15 ms tick (idle, and moving while
 streaming group 100) and the CPU of a real ``roomba-sim robot --link`` process, idle and streaming group 100
-to a pyserial reader.
+to a pyserial reader. The HAL side too: the CPU of ``hal.robot.Robot``'s reader thread on that pty
+(``reader_stream100_cpu_pct``, this process, which only sleeps otherwise), and the cost of one fleet-simulator
+turn ``SimLink.step`` (the simulator and a thread-less Robot over the in-memory transport).
 
     .venv/bin/python bench/sim.py [--seconds 5] [--ticks 20000]
 """
@@ -21,6 +23,9 @@ from pathlib import Path
 
 import serial
 
+from base import logs
+from fleetsim.link import SimLink
+from hal.robot import Robot
 from hal.sim.robot import TICK_S, SimRobot
 
 
@@ -33,6 +38,25 @@ def core_us_per_tick(script: bytes, ticks: int = 20_000) -> float:
         now += TICK_S
         robot.poll(now)
     return (time.perf_counter() - started) / ticks * 1e6
+
+
+def link_us_per_step(steps: int = 20_000) -> float:
+    """One fleet-simulator turn while the robot streams group 100: sim tick, bytes both ways, Robot.step."""
+    link = SimLink("bench", seed=0, stream_period_s=TICK_S, now=0.0)
+    link.robot.start()
+    now = 0.0
+    for _ in range(200):  # handshake and the stream under way
+        now += TICK_S
+        link.step(now)
+    started = time.perf_counter()
+    for _ in range(steps):
+        now += TICK_S
+        link.step(now)
+    elapsed = time.perf_counter() - started
+    if link.robot.state.link.frames_ok < steps // 2:
+        raise RuntimeError(f"the link streamed only {link.robot.state.link.frames_ok} frames")
+    link.robot.close()
+    return elapsed / steps * 1e6
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -67,6 +91,12 @@ def process_cpu(seconds: float = 5.0) -> dict[str, float]:
                 elapsed = time.monotonic() - started
                 streaming = (_cpu_seconds(proc.pid) - before) / elapsed
                 port.write(bytes([150, 0]))
+            with Robot(str(link), hold_mode=None) as robot:
+                robot.wait_for(lambda s: s.link.frames_ok > 10, timeout=10, what="the stream")
+                frames, before, started = robot.state.link.frames_ok, time.process_time(), time.monotonic()
+                time.sleep(seconds)
+                reader = (time.process_time() - before) / (time.monotonic() - started)
+                reader_frames = (robot.state.link.frames_ok - frames) / (time.monotonic() - started)
         finally:
             proc.terminate()
             try:
@@ -80,6 +110,8 @@ def process_cpu(seconds: float = 5.0) -> dict[str, float]:
         "process_idle_cpu_pct": round(100 * idle, 2),
         "process_stream100_cpu_pct": round(100 * streaming, 2),
         "stream100_frames_per_s": round(received / elapsed / 84, 1),
+        "reader_stream100_cpu_pct": round(100 * reader, 2),
+        "reader_frames_per_s": round(reader_frames, 1),
     }
 
 
@@ -92,12 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.ticks <= 0:
         parser.error("--seconds and --ticks must be positive")
+    logs.configure("warning")
     result: dict[str, object] = {
         "bench": "sim",
         "core_idle_us_per_tick": round(core_us_per_tick(bytes([128]), args.ticks), 1),
         "core_stream100_moving_us_per_tick": round(
             core_us_per_tick(bytes([128, 132, 137, 0, 100, 0, 1, 148, 1, 100]), args.ticks), 1
         ),
+        "link_us_per_step": round(link_us_per_step(args.ticks), 1),
         **process_cpu(args.seconds),
     }
     print(json.dumps(result))

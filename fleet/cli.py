@@ -1,8 +1,9 @@
 """``roomba-fleet``: the local cloud and the fleet tools.
 
-Each sub-command lives in its own module exposing ``main(argv) -> int`` and is imported only when used, so a
-new one (e.g. ``simulate`` in ``fleet/simulate.py``) is added by one line in ``COMMANDS``. Every sub-command
-takes ``--dir DIR`` (default ``$ROOMBA_FLEET_DIR`` or ``./var/local-cloud``).
+Each sub-command ``NAME`` lives in ``fleet/NAME.py`` exposing ``main(argv) -> int`` (argument parsing and
+output; the work is in ``localcloud`` and ``fleetsim``) and is imported only when used, so a new one is added
+by one line in ``COMMANDS``. Every sub-command takes ``--dir DIR`` (default ``$ROOMBA_FLEET_DIR`` or
+``./var/local-cloud``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("localcloud.up", "run the local cloud (Mosquitto + shadow service) in the foreground"),
+    "up": ("fleet.up", "run the local cloud (Mosquitto + shadow service) in the foreground"),
     "robot": ("fleet.robot", "robot add NAME: issue a robot identity and write its agent config"),
     "shadow": (
         "fleet.shadow",

@@ -3,20 +3,15 @@
 :func:`summarize` is pure: it takes the rows ``fleet.watch.FleetView.to_json()`` produces (thing,
 connection, reported, desired) and returns counts an engineer trying a fleet feature wants to see move:
 connected robots, missions by state, the battery distribution, commands pending/applied/failed, and errors.
-:func:`render` turns that into a few terminal lines. ``main`` runs it live on the watch connection.
+:func:`render` turns that into a few terminal lines. Both are pure; ``fleet.watch`` runs them live on the
+watch connection.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-from base import logs
 
 BATTERY_BUCKETS = ((0, 10), (10, 20), (20, 50), (50, 80), (80, 101))
 LOW_BATTERY_PCT = 15
@@ -137,53 +132,3 @@ def render(summary: Mapping[str, Any], *, width: int = 100, max_names: int = 8) 
     if failing:
         lines.append(f"with errors ({len(failing)}): {names(sorted(failing))}")
     return "\n".join(line[:width] for line in lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``roomba-fleet watch --fleet [--once] [--json] [--prefix P]``: the summary, live or once."""
-    from fleet.watch import FleetView, snapshot
-    from localcloud.layout import CloudDir, SettingsError
-    from localcloud.opclient import CloudNotRunning, OperatorClient
-
-    p = argparse.ArgumentParser(prog="roomba-fleet watch --fleet", description=__doc__.splitlines()[0])
-    p.add_argument("--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)")
-    p.add_argument("--once", action="store_true", help="print the summary once and exit")
-    p.add_argument("--json", action="store_true", help="JSON output")
-    p.add_argument("--prefix", default="", help="only robots whose name starts with this")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the initial view")
-    p.add_argument("--every", type=float, default=1.0, help="seconds between live refreshes")
-    args = p.parse_args([a for a in (argv or []) if a != "--fleet"])
-    logs.configure("warning")
-    cloud = CloudDir.at(args.dir)
-
-    def rows(view: FleetView) -> list[dict[str, Any]]:
-        return [r for r in view.to_json()["robots"] if str(r["thing"]).startswith(args.prefix)]
-
-    def show(view: FleetView) -> None:
-        summary = summarize(rows(view))
-        if args.json:
-            print(json.dumps(summary), flush=True)
-        else:
-            clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() and not args.once else ""
-            print(clear + render(summary), flush=True)
-
-    try:
-        view = FleetView([t for t in cloud.known_robots() if t.startswith(args.prefix)])
-        with OperatorClient(cloud, timeout=args.timeout) as client:
-            snapshot(client, view, args.timeout)
-            show(view)
-            if args.once:
-                return 0
-            last = time.monotonic()
-            try:
-                for pkt in client.messages(None):
-                    view.apply(pkt.topic, pkt.payload, time.time())
-                    if time.monotonic() - last >= args.every:
-                        last = time.monotonic()
-                        show(view)
-            except KeyboardInterrupt:
-                return 0
-    except (CloudNotRunning, SettingsError) as exc:
-        print(f"roomba-fleet watch: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -1,9 +1,19 @@
-"""``roomba-fleet shadow get|update|delete THING [--name SHADOW]``: operator access to shadows.
+"""``roomba-fleet shadow get|update|delete THING [--name SHADOW]``: operator access to shadows, and
+``roomba-fleet shadow get|update --all | --prefix P``: one operation over many robots at once.
 
-Speaks the same MQTT shadow protocol a robot does (publish to ``.../get`` etc., wait for the response with
-our ``clientToken``), as the privileged operator identity. Prints the response document as JSON on stdout;
-exit 0 when accepted, 1 when rejected (the rejection is printed too), 2 for usage errors or when the local
-cloud is not running / not answering.
+Both speak the MQTT shadow protocol a robot does, as the privileged operator identity
+(:mod:`localcloud.opclient`).
+
+For one thing, the response document is printed as JSON on stdout; exit 0 when accepted, 1 when rejected
+(the rejection is printed too), 2 for usage errors or when the local cloud is not running / not answering.
+
+For many, the requests are pipelined (all published first, then the answers collected by token), so a
+thousand robots take one round trip, not a thousand. The robots are those added to DIR (``robot add`` or
+``simulate``), selected by ``--all`` or a name ``--prefix``. ``get`` prints one JSON object keyed by thing
+name (the ``get/accepted`` document, or ``{"error": ...}`` with the rejection). ``update`` sends the same
+document to each robot; the string ``{thing}`` anywhere in it is replaced by the thing name, e.g. a command
+id per robot: ``{"id": "m1-{thing}", "action": "clean"}``. Exit 0 when every robot accepted, 1 when any
+rejected or did not answer, 2 for usage errors or when the local cloud is not running.
 """
 
 from __future__ import annotations
@@ -12,49 +22,79 @@ import argparse
 import json
 import sys
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from base import logs
 from localcloud.layout import CloudDir, SettingsError
-from localcloud.opclient import CloudNotRunning, OperatorClient
+from localcloud.opclient import CloudNotRunning, OperatorClient, ShadowAnswer, shadow_request
 
 EXIT_REJECTED = 1
+EXIT_PARTIAL = 1
+EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 2
+THING_PLACEHOLDER = "{thing}"
+DIR_HELP = "local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)"
 
 
-def shadow_prefix(thing: str, name: str | None) -> str:
-    return f"$aws/things/{thing}/shadow" + (f"/name/{name}" if name else "")
+def select(known: Sequence[str], *, all_robots: bool, prefix: str | None) -> list[str]:
+    """The robots an operation applies to (sorted, no duplicates)."""
+    if all_robots:
+        return sorted(set(known))
+    return sorted({t for t in known if prefix is not None and t.startswith(prefix)})
 
 
-def request(
+def personalise(doc: Any, thing: str) -> Any:
+    """Replace ``{thing}`` in every string of ``doc`` (keys stay as they are)."""
+    if isinstance(doc, str):
+        return doc.replace(THING_PLACEHOLDER, thing)
+    if isinstance(doc, Mapping):
+        return {k: personalise(v, thing) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [personalise(v, thing) for v in doc]
+    return doc
+
+
+def fleet_request(
     cloud: CloudDir,
-    thing: str,
+    things: Sequence[str],
     op: str,
-    body: dict[str, Any] | None = None,
+    body: Mapping[str, Any] | None = None,
     *,
     name: str | None = None,
-    timeout: float = 5.0,
-) -> tuple[bool, dict[str, Any]]:
-    """One shadow request as the operator; returns (accepted, response document)."""
-    prefix = shadow_prefix(thing, name)
-    token = uuid.uuid4().hex
-    payload = dict(body or {})
-    payload.setdefault("clientToken", token)
-    token = payload["clientToken"]
-    with OperatorClient(cloud, timeout=timeout) as client:
-        client.subscribe([f"{prefix}/{op}/accepted", f"{prefix}/{op}/rejected"], qos=1)
-        client.publish(f"{prefix}/{op}", json.dumps(payload).encode())
-        for pkt in client.messages(timeout):
-            try:
-                doc = json.loads(pkt.payload)
-            except ValueError:
-                continue
-            if isinstance(doc, dict) and doc.get("clientToken") == token:
-                return pkt.topic.endswith("/accepted"), doc
-    raise CloudNotRunning(
-        f"no answer from the shadow service within {timeout:g} s (the broker is up); "
-        f"check {cloud.service_log} and the `roomba-fleet up` terminal"
-    )
+    timeout: float = 10.0,
+    client: OperatorClient | None = None,
+) -> dict[str, ShadowAnswer | None]:
+    """One shadow ``get``/``update``/``delete`` per thing with ``body`` personalised, pipelined; None for a
+    thing that did not answer. Pass ``client`` to reuse a connection (e.g. a benchmark measuring rounds)."""
+    run = f"{uuid.uuid4().hex[:10]}-"
+    payloads: dict[str, dict[str, Any]] = {}
+    for i, thing in enumerate(things):
+        payload = dict(personalise(body, thing)) if body else {}
+        payload["clientToken"] = f"{run}{i}"  # one per robot, whatever the document says
+        payloads[thing] = payload
+    conn = client or OperatorClient(cloud, timeout=timeout)
+    try:
+        return conn.shadow_requests(op, payloads, name=name, timeout=timeout)
+    finally:
+        if client is None:
+            conn.close()
+
+
+def render(results: Mapping[str, ShadowAnswer | None]) -> dict[str, Any]:
+    """The JSON printed: accepted documents as they are, rejections and silence under ``error``."""
+    out: dict[str, Any] = {}
+    for thing, answer in sorted(results.items()):
+        if answer is None:
+            out[thing] = {"error": {"code": None, "message": "no answer from the shadow service in time"}}
+        elif answer.accepted:
+            doc = dict(answer.document)
+            doc.pop("clientToken", None)
+            out[thing] = doc
+        else:
+            doc = answer.document
+            out[thing] = {"error": {"code": doc.get("code"), "message": doc.get("message")}}
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,50 +112,105 @@ def build_parser() -> argparse.ArgumentParser:
                 "document", help='request document, e.g. \'{"state":{"desired":{"power":"on"}}}\''
             )
         sp.add_argument("--name", help="named shadow (default: the classic shadow)")
-        sp.add_argument(
-            "--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)"
-        )
+        sp.add_argument("--dir", help=DIR_HELP)
         sp.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     return p
 
 
+def build_fleet_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="roomba-fleet shadow", description="shadow get/update over many robots")
+    sub = p.add_subparsers(dest="op", required=True)
+    for op in ("get", "update"):
+        sp = sub.add_parser(op)
+        group = sp.add_mutually_exclusive_group(required=True)
+        group.add_argument("--all", action="store_true", help="every robot of DIR")
+        group.add_argument("--prefix", help="robots whose thing name starts with this")
+        if op == "update":
+            sp.add_argument(
+                "document",
+                help='request document, e.g. \'{"state":{"desired":{"command":{"id":"m1-{thing}",'
+                '"action":"clean"}}}}\' ({thing} becomes each thing name)',
+            )
+        sp.add_argument("--name", help="named shadow (default: the classic shadow)")
+        sp.add_argument("--dir", help=DIR_HELP)
+        sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for all answers")
+    return p
+
+
+def _request_document(prog: str, text: str) -> dict[str, Any] | None:
+    """The ``update`` document as a JSON object, or None after saying what is wrong with it."""
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        print(f"{prog}: the document is not valid JSON ({exc})", file=sys.stderr)
+        return None
+    if not isinstance(body, dict):
+        print(f"{prog}: the document must be a JSON object", file=sys.stderr)
+        return None
+    return body
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv and any(a == "--all" or a.startswith("--prefix") for a in argv):
-        from fleet import fleetops
-
-        return fleetops.main(argv)
+        return fleet_main(argv)
     args = build_parser().parse_args(argv)
     logs.configure("warning")
+    prog = f"roomba-fleet shadow {args.op}"
     for what, name in (("thing", args.thing), ("shadow", args.name)):
         if name is not None and (not name or any(c in name for c in "/+#\0")):
             print(
-                f"roomba-fleet shadow {args.op}: {what} name {name!r} cannot be part of an MQTT topic "
+                f"{prog}: {what} name {name!r} cannot be part of an MQTT topic "
                 "(names are 1-128 of [a-zA-Z0-9:_-])",
                 file=sys.stderr,
             )
             return EXIT_UNAVAILABLE
     body: dict[str, Any] | None = None
     if args.op == "update":
-        try:
-            body = json.loads(args.document)
-        except ValueError as exc:
-            print(f"roomba-fleet shadow update: the document is not valid JSON ({exc})", file=sys.stderr)
-            return EXIT_UNAVAILABLE
-        if not isinstance(body, dict):
-            print("roomba-fleet shadow update: the document must be a JSON object", file=sys.stderr)
+        body = _request_document(prog, args.document)
+        if body is None:
             return EXIT_UNAVAILABLE
     try:
-        accepted, doc = request(
+        accepted, doc = shadow_request(
             CloudDir.at(args.dir), args.thing, args.op, body, name=args.name, timeout=args.timeout
         )
     except (CloudNotRunning, SettingsError) as exc:
-        print(f"roomba-fleet shadow {args.op}: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     print(json.dumps(doc, indent=2, sort_keys=False))
     if not accepted:
+        print(f"{prog}: rejected ({doc.get('code')}: {doc.get('message')})", file=sys.stderr)
+        return EXIT_REJECTED
+    return 0
+
+
+def fleet_main(argv: list[str] | None = None) -> int:
+    """``shadow get|update --all|--prefix P``."""
+    args = build_fleet_parser().parse_args(argv)
+    logs.configure("warning")
+    prog = f"roomba-fleet shadow {args.op}"
+    body: dict[str, Any] | None = None
+    if args.op == "update":
+        body = _request_document(prog, args.document)
+        if body is None:
+            return EXIT_USAGE
+    cloud = CloudDir.at(args.dir)
+    things = select(cloud.known_robots(), all_robots=args.all, prefix=args.prefix)
+    if not things:
+        which = "no robots" if args.all else f"no robot name starts with {args.prefix!r}"
         print(
-            f"roomba-fleet shadow {args.op}: rejected ({doc.get('code')}: {doc.get('message')})",
+            f"{prog}: {which} in {cloud.root} (add some with `roomba-fleet robot add` or "
+            "`roomba-fleet simulate`)",
             file=sys.stderr,
         )
-        return EXIT_REJECTED
+        return EXIT_USAGE
+    try:
+        results = fleet_request(cloud, things, args.op, body, name=args.name, timeout=args.timeout)
+    except (CloudNotRunning, SettingsError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(render(results), indent=2))
+    bad = [t for t, o in results.items() if o is None or not o.accepted]
+    if bad:
+        print(f"{prog}: {len(bad)} of {len(things)} not accepted (first: {bad[0]})", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0

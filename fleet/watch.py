@@ -3,7 +3,8 @@
 Connection state comes from the retained ``roomba/<thing>/presence`` topic (the agent's will sets it to
 ``{"state": "offline"}``); reported state from a shadow ``get`` per robot, then live from
 ``update/documents``. Robots added with ``robot add`` that never connected are listed as ``never``.
-``--once --json`` prints one JSON document and exits (for scripts and tests).
+``--once --json`` prints one JSON document and exits (for scripts and tests). ``--fleet`` shows the
+summary of :mod:`fleet.fleetview` instead of one row per robot.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from base import logs
+from fleet.fleetview import render, summarize
 from localcloud.layout import CloudDir, SettingsError
-from localcloud.opclient import CloudNotRunning, OperatorClient
+from localcloud.opclient import CloudNotRunning, OperatorClient, marker_topic
+from shadow.topics import ANY, parse_agent_topic, parse_shadow_topic, presence_topic, shadow_topic
 
-PRESENCE = "roomba/+/presence"
-DOCUMENTS = "$aws/things/+/shadow/update/documents"
-GET_RESPONSES = "$aws/things/+/shadow/get/+"
+PRESENCE = presence_topic(ANY)
+DOCUMENTS = shadow_topic(ANY, "update", "documents")
+GET_RESPONSES = shadow_topic(ANY, "get", ANY)
 
 
 @dataclass
@@ -50,27 +54,28 @@ class FleetView:
 
     def apply(self, topic: str, payload: bytes, now: float) -> str | None:
         """Update from one publication; returns the thing it concerned (None if irrelevant)."""
-        parts = topic.split("/")
         try:
             doc = json.loads(payload) if payload else None
         except ValueError:
             return None
-        if len(parts) == 3 and parts[0] == "roomba" and parts[2] == "presence":
-            row = self.row(parts[1])
+        agent = parse_agent_topic(topic)
+        if agent is not None and agent[1] == "presence":
+            row = self.row(agent[0])
             row.presence = doc if isinstance(doc, dict) else None
             state = row.presence.get("state") if row.presence else None
             row.connection = state if isinstance(state, str) else "unknown"
             row.updated = now
             return row.thing
-        if len(parts) >= 6 and parts[:2] == ["$aws", "things"] and isinstance(doc, dict):
-            if topic.endswith("/update/documents") and len(parts) == 6:
+        shadow = parse_shadow_topic(topic)
+        if shadow is not None and not shadow.shadow_name and isinstance(doc, dict):
+            if (shadow.operation, shadow.response) == ("update", "documents"):
                 current = doc.get("current") or {}
-            elif topic.endswith("/get/accepted") and len(parts) == 6:
+            elif (shadow.operation, shadow.response) == ("get", "accepted"):
                 current = doc
             else:
                 return None
             state = current.get("state") or {}
-            row = self.row(parts[2])
+            row = self.row(shadow.thing)
             version = current.get("version")
             if row.version is not None and isinstance(version, int) and version < row.version:
                 return None
@@ -132,7 +137,7 @@ def _reported_columns(reported: dict[str, Any] | None) -> str:
 
 def snapshot(client: OperatorClient, view: FleetView, settle: float) -> None:
     """Retained presence (until our own marker echoes back), then one shadow get per robot."""
-    marker = f"local-cloud/operator/{uuid.uuid4().hex}"
+    marker = marker_topic()
     client.subscribe([PRESENCE, DOCUMENTS, GET_RESPONSES, marker], qos=1)
     client.publish(marker, b"{}", qos=1)
     for pkt in client.messages(settle):
@@ -143,7 +148,7 @@ def snapshot(client: OperatorClient, view: FleetView, settle: float) -> None:
     for thing in sorted(view.rows):
         token = uuid.uuid4().hex[:16]
         pending[token] = thing
-        client.publish(f"$aws/things/{thing}/shadow/get", json.dumps({"clientToken": token}).encode())
+        client.publish(shadow_topic(thing, "get"), json.dumps({"clientToken": token}).encode())
     for pkt in client.messages(settle if pending else 0):
         view.apply(pkt.topic, pkt.payload, time.time())
         if pkt.topic.endswith(("/get/accepted", "/get/rejected")):
@@ -155,11 +160,23 @@ def snapshot(client: OperatorClient, view: FleetView, settle: float) -> None:
             break
 
 
+def follow(cloud: CloudDir, view: FleetView, timeout: float, *, live: bool) -> Iterator[str | None]:
+    """Fill ``view`` from the cloud: yields None once the snapshot is in, then (``live``) the thing each
+    publication changed, until interrupted."""
+    with OperatorClient(cloud, timeout=timeout) as client:
+        snapshot(client, view, timeout)
+        yield None
+        if not live:
+            return
+        for pkt in client.messages(None):
+            thing = view.apply(pkt.topic, pkt.payload, time.time())
+            if thing:
+                yield thing
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv and "--fleet" in argv:
-        from fleet import fleetview
-
-        return fleetview.main(argv)
+        return fleet_main(argv)
     p = argparse.ArgumentParser(prog="roomba-fleet watch", description=__doc__.splitlines()[0])
     p.add_argument("--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)")
     p.add_argument("--once", action="store_true", help="print the current view and exit")
@@ -169,28 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logs.configure("warning")
     cloud = CloudDir.at(args.dir)
-    try:
-        return _run(cloud, args)
-    except KeyboardInterrupt:
-        return 0
-
-
-def _run(cloud: CloudDir, args: argparse.Namespace) -> int:
+    tty = sys.stdout.isatty()
     try:
         view = FleetView(cloud.known_robots())
-        with OperatorClient(cloud, timeout=args.timeout) as client:
-            snapshot(client, view, args.timeout)
+        for changed in follow(cloud, view, args.timeout, live=not args.once):
             if args.once:
-                print(
-                    json.dumps(view.to_json(), indent=None if args.json else 2) if args.json else view.table()
-                )
-                return 0
-            tty = sys.stdout.isatty()
-            _render(view, tty, args.json, None)
-            for pkt in client.messages(None):
-                thing = view.apply(pkt.topic, pkt.payload, time.time())
-                if thing:
-                    _render(view, tty, args.json, thing)
+                print(json.dumps(view.to_json()) if args.json else view.table())
+            else:
+                _render(view, tty, args.json, changed)
+    except KeyboardInterrupt:
+        return 0
     except (CloudNotRunning, SettingsError) as exc:
         print(f"roomba-fleet watch: {exc}", file=sys.stderr)
         return 2
@@ -211,3 +216,43 @@ def _render(view: FleetView, tty: bool, as_json: bool, changed: str | None) -> N
         else:
             row = view.rows[changed]
             print(f"{row.thing} {row.connection} v{row.version} {json.dumps(row.reported)}", flush=True)
+
+
+def fleet_main(argv: list[str] | None = None) -> int:
+    """``roomba-fleet watch --fleet [--once] [--json] [--prefix P]``: the summary, live or once."""
+    p = argparse.ArgumentParser(
+        prog="roomba-fleet watch --fleet",
+        description="The fleet at a glance for ``roomba-fleet watch --fleet``: one summary over every robot, "
+        "not one row each.",
+    )
+    p.add_argument("--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)")
+    p.add_argument("--once", action="store_true", help="print the summary once and exit")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.add_argument("--prefix", default="", help="only robots whose name starts with this")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the initial view")
+    p.add_argument("--every", type=float, default=1.0, help="seconds between live refreshes")
+    args = p.parse_args([a for a in (argv or []) if a != "--fleet"])
+    logs.configure("warning")
+    cloud = CloudDir.at(args.dir)
+
+    def show(view: FleetView) -> None:
+        summary = summarize(r for r in view.to_json()["robots"] if str(r["thing"]).startswith(args.prefix))
+        if args.json:
+            print(json.dumps(summary), flush=True)
+        else:
+            clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() and not args.once else ""
+            print(clear + render(summary), flush=True)
+
+    last = 0.0
+    try:
+        view = FleetView([t for t in cloud.known_robots() if t.startswith(args.prefix)])
+        for changed in follow(cloud, view, args.timeout, live=not args.once):
+            if changed is None or time.monotonic() - last >= args.every:
+                last = time.monotonic()
+                show(view)
+    except KeyboardInterrupt:
+        return 0
+    except (CloudNotRunning, SettingsError) as exc:
+        print(f"roomba-fleet watch: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,10 +1,11 @@
 """The real agent (``agent.daemon.Agent``) on a simulated robot, sharing one process with hundreds of others.
 
-Only the two places where the daemon touches hardware differ: ``start_robot`` takes a ready
-:class:`~fleetsim.link.SimLink` instead of opening a serial port, and robot calls run on a *lane* of a
-shard-wide :class:`WorkerPool` instead of a thread per robot (one lane per robot keeps its calls in order,
-as the daemon's own worker does). Shadow sync, commands, the ledger, the outbox, telemetry and the MQTT
-client are the agent's own code, unchanged.
+The agent goes through the same start-up as ``roomba-agent run``; only its :class:`~agent.daemon.Hooks`
+differ: the robot is a ready :class:`~fleetsim.link.SimLink`'s instead of one on a serial port, robot calls
+run on a *lane* of a shard-wide :class:`WorkerPool` instead of a thread per robot (one lane per robot keeps
+its calls in order, as the daemon's own worker does), and what belongs to a process of its own (signals,
+sd_notify and its watchdog, the credential check, TCP_NODELAY, fsync) is left out. Shadow sync, commands,
+the ledger, the outbox, telemetry and the MQTT client are the agent's own code, unchanged.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from agent import config as cfg
-from agent.daemon import Agent
-from agent.model import Event
+from agent.daemon import Agent, Hooks
+from agent.mqtt import MqttConnection
 from agent.robot_link import Job, run_jobs
-from agent.sdnotify import Notifier
 from fleetsim.link import SimLink
 
 
@@ -51,7 +51,7 @@ class WorkerPool:
 
 
 class Lane:
-    """What the daemon expects of its ``Worker`` (submit, alive, close), on a shared thread."""
+    """An :class:`agent.robot_link.RobotWorker` (submit, alive, close) on a thread shared by many robots."""
 
     def __init__(self, q: queue.SimpleQueue[Job | None], thread: threading.Thread) -> None:
         self._q = q
@@ -68,7 +68,9 @@ class Lane:
         """The pool outlives any one robot; it is closed with the shard."""
 
 
-class SimAgent(Agent):
+class SimAgent:
+    """One simulated robot's agent, and the status the fleet simulator reports for it."""
+
     def __init__(
         self,
         config: cfg.AgentConfig,
@@ -78,46 +80,52 @@ class SimAgent(Agent):
         reconnect_max_ms: int,
         durable: bool = False,
     ) -> None:
-        super().__init__(config, Notifier(env={}), reconnect_max_ms=reconnect_max_ms)
-        if not durable:
-            # a simulated robot need not survive a power cut: no fsync (commits stay atomic and survive a
-            # crash of this process), or a thousand robots starting at once queue behind the disk
-            self.db.execute("PRAGMA synchronous=OFF")
         self.link = link
-        self.lane = lane
-        self.events_queued = 0
         self._final: dict[str, Any] | None = None
-
-    def start_robot(self) -> None:
-        from agent.robot_link import RobotLink
-
-        self.robot_link = RobotLink(
-            self.link.robot, self._post_snapshot, sample_s=min(1.0, self.sync.report_min_s)
+        hooks = Hooks(
+            robot=lambda: link.robot,
+            worker=lambda: lane,
+            reconnect_max_ms=reconnect_max_ms,
+            durable=durable,
+            on_stopping=self._keep_final_status,
         )
-        self.worker = self.lane
-        self.link.robot.start()
+        self.agent = Agent(config, hooks)
 
-    def emit(self, event: Event) -> None:
-        super().emit(event)
-        self.events_queued += 1
+    @property
+    def mqtt(self) -> MqttConnection:
+        return self.agent.mqtt
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self.agent.stopping
+
+    async def run(self) -> None:
+        await self.agent.run()
+        if self._final is not None:
+            self._final["connected"] = False
+
+    def _keep_final_status(self) -> None:
+        """Taken as the agent starts to stop, while its store is still open."""
+        self._final = self.status()
 
     def status(self) -> dict[str, Any]:
         """What the fleet simulator reports for this robot (read by tests and ``simulate`` status)."""
         if self._final is not None:
             return self._final
-        c = self.metrics.counters
+        agent = self.agent
+        c = agent.metrics.counters
         link = self.link
         robot_state = link.robot.state
         return {
-            "connected": bool(self.mqtt is not None and self.mqtt.connected),
-            "ready": self.ready,
-            "mission": self.tracker.state,
+            "connected": agent.mqtt.connected,
+            "ready": agent.ready,
+            "mission": agent.robot.tracker.state,
             "connections": c["connections"],
             "shadow_updates": c["shadow_update_accepted"],
             "shadow_throttled": c["throttled"],
-            "events_queued": self.events_queued,
+            "events_queued": agent.events.queued,
             "events_delivered": c["events_delivered"],
-            "outbox_depth": self.outbox.depth(),
+            "outbox_depth": agent.outbox.depth(),
             "commands": {k[len("commands_") :]: v for k, v in c.items() if k.startswith("commands_")},
             "opcodes": dict(link.opcodes),
             "serial": {
@@ -128,42 +136,3 @@ class SimAgent(Agent):
             },
             "battery_pct": round(link.sim.world.battery_percent, 1),
         }
-
-    async def shutdown(self) -> None:
-        final = self.status()
-        await super().shutdown()
-        final["connected"] = False
-        self._final = final
-
-
-async def run_sim_agent(agent: SimAgent) -> None:
-    """``agent.daemon.run_agent`` minus what belongs to the process (signals, sd_notify, watchdog)."""
-    agent.recover_ledger()
-    agent.start_robot()
-    agent.start_mqtt()
-    agent.check_ready()
-    agent.pump()
-    config = agent.config
-    tasks = [
-        agent.loop.create_task(
-            agent.periodic("status", lambda: config.intervals.status_s, agent.write_status)
-        ),
-        agent.loop.create_task(
-            agent.periodic("telemetry", lambda: agent.settings["telemetry_s"], agent.send_telemetry)
-        ),
-        agent.loop.create_task(
-            agent.periodic("metrics", lambda: agent.settings["metrics_s"], agent.send_metrics)
-        ),
-    ]
-    probe = getattr(agent, "health_probe", None)
-    if probe is not None:
-        tasks.append(
-            agent.loop.create_task(agent.periodic("probe", lambda: config.intervals.health_probe_s, probe))
-        )
-    try:
-        await agent.stopping.wait()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await agent.shutdown()

@@ -23,11 +23,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from base import logs
 from base.process import raise_nofile_limit
 from fleetsim.faults import FaultAction, FaultSpec, RobotFaults
+
+if TYPE_CHECKING:  # imported when used: awscrt must load after quiet_system_trust_store
+    from agent.config import AgentConfig
+    from fleetsim.agent import SimAgent, WorkerPool
+    from fleetsim.link import SimLink
 
 WORKER_THREADS = 8
 
@@ -98,7 +103,7 @@ def shard_main(spec: ShardSpec, conn: Connection) -> None:
 
 
 class _Robot:
-    def __init__(self, thing: str, link: Any, agent: Any, faults: RobotFaults) -> None:
+    def __init__(self, thing: str, link: SimLink, agent: SimAgent, faults: RobotFaults) -> None:
         self.thing = thing
         self.link = link
         self.agent = agent
@@ -149,7 +154,7 @@ class Shard:
             self.stopping.set()
 
     # -- building robots ---------------------------------------------------------------------------------
-    def _config(self, thing: str) -> Any:
+    def _config(self, thing: str) -> AgentConfig:
         from agent import config as cfg
         from localcloud.layout import CloudDir
 
@@ -165,7 +170,7 @@ class Shard:
                 changes["root_ca"] = s.connection.root_ca
         return dataclasses.replace(config, **changes)
 
-    def _build(self, i: int, thing: str, pool: Any) -> _Robot:
+    def _build(self, i: int, thing: str, pool: WorkerPool) -> _Robot:
         from fleetsim.agent import SimAgent
         from fleetsim.link import SimLink
 
@@ -181,9 +186,7 @@ class Shard:
         )
         return _Robot(thing, link, agent, RobotFaults(s.faults, s.seed, thing))
 
-    async def _ramp(self, pool: Any) -> None:
-        from fleetsim.agent import run_sim_agent
-
+    async def _ramp(self, pool: WorkerPool) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         self.log.info("fleetsim.shard.ramp", robots=len(self.spec.things), per_s=self.spec.ramp_per_s)
@@ -199,7 +202,7 @@ class Shard:
                 self.log.error("fleet.sim.robot.failed", thing=thing, error=str(exc))
                 continue
             self.robots.append(robot)
-            robot.task = loop.create_task(run_sim_agent(robot.agent))
+            robot.task = loop.create_task(robot.agent.run())
         self.log.info("fleetsim.shard.started", robots=len(self.robots))
 
     # -- the ticker and the weather ----------------------------------------------------------------------
@@ -230,14 +233,9 @@ class Shard:
             elif kind == "flat":
                 r.link.sim.control({"op": "battery", "percent": action.value}, now)
             elif kind == "link_drop":
-                mqtt = r.agent.mqtt
-                if mqtt is not None:
-                    mqtt._client.stop()  # no DISCONNECT packet: the broker sees the link die, the will fires
-            elif kind == "link_restore":
-                mqtt = r.agent.mqtt
-                if mqtt is not None and not r.agent.stopping.is_set():
-                    mqtt._stopped.clear()
-                    mqtt._client.start()
+                r.agent.mqtt.drop()  # no DISCONNECT packet: the broker sees the link die, the will fires
+            elif kind == "link_restore" and not r.agent.stopping.is_set():
+                r.agent.mqtt.resume()
         except Exception as exc:
             self.log.warning("fleet.sim.fault.failed", thing=r.thing, kind=kind, error=str(exc))
 

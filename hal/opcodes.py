@@ -2,7 +2,8 @@
 
 Shared by the client codec (which refuses to build a command the current mode would ignore, if asked to) and
 the simulator (which must consume exactly the right number of data bytes to stay aligned, whatever the mode).
-Source: the Create 2 OI spec (2016) via ``../shared/reference/oi/oi_opcodes.tsv``.
+Source: the iRobot Create 2 Open Interface Specification (2016), tabulated in
+``tests/hal/hal_data/oi_opcodes.tsv`` (the tests check this table against it).
 """
 
 from __future__ import annotations

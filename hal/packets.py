@@ -2,8 +2,9 @@
 
 The table is the single source of truth for sizes and signedness, shared by the client codec and the
 simulator (which packs what the client unpacks), so the two can never drift apart. Values come from the
-Create 2 OI spec (2016) as collected in ``../shared/reference/oi/oi_packets.tsv``; where the spec contradicts
-itself the table follows the per-packet page (e.g. encoders 43/44 are signed, motor currents are signed).
+iRobot Create 2 Open Interface Specification (2016), tabulated in ``tests/hal/hal_data/oi_packets.tsv`` (the
+tests check this table against it); where the spec contradicts itself the table follows the per-packet page
+(e.g. encoders 43/44 are signed, motor currents are signed).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Named firmware quirks, each with a switch.
 
-Real robots differ from the spec in a few well-documented ways (see ``oi_facts.md`` §7). Each workaround is a
+Real robots differ from the spec in a few well-documented ways: some Roomba 6xx report packet 35 one too high
+(4 for Full; libcreate's mode-report workaround subtracts 1), firmware up to 3.4 reports Distance and Angle
+wrong (Create 2 OI spec, Appendix B), and the signed 16-bit encoder counts wrap. Each workaround is a
 named boolean so that a deployment can turn it on or off from configuration (``"mode_plus_one=on"``) instead
 of patching code, and so that logs can say which workaround was active.
 """

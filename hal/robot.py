@@ -4,14 +4,17 @@ No protocol parsing happens here: bytes go through :mod:`hal.codec`, geometry co
 :class:`~hal.models.RobotModel`, workarounds from :class:`~hal.quirks.Quirks`. What this class adds is time
 and persistence: it re-enters the requested mode when the robot drops to Passive (cliff, wheel drop,
 charger), re-opens an unplugged link with capped backoff and restarts the stream there, and publishes an
-immutable :class:`RobotState` after every frame. Listeners are called from the reader thread with no lock
-held; they must return quickly (an asyncio agent uses ``loop.call_soon_threadsafe``).
+immutable :class:`RobotState` after every frame. One turn of that work is :meth:`Robot.step`: the reader
+thread calls it in a loop, and a caller that runs many robots without a thread each (the fleet simulator)
+builds them with ``reader_thread=False`` and calls it itself. Listeners are called from whoever steps, with
+no lock held; they must return quickly (an asyncio agent uses ``loop.call_soon_threadsafe``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import random
 import threading
 import time
 from collections import deque
@@ -19,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from base.backoff import Backoff
 from base.logs import get_logger
 from hal import codec
 from hal.codec import BatteryLine, CorruptFrame, FirmwareBanner, SensorFrame, StreamEvent, StreamParser
@@ -28,7 +32,7 @@ from hal.odometry import DeltaOdometry, EncoderOdometry, Pose
 from hal.opcodes import OPCODES, OIMode
 from hal.packets import members
 from hal.quirks import Quirks, for_firmware
-from hal.transport import Backoff, SerialTransport
+from hal.transport import SerialTransport, Transport
 
 __all__ = [
     "LinkDown",
@@ -40,6 +44,7 @@ __all__ = [
     "RobotEvent",
     "RobotState",
     "StateUpdated",
+    "reopen_backoff",
 ]
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
@@ -121,6 +126,13 @@ Listener = Callable[[RobotEvent], None]
 _RATE_WINDOW_S = 2.0
 _STREAM_PERIOD_S = 0.015  # the OI sends a stream frame every 15 ms
 _READ_EARLY_S = 0.001
+_MAX_READ_PAUSE_S = 10 * _STREAM_PERIOD_S  # frames_per_read is at most 10
+
+
+def reopen_backoff(rand: Callable[[], float] = random.random) -> Backoff:
+    """The link's reopen rule: retry ``n`` waits uniform(0, min(2 s, 0.05 s * 2**n)), so a replugged cable is
+    back within a few tens of milliseconds and a dead port is tried about once a second."""
+    return Backoff(base_s=0.05, cap_s=2.0, rand=rand)
 
 
 class Robot:
@@ -133,7 +145,11 @@ class Robot:
     line is pulsed this often where the port has modem lines. ``release_on_close``: leave the robot in Passive
     on :meth:`close`. ``frames_per_read``: stream frames the reader lets pile up before it wakes (1: each
     frame as soon as it is complete; more: fewer wake-ups and less CPU, a frame then seen up to that many
-    periods late, except while a :meth:`wait_for` is waiting).
+    periods late, except while a :meth:`wait_for` is waiting). ``backoff`` paces reopening a failed link
+    (:func:`reopen_backoff` by default). ``transport``: any :class:`~hal.transport.Transport` (default: a
+    :class:`~hal.transport.SerialTransport` on ``port_url``). ``clock`` stamps frames and ages; a caller that
+    steps the Robot passes ``now`` on this clock. ``reader_thread=False``: :meth:`start` starts no thread and
+    the caller drives the Robot with :meth:`step`.
     """
 
     def __init__(
@@ -150,8 +166,9 @@ class Robot:
         release_on_close: bool = True,
         frames_per_read: int = 1,
         backoff: Backoff | None = None,
-        transport: SerialTransport | None = None,
+        transport: Transport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reader_thread: bool = True,
     ) -> None:
         self.model = get_model(model) if isinstance(model, str) else model
         self.quirks = quirks if quirks is not None else self.model.quirks
@@ -165,10 +182,14 @@ class Robot:
                 "mode through it; add 35 to stream_ids"
             )
         self.port_url = port_url
-        self._transport = transport or SerialTransport(port_url, self.baud)
+        self._transport: Transport = transport or SerialTransport(port_url, self.baud)
         self._parser = StreamParser(self.stream_ids)
         self._clock = clock
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or reopen_backoff()
+        self._reader_thread = reader_thread
+        self._running = False
+        self._reopen_at = 0.0
+        self._open_failed = False
         self._silence_s = silence_s
         self._frame_size = codec.stream_frame_size(self.stream_ids)
         self._byte_s = 10.0 / self.baud  # start bit, 8 data bits, stop bit
@@ -212,10 +233,15 @@ class Robot:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, *, wait: float | None = None) -> Robot:
-        """Open the link and start the reader thread. With ``wait``, block until the first frame arrives or
-        raise :class:`NoResponseError` (the thread keeps trying either way until :meth:`close`)."""
-        if self._thread is None:
-            self._stop.clear()
+        """Start the reader thread, which opens the link (with ``reader_thread=False``: only allow
+        :meth:`step` to). With ``wait``, block until the first frame arrives or raise :class:`NoResponseError`
+        (the Robot keeps trying either way until :meth:`close`); without a thread, only while another thread
+        steps it."""
+        if not self._running:
+            self._reopen_at, self._open_failed = 0.0, False
+        self._stop.clear()
+        self._running = True
+        if self._reader_thread and self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"robot-{self.port_url}", daemon=True)
             self._thread.start()
         if wait is not None:
@@ -225,7 +251,7 @@ class Robot:
     def close(self) -> None:
         """Stop the wheels, pause the stream and, if we had taken control (Safe/Full), hand the robot back in
         Passive (where it charges, as the spec recommends); then stop the reader thread and close the port."""
-        if self._thread is not None and self._transport.is_open:
+        if self._running and self._transport.is_open:
             with contextlib.suppress(HalError):
                 in_control = self._state.oi_mode in (OIMode.SAFE, OIMode.FULL)
                 if in_control:
@@ -234,6 +260,7 @@ class Robot:
                 if in_control and self._release_on_close:
                     self._transport.write(codec.start())
         self._stop.set()
+        self._running = False
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -244,6 +271,20 @@ class Robot:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def running(self) -> bool:
+        """Started and not closed: :meth:`step` does its work."""
+        return self._running
+
+    @property
+    def reader_alive(self) -> bool:
+        """Whether the reader thread runs (False before :meth:`start`, after :meth:`close`, or if it died);
+        with ``reader_thread=False``, whether the Robot is started, its stepping being the caller's."""
+        if not self._reader_thread:
+            return self._running
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     # ------------------------------------------------------------------ state and listeners
 
@@ -435,48 +476,64 @@ class Robot:
 
     # ------------------------------------------------------------------ reader thread
 
-    def _run(self) -> None:
-        """Open, read, feed the parser, supervise; on a link error close and reopen with backoff.
+    def step(self, now: float | None = None) -> float:
+        """One turn of the reader: reopen the link if it is down and its backoff has passed, read what
+        arrived, feed the parser, supervise (silence, keep-awake) and hold the mode.
+
+        ``now`` is on the Robot's ``clock``; None reads the clock after the read, so a frame is stamped when
+        it arrived (what the reader thread does). Returns how long the next turn may wait: the backoff before
+        a reopen, or the time the next frame needs to arrive (0: go on). A caller that ticks anyway may ignore
+        it. Does nothing unless started and not closed; never call it while the reader thread runs.
 
         The backoff only resets once a frame has arrived on the new link, so a port that opens and fails at
         once (a flapping adapter, a server that accepts and hangs up) is retried at the capped pace too.
         """
-        delays = self._backoff.delays()
-        first_failure = True
-        while not self._stop.is_set():
-            if not self._transport.is_open:
-                try:
-                    self._transport.open()
-                except TransportError as exc:
-                    self._last_error = str(exc)
-                    if first_failure:
-                        self.log.warning("oi.link.open_failed", error=str(exc))
-                        first_failure = False
-                    else:
-                        self.log.debug("oi.link.open_failed", error=str(exc))
-                    self._stop.wait(next(delays))
-                    continue
-                first_failure = True
-                self._on_link_up()
+        if not self._running:
+            return 0.0
+        transport = self._transport
+        if not transport.is_open:
+            at = self._clock() if now is None else now
+            if at < self._reopen_at:
+                return self._reopen_at - at
             try:
-                data = self._transport.read()
+                transport.open()
             except TransportError as exc:
-                self._on_link_down(str(exc))
-                if self._last_frame_at is None or self._last_frame_at < self._up_at:
-                    self._stop.wait(next(delays))
-                else:
-                    delays = self._backoff.delays()
-                continue
+                self._last_error = str(exc)
+                log = self.log.debug if self._open_failed else self.log.warning
+                log("oi.link.open_failed", error=str(exc))
+                self._open_failed = True
+                self._reopen_at = at + self._backoff.next_delay()
+                return self._reopen_at - at
+            self._open_failed = False
+            self._on_link_up(at)
+        try:
+            data = transport.read()
+        except TransportError as exc:
+            at = self._clock() if now is None else now
+            self._on_link_down(str(exc), at)
+            if self._last_frame_at is None or self._last_frame_at < self._up_at:
+                self._reopen_at = at + self._backoff.next_delay()
+                return self._reopen_at - at
+            self._backoff.reset()
+            return 0.0
+        if now is None:
             now = self._clock()
-            try:
-                if data:
-                    for event in self._parser.feed(data, now):
-                        self._on_stream_event(event, now)
-                self._supervise(now)
-            except Exception:  # a bug here must not silently end the robot's only reader
-                self.log.exception("hal.robot.reader_error")
+        try:
             if data:
-                time.sleep(self._read_pause())  # a few stream periods at most: close() joins right after
+                for event in self._parser.feed(data, now):
+                    self._on_stream_event(event, now)
+            self._supervise(now)
+        except Exception:  # a bug here must not silently end the robot's reader (or a simulator's ticker)
+            self.log.exception("hal.robot.reader_error")
+        return self._read_pause() if data else 0.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pause = self.step()
+            if pause > _MAX_READ_PAUSE_S:
+                self._stop.wait(pause)  # a reopen backoff: close() cuts it short
+            elif pause > 0:
+                time.sleep(pause)  # a read pause, a few stream periods (cheaper than an Event's wait)
         self._connected = False
 
     def _read_pause(self) -> float:
@@ -494,8 +551,7 @@ class Robot:
             return later + (self._frame_size - buffered) * self._byte_s
         return later + _STREAM_PERIOD_S - _READ_EARLY_S
 
-    def _on_link_up(self) -> None:
-        now = self._clock()
+    def _on_link_up(self, now: float) -> None:
         self._up_at = now
         if self._ever_connected:
             self._reconnects += 1
@@ -508,8 +564,7 @@ class Robot:
         self._emit(LinkUp(self._reconnects, now))
         self._handshake(now)
 
-    def _on_link_down(self, reason: str) -> None:
-        now = self._clock()
+    def _on_link_down(self, reason: str, now: float) -> None:
         self._last_error = reason
         self._connected = False
         self._publish_link(now)
@@ -529,7 +584,7 @@ class Robot:
                 self._transport.write(codec.enter_mode(self._hold))
             self._transport.write(codec.stream(self.stream_ids, baud_rate=self.baud))
         except TransportError as exc:
-            self._on_link_down(str(exc))
+            self._on_link_down(str(exc), now)
 
     def _supervise(self, now: float) -> None:
         if not self._transport.is_open or self._dormant:
@@ -694,7 +749,7 @@ class Robot:
                 self._transport.write(codec.start())
             self._transport.write(codec.enter_mode(hold))
         except TransportError as exc:
-            self._on_link_down(str(exc))
+            self._on_link_down(str(exc), now)
             return
         self._emit(ModeReentry(hold, mode, self._reentry_attempts, now))
 

@@ -1,9 +1,15 @@
-"""The serial link to the robot, over anything pyserial opens: a device, a pty, ``socket://``, ``rfc2217://``.
+"""The links the Robot talks over: the :class:`Transport` protocol, pyserial's ports, and a cable in memory.
 
-Thin on purpose: open, read what is there, write, pulse BRC, close. Every failure surfaces as one
-:class:`~hal.errors.TransportError` with the port in the message, so the Robot has one thing to catch
-before it reopens with :class:`Backoff`. Ports without modem lines (a pty raises ENOTTY, a socket has none)
-still work: waking is then simply not possible and :meth:`SerialTransport.wake` says so.
+:class:`SerialTransport` opens anything pyserial opens: a device, a pty, ``socket://``, ``rfc2217://``. Thin
+on purpose: open, read what is there, write, pulse BRC, close. Every failure surfaces as one
+:class:`~hal.errors.TransportError` with the port in the message, so the Robot has one thing to catch before
+it reopens with backoff. Ports without modem lines (a pty raises ENOTTY, a socket has none) still work:
+waking is then simply not possible and :meth:`SerialTransport.wake` says so.
+
+:class:`MemoryTransport` is a serial cable in memory, for the fleet simulator and tests: its host side is a
+:class:`Transport`, its robot side is a handful of methods a simulator calls. It lives here, beside the
+protocol and the serial port it stands in for, so its errors read like theirs and a change to the protocol
+meets every implementation in one file.
 """
 
 from __future__ import annotations
@@ -11,38 +17,53 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import random
 import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import serial
 
 from base.logs import get_logger
 from hal.errors import TransportError
 
-__all__ = ["Backoff", "SerialTransport"]
+__all__ = ["MemoryTransport", "SerialTransport", "Transport"]
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Capped exponential backoff with jitter: 0.05, 0.1, 0.2 … 2 s (±20 %)."""
+@runtime_checkable
+class Transport(Protocol):
+    """What :class:`~hal.robot.Robot` needs of a link. Thread-safe for one reader and any number of writers.
 
-    initial: float = 0.05
-    cap: float = 2.0
-    factor: float = 2.0
-    jitter: float = 0.2
+    Every failure is a :class:`~hal.errors.TransportError`; after one from :meth:`read` or :meth:`write` the
+    transport is closed and the Robot reopens it.
+    """
 
-    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
-        rng = rng or random.Random()
-        delay = self.initial
-        while True:
-            yield min(self.cap, delay) * (1 + self.jitter * (2 * rng.random() - 1))
-            delay = min(self.cap, delay * self.factor)
+    url: str
+    #: True: :meth:`wake` pulses a real BRC line; False: it cannot; None: not known until the first wake.
+    has_modem_lines: bool | None
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def open(self) -> None:
+        """One attempt to open; :class:`~hal.errors.TransportError` says why it failed."""
+
+    def close(self) -> None:
+        """Close (idempotent); a later :meth:`open` may reconnect."""
+
+    def read(self, size: int = 4096) -> bytes:
+        """Whatever arrived within the transport's read timeout, at most ``size`` bytes (possibly ``b""``)."""
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` whole, or raise :class:`~hal.errors.TransportError`."""
+
+    def reset_input(self) -> None:
+        """Drop bytes received but not read yet."""
+
+    def wake(self, pulse_s: float = 0.1) -> bool:
+        """Pulse BRC to wake a sleeping robot; False where there is no line to pulse."""
 
 
 OpenFn = Callable[..., Any]
@@ -75,7 +96,7 @@ WRITE_TIMEOUT_S = 1.0
 
 
 class SerialTransport:
-    """One robot link. Thread-safe for one reader and any number of writers."""
+    """A :class:`Transport` over a pyserial port (a device, a pty, ``socket://``, ``rfc2217://``)."""
 
     def __init__(
         self,
@@ -226,3 +247,110 @@ class SerialTransport:
         """socket:// and loop:// accept RTS/DTR without a wire behind them (rfc2217:// forwards them to the
         remote port, so it counts as real)."""
         return not type(port).__module__.startswith("serial.urlhandler")
+
+
+class MemoryTransport:
+    """A serial cable in memory: the host side is a :class:`Transport`, the robot side is for a simulator.
+
+    Host writes (from any thread) queue up until the robot side calls :meth:`take_for_robot`; the robot side's
+    :meth:`deliver` makes bytes readable. :meth:`unplug` pulls the cable (the host's next read fails, opening
+    fails until :meth:`plug`). The BRC line is wired: each :meth:`wake` is counted in ``wake_requests``, for
+    the simulator to act on. ``read_timeout`` 0 (the default) never blocks, for a caller that steps the Robot
+    itself; under the Robot's reader thread give it a timeout, as a serial port has.
+    """
+
+    def __init__(self, url: str = "memory://robot", *, read_timeout: float = 0.0) -> None:
+        self.url = url
+        self.read_timeout = read_timeout
+        self.has_modem_lines: bool | None = True
+        self.wake_requests = 0
+        self._open = False
+        self._plugged = True
+        self._to_robot = bytearray()
+        self._to_host = bytearray()
+        self._lock = threading.Lock()
+        self._arrived = threading.Event()
+
+    # the host's side: the Transport protocol ---------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    @property
+    def plugged(self) -> bool:
+        return self._plugged
+
+    def open(self) -> None:
+        if not self._plugged:
+            raise TransportError(f"cannot open {self.url}: the simulated cable is unplugged")
+        self._open = True
+
+    def close(self) -> None:
+        self._open = False
+
+    def read(self, size: int = 4096) -> bytes:
+        data = self._take_for_host(size)
+        if data or self.read_timeout <= 0:
+            return data
+        self._arrived.wait(self.read_timeout)
+        self._arrived.clear()
+        return self._take_for_host(size)
+
+    def _take_for_host(self, size: int) -> bytes:
+        if not self._open:
+            raise TransportError(f"{self.url} is not open")
+        if not self._plugged:
+            self._open = False
+            raise TransportError(f"reading from {self.url} failed: the simulated cable was unplugged")
+        with self._lock:
+            if not self._to_host:
+                return b""
+            data = bytes(self._to_host[:size])
+            del self._to_host[:size]
+        return data
+
+    def write(self, data: bytes) -> None:
+        if not self._open or not self._plugged:
+            raise TransportError(f"{self.url} is not open (the robot link is down; it is being reopened)")
+        with self._lock:
+            self._to_robot += data
+
+    def reset_input(self) -> None:
+        with self._lock:
+            self._to_host.clear()
+
+    def wake(self, pulse_s: float = 0.1) -> bool:
+        if not self._open:
+            return False
+        self.wake_requests += 1
+        return True
+
+    # the robot's side -------------------------------------------------------------------------------------
+    def take_for_robot(self) -> bytes:
+        """Everything the host has written since the last call."""
+        with self._lock:
+            if not self._to_robot:
+                return b""
+            data = bytes(self._to_robot)
+            self._to_robot.clear()
+        return data
+
+    def deliver(self, data: bytes) -> None:
+        """Bytes from the robot, readable by the host; lost while the host side is closed or unplugged, as on
+        a real line."""
+        if self._open and self._plugged:
+            with self._lock:
+                self._to_host += data
+            if self.read_timeout > 0:
+                self._arrived.set()
+
+    def unplug(self) -> None:
+        """Pull the cable: bytes in flight either way are lost."""
+        self._plugged = False
+        with self._lock:
+            self._to_robot.clear()
+            self._to_host.clear()
+        self._arrived.set()
+
+    def plug(self) -> None:
+        self._plugged = True

@@ -3,8 +3,8 @@
 The ACL is the local equivalent of the AWS IoT policy a robot gets: with ``use_identity_as_username`` the
 certificate CN (= thing name = client id) is the MQTT username, and pattern rules keyed on ``%u`` give each
 robot exactly what ``provisioning.aws.device_policy`` allows on its own ``$aws/things/<thing>/shadow|jobs/...``
-and ``roomba/<thing>/...`` topics. The shadow
-service and the operator are named identities with wider rules.
+and ``roomba/<thing>/...`` topics (built by :mod:`shadow.topics`). The shadow service and the operator are
+named identities with wider rules.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from localcloud.layout import OPERATOR_IDENTITY, SERVICE_IDENTITY
+from localcloud.layout import LOCAL_TOPIC_ROOT, OPERATOR_IDENTITY, SERVICE_IDENTITY
+from shadow import topics
 
 MAX_PACKET_SIZE = 128 * 1024 + 1024
 INSTALL_HINT = (
@@ -42,21 +43,21 @@ def find_mosquitto() -> str:
     raise BrokerMissing(INSTALL_HINT)
 
 
+ROBOT = "%u"  # Mosquitto's pattern placeholder for the username, i.e. the thing name
 ROBOT_PUBLISH = (  # the most used first: Mosquitto tries the patterns in order on every publish
-    "$aws/things/%u/shadow/update",
-    "$aws/things/%u/shadow/get",
-    "roomba/%u/telemetry",
-    "roomba/%u/metrics",
-    "roomba/%u/events",
-    "roomba/%u/presence",
-    "$aws/things/%u/shadow/name/+/update",
-    "$aws/things/%u/shadow/name/+/get",
-    "$aws/things/%u/jobs/get",
-    "$aws/things/%u/jobs/start-next",
-    "$aws/things/%u/jobs/+/get",
-    "$aws/things/%u/jobs/+/update",
+    topics.shadow_topic(ROBOT, "update"),
+    topics.shadow_topic(ROBOT, "get"),
+    topics.telemetry_topic(ROBOT),
+    topics.metrics_topic(ROBOT),
+    topics.events_topic(ROBOT),
+    topics.presence_topic(ROBOT),
+    topics.shadow_topic(ROBOT, "update", name=topics.ANY),
+    topics.shadow_topic(ROBOT, "get", name=topics.ANY),
+    *(topics.jobs_topic(ROBOT, request) for request in topics.JOBS_REQUESTS),
 )
-ROBOT_RECEIVE = ("$aws/things/%u/shadow/#", "$aws/things/%u/jobs/#")
+ROBOT_RECEIVE = (topics.shadow_topic(ROBOT, "#"), topics.jobs_topic(ROBOT, "#"))
+SERVICE_TOPICS = (topics.shadow_topic(topics.ANY, "#"),)
+OPERATOR_TOPICS = (topics.things_prefix("#"), topics.agent_prefix("#"), f"{LOCAL_TOPIC_ROOT}/#")
 
 
 def acl_text() -> str:
@@ -73,13 +74,11 @@ def acl_text() -> str:
             "",
             "# The shadow service answers every thing's shadow requests.",
             f"user {SERVICE_IDENTITY}",
-            "topic readwrite $aws/things/+/shadow/#",
+            *(f"topic readwrite {topic}" for topic in SERVICE_TOPICS),
             "",
             "# The operator (roomba-fleet shadow/watch) sees and changes everything.",
             f"user {OPERATOR_IDENTITY}",
-            "topic readwrite $aws/things/#",
-            "topic readwrite roomba/#",
-            "topic readwrite local-cloud/#",
+            *(f"topic readwrite {topic}" for topic in OPERATOR_TOPICS),
             "",
         ]
     )
@@ -99,8 +98,8 @@ def broker_config(
 ) -> str:
     """mosquitto.conf: mutual TLS on ``bind:port``, CN as username, the ACL, tuned for latency.
 
-    ``user root`` is written only when running as root: mosquitto otherwise drops to ``mosquitto`` before
-    reading the server key and cannot open it (platform_notes.md).
+    ``user root`` is written only when running as root: started as root, mosquitto drops to the
+    ``mosquitto`` user before it reads the server key, then cannot open the key and exits.
     """
     if as_root is None:
         as_root = os.geteuid() == 0

@@ -22,6 +22,7 @@ DEFAULT_DIR = Path("var/local-cloud")
 SERVICE_IDENTITY = "local-cloud-shadow-service"
 OPERATOR_IDENTITY = "local-cloud-operator"
 RESERVED_NAMES = frozenset({SERVICE_IDENTITY, OPERATOR_IDENTITY})
+LOCAL_TOPIC_ROOT = "local-cloud"  # topics of the local cloud itself (the operator's markers), not AWS's
 
 
 def default_dir() -> Path:

@@ -4,22 +4,44 @@ shadow service, so ``roomba-fleet`` needs no MQTT library at run time.
 It connects with the operator identity (privileged ACL) and a unique client id, so several operator
 commands can run at once. When nothing listens on the cloud's port it raises ``CloudNotRunning`` whose
 message says how to start the cloud.
+
+Shadow requests speak the same MQTT protocol a robot does (publish to ``.../get`` etc., wait for the answer
+carrying our ``clientToken``): :func:`shadow_request` for one thing, :meth:`OperatorClient.shadow_requests`
+for many at once.
 """
 
 from __future__ import annotations
 
+import json
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from localcloud import mqtt_lite as mq
-from localcloud.layout import OPERATOR_IDENTITY, CloudDir
+from localcloud.layout import LOCAL_TOPIC_ROOT, OPERATOR_IDENTITY, CloudDir
 from localcloud.tlsio import TlsClosed, TlsConnection
+from shadow.topics import ANY, SHADOW_RESPONSES, shadow_topic
 
 
 class CloudNotRunning(Exception):
     """The local cloud in DIR is not reachable; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ShadowAnswer:
+    """The shadow service's answer to one request: on ``.../accepted`` or not, and the response document."""
+
+    accepted: bool
+    document: dict[str, Any]
+
+
+def marker_topic() -> str:
+    """A fresh topic only this operator uses: publishing to it and seeing it come back proves every retained
+    message sent before has arrived."""
+    return f"{LOCAL_TOPIC_ROOT}/operator/{uuid.uuid4().hex}"
 
 
 class OperatorClient:
@@ -122,6 +144,45 @@ class OperatorClient:
                 self._send(mq.PINGREQ_BYTES)
                 last_ping = time.monotonic()
 
+    def shadow_requests(
+        self,
+        op: str,
+        payloads: Mapping[str, Mapping[str, Any]],
+        *,
+        name: str | None = None,
+        timeout: float,
+    ) -> dict[str, ShadowAnswer | None]:
+        """One shadow ``op`` (get/update/delete) per thing, pipelined; None for a thing not answered in time.
+
+        Every request is published before any answer is awaited, so a thousand robots take one round trip,
+        not a thousand. Answers are matched by ``clientToken``: each payload must carry its own.
+        """
+        if not payloads:
+            return {}
+        tokens: dict[str, str] = {}
+        for thing, payload in payloads.items():
+            token = payload.get("clientToken")
+            if isinstance(token, str):
+                tokens[token] = thing
+        which = next(iter(payloads)) if len(payloads) == 1 else ANY
+        self.subscribe([shadow_topic(which, op, response, name=name) for response in SHADOW_RESPONSES], qos=1)
+        for thing, payload in payloads.items():
+            self.publish(shadow_topic(thing, op, name=name), json.dumps(payload).encode(), qos=1)
+        results: dict[str, ShadowAnswer | None] = dict.fromkeys(payloads)
+        for pkt in self.messages(timeout):
+            try:
+                doc = json.loads(pkt.payload)
+            except ValueError:
+                continue
+            got = doc.get("clientToken") if isinstance(doc, dict) else None
+            answered = tokens.pop(got, None) if isinstance(got, str) else None
+            if answered is None:
+                continue
+            results[answered] = ShadowAnswer(pkt.topic.endswith("/accepted"), doc)
+            if not tokens:
+                break
+        return results
+
     def close(self) -> None:
         try:
             self.conn.send(mq.DISCONNECT_BYTES)
@@ -134,3 +195,30 @@ class OperatorClient:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def shadow_request(
+    cloud: CloudDir,
+    thing: str,
+    op: str,
+    body: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    timeout: float = 5.0,
+) -> tuple[bool, dict[str, Any]]:
+    """One shadow request as the operator, on a connection of its own; returns (accepted, response document).
+
+    A ``clientToken`` in ``body`` is kept (the answer echoes it). ``CloudNotRunning`` when the cloud is down
+    or the shadow service does not answer within ``timeout``.
+    """
+    payload = dict(body or {})
+    if payload.get("clientToken") is None:
+        payload["clientToken"] = uuid.uuid4().hex
+    with OperatorClient(cloud, timeout=timeout) as client:
+        answer = client.shadow_requests(op, {thing: payload}, name=name, timeout=timeout)[thing]
+    if answer is None:
+        raise CloudNotRunning(
+            f"no answer from the shadow service within {timeout:g} s (the broker is up); "
+            f"check {cloud.service_log} and the `roomba-fleet up` terminal"
+        )
+    return answer.accepted, answer.document

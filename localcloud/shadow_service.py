@@ -33,10 +33,11 @@ from localcloud.layout import SERVICE_IDENTITY, CloudDir, Settings
 from localcloud.shadow_store import ShadowStore
 from localcloud.tlsio import TlsClosed, TlsConnection
 from shadow.engine import ShadowEngine
+from shadow.topics import ANY, shadow_topic
 
 log = logs.get_logger("localcloud.shadow_service")
 
-REQUEST_FILTERS = ("$aws/things/+/shadow/+", "$aws/things/+/shadow/name/+/+")
+REQUEST_FILTERS = (shadow_topic(ANY, ANY), shadow_topic(ANY, ANY, name=ANY))
 KEEPALIVE_S = 30
 
 

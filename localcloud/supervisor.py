@@ -1,7 +1,8 @@
 """Keeping the broker and the shadow service alive: start, wait until ready, restart with backoff, stop.
 
-A crashed child is restarted after a capped exponential backoff (0.5 s doubling to 30 s, reset after a
-minute of uptime), and every restart is printed so a developer sees it in the ``up`` terminal.
+A crashed child is restarted after the project's one backoff (:class:`base.backoff.Backoff`: capped
+exponential with full jitter, a ceiling of 0.5 s doubling to 30 s, started over after a minute of uptime),
+and every restart is printed with its delay so a developer sees it in the ``up`` terminal.
 
 Children never outlive the supervisor: on Linux each one asks the kernel for SIGTERM when its parent dies
 (``PR_SET_PDEATHSIG``), so even a SIGKILLed ``up`` leaves no broker holding the port. ``up`` also cleans up
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from base.backoff import Backoff
 from base.logs import get_logger
 
 log = get_logger("localcloud.supervisor")
@@ -70,11 +72,16 @@ def die_with_parent(parent: int) -> Callable[[], None] | None:
     return preexec
 
 
-def next_backoff(previous: float | None, uptime: float) -> float:
-    """Pure backoff rule: start small, double, cap; a child that ran long enough starts over."""
-    if previous is None or uptime >= STABLE_AFTER_S:
-        return BACKOFF_START_S
-    return min(previous * 2, BACKOFF_CAP_S)
+def restart_backoff() -> Backoff:
+    return Backoff(base_s=BACKOFF_START_S, cap_s=BACKOFF_CAP_S)
+
+
+def next_backoff(backoff: Backoff, uptime: float) -> float:
+    """Seconds to wait before restarting a child that exited after ``uptime`` seconds. A child that ran for
+    ``STABLE_AFTER_S`` counts as healthy: its next crash starts the sequence over."""
+    if uptime >= STABLE_AFTER_S:
+        backoff.reset()
+    return backoff.next_delay()
 
 
 @dataclass
@@ -89,7 +96,8 @@ class Child:
     before_start: Callable[[Child], None] | None = None
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
-    backoff: float | None = None
+    backoff: Backoff = field(default_factory=restart_backoff)
+    restart_delay: float = 0.0
     restart_at: float | None = None
     restarts: int = 0
     ready_event: threading.Event = field(default_factory=threading.Event)
@@ -182,18 +190,18 @@ class Supervisor:
             if proc is None or proc.poll() is None:
                 continue
             uptime = now - child.started_at
-            child.backoff = next_backoff(child.backoff, uptime)
-            child.restart_at = now + child.backoff
+            child.restart_delay = next_backoff(child.backoff, uptime)
+            child.restart_at = now + child.restart_delay
             child.stop()
             self.say(
                 f"roomba-fleet: {child.name} exited with code {proc.returncode}; "
-                f"restarting in {child.backoff:.1f}s (see {child.log_path})"
+                f"restarting in {child.restart_delay:.1f}s (see {child.log_path})"
             )
             log.warning(
                 "fleet.child.crashed",
                 child=self.name_of(child),
                 code=proc.returncode,
-                backoff_s=child.backoff,
+                backoff_s=child.restart_delay,
             )
 
     @staticmethod

@@ -42,9 +42,10 @@ from types import TracebackType
 from typing import Any
 
 from base.testing import wait_until
-from fleet import shadow as fleet_operator
 from localcloud import cloud as fleet_cloud
 from localcloud.layout import OPERATOR_IDENTITY, SERVICE_IDENTITY, CloudDir
+from localcloud.opclient import shadow_request
+from shadow.topics import events_topic, presence_topic, shadow_topic
 
 
 def free_port() -> int:
@@ -158,13 +159,13 @@ class LocalCloud:
 
     def get_shadow(self, thing: str, name: str | None = None) -> tuple[bool, dict[str, Any]]:
         """(accepted, document) of a shadow ``get`` as the operator (a 404 is ``(False, {...})``)."""
-        return fleet_operator.request(self.dir, thing, "get", name=name)
+        return shadow_request(self.dir, thing, "get", name=name)
 
     def update_shadow(
         self, thing: str, document: dict[str, Any], name: str | None = None
     ) -> tuple[bool, dict[str, Any]]:
         """Publish an update as the operator (e.g. ``{"state": {"desired": {...}}}``); (accepted, response)."""
-        return fleet_operator.request(self.dir, thing, "update", document, name=name)
+        return shadow_request(self.dir, thing, "update", document, name=name)
 
     def operator(self) -> IdentityPaths:
         return self.identity(OPERATOR_IDENTITY)
@@ -236,7 +237,7 @@ class PahoRobot:
         )
         self.client.tls_set(ca_certs=str(ident.ca), certfile=str(ident.cert), keyfile=str(ident.key))
         if will is not None:
-            self.client.will_set(f"roomba/{thing}/presence", will, qos=1, retain=True)
+            self.client.will_set(presence_topic(thing), will, qos=1, retain=True)
         self.connected = threading.Event()
         self.client.on_connect = lambda *_a: self.connected.set()
         self.client.on_message = lambda _c, _u, m: self.messages.put(
@@ -303,7 +304,6 @@ class PahoOperator:
 
         ident = cloud.operator()
         self.thing = thing
-        self.base = f"$aws/things/{thing}/shadow"
         self.lock = threading.Lock()
         self.events: list[dict[str, Any]] = []
         self.presence: list[dict[str, Any]] = []
@@ -327,7 +327,11 @@ class PahoOperator:
     def _on_connect(self, client: Any, *_: Any) -> None:
         self.subscribed.clear()
         client.subscribe(
-            [(f"{self.base}/#", 1), (f"roomba/{self.thing}/events", 1), (f"roomba/{self.thing}/presence", 1)]
+            [
+                (shadow_topic(self.thing, "#"), 1),
+                (events_topic(self.thing), 1),
+                (presence_topic(self.thing), 1),
+            ]
         )
         with self.lock:
             self.connects += 1
@@ -349,13 +353,10 @@ class PahoOperator:
             ):
                 self.responses[doc["clientToken"]] = {"topic": msg.topic, **doc}
 
-    def prefix(self, shadow: str | None) -> str:
-        return self.base if shadow is None else f"{self.base}/name/{shadow}"
-
     def update_desired(self, desired: dict[str, Any], shadow: str | None = None) -> None:
         token = f"op-{uuid.uuid4().hex[:10]}"
         body = {"state": {"desired": desired}, "clientToken": token}
-        self.client.publish(f"{self.prefix(shadow)}/update", json.dumps(body), qos=1)
+        self.client.publish(shadow_topic(self.thing, "update", name=shadow), json.dumps(body), qos=1)
         wait_until(lambda: token in self.responses, 20, "desired update accepted")
         assert self.responses[token]["topic"].endswith("/accepted"), self.responses[token]
 
@@ -378,7 +379,9 @@ class PahoOperator:
                 tokens.append(f"op-{uuid.uuid4().hex[:10]}")
                 sent[0] = time.monotonic()
                 self.client.publish(
-                    f"{self.prefix(shadow)}/get", json.dumps({"clientToken": tokens[-1]}), qos=1
+                    shadow_topic(self.thing, "get", name=shadow),
+                    json.dumps({"clientToken": tokens[-1]}),
+                    qos=1,
                 )
             return None
 

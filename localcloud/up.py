@@ -1,13 +1,13 @@
-"""``roomba-fleet up``: the local AWS IoT stand-in in the foreground (Mosquitto + shadow service).
+"""What ``roomba-fleet up`` runs: the local AWS IoT stand-in in the foreground (Mosquitto + shadow service).
 
-Prepares DIR (CA, certificates, broker configuration) with the provisioning API, starts Mosquitto with a
-raised open-file limit and the shadow service, prints where to connect, supervises both and stops both on
-Ctrl-C / SIGTERM. ``run/up.json`` in DIR tells other commands (and tests) the pids and port.
+:func:`run` prepares DIR (CA, certificates, broker configuration) with the provisioning API, starts Mosquitto
+with a raised open-file limit and the shadow service, prints where to connect, supervises both and stops
+both on Ctrl-C / SIGTERM. ``run/up.json`` in DIR tells other commands (and tests) the pids and port. The
+command line is parsed by ``fleet.up``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -110,17 +110,9 @@ def clean_up_after_predecessor(cloud_dir: CloudDir) -> str | None:
     return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="roomba-fleet up", description=__doc__.splitlines()[0])
-    p.add_argument("--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)")
-    p.add_argument("--port", type=int, help="MQTT/TLS port (saved in DIR; default 8883)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logs.configure("info")
-    cloud_dir = CloudDir.at(args.dir)
+def run(cloud_dir: CloudDir, port: int | None = None) -> int:
+    """Serve the local cloud in ``cloud_dir`` until SIGTERM/SIGINT/SIGHUP; the exit status of ``up`` (1 when
+    it cannot start, with the reason on stderr). ``port`` replaces the saved one."""
     try:
         mosquitto = broker.find_mosquitto()
     except broker.BrokerMissing as exc:
@@ -132,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"roomba-fleet up: {problem}", file=sys.stderr)
         return 1
     try:
-        settings = cloud.prepare(cloud_dir, args.port)
+        settings = cloud.prepare(cloud_dir, port)
     except (ProvisioningError, SettingsError) as exc:
         print(f"roomba-fleet up: {exc}", file=sys.stderr)
         return 1

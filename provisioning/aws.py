@@ -1,8 +1,8 @@
 """AWS IoT artifacts for the fleet: the least-privilege device policy and the JITP template.
 
-Pure functions returning JSON-ready dicts. The policy grants a robot exactly the topics in CONTRACTS.md
-(shadows, jobs, roomba/<thing>/...), all keyed on ``${iot:Connection.Thing.ThingName}`` so one policy serves
-every robot and none can touch another's topics.
+Pure functions returning JSON-ready dicts. The policy grants a robot exactly the topics in docs/CONTRACTS.md
+(shadows, jobs, roomba/<thing>/...), built by :mod:`shadow.topics` and all keyed on
+``${iot:Connection.Thing.ThingName}``, so one policy serves every robot and none can touch another's topics.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from shadow import topics
+
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 THING = "${iot:Connection.Thing.ThingName}"
-AGENT_TOPICS = ("telemetry", "events", "metrics", "presence")
-RETAINED_TOPICS = ("presence",)
-JOBS_REQUESTS = ("get", "start-next", "*/get", "*/update")
+JOBS_REQUESTS = tuple(request.replace(topics.ANY, "*") for request in topics.JOBS_REQUESTS)
+"""The Jobs request topics in policy syntax: in a policy resource MQTT's ``+`` and ``#`` are literal
+characters and ``*`` is the wildcard (AWS IoT Core Developer Guide, "AWS IoT Core policy variables")."""
 POLICY_MAX_CHARS = 2048
 
 
@@ -31,7 +33,9 @@ def device_policy(
 ) -> dict[str, Any]:
     """The device policy: connect as its own thing, its shadows (classic + named), jobs and agent topics.
 
-    Everything is scoped to the robot's own thing (aws/jobs_and_provisioning.md §(d)):
+    Everything is scoped to the robot's own thing through the ``${iot:Connection.Thing.ThingName}`` policy
+    variable, the thing attached to the connecting certificate; ``iot:Connection.Thing.IsAttached`` makes
+    a certificate with no thing unable to connect (AWS IoT Core Developer Guide, "Thing policy variables"):
 
     - publish: shadow ``get``/``update`` (never ``delete``), the four Jobs request topics, and exactly
       ``roomba/<thing>/telemetry|events|metrics|presence``; ``iot:RetainPublish`` on ``presence`` only
@@ -49,11 +53,11 @@ def device_policy(
     def arn(resource: str) -> str:
         return _arn(partition, region, account, resource)
 
-    things = f"$aws/things/{THING}"
-    shadows = [f"{things}/shadow"] + [f"{things}/shadow/name/{name}" for name in shadow_names]
+    shadows = [topics.shadow_prefix(THING)] + [topics.shadow_prefix(THING, name) for name in shadow_names]
     publish = [arn(f"topic/{s}/{op}") for s in shadows for op in ("get", "update")]
-    publish += [arn(f"topic/{things}/jobs/{op}") for op in JOBS_REQUESTS]
-    publish += [arn(f"topic/roomba/{THING}/{t}") for t in AGENT_TOPICS]
+    publish += [arn(f"topic/{topics.jobs_topic(THING, op)}") for op in JOBS_REQUESTS]
+    publish += [arn(f"topic/{topics.agent_topic(THING, t)}") for t in topics.AGENT_TOPICS]
+    own_shadows, own_jobs = topics.shadow_topic(THING, "*"), topics.jobs_topic(THING, "*")
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -67,17 +71,17 @@ def device_policy(
             {
                 "Effect": "Allow",
                 "Action": "iot:RetainPublish",
-                "Resource": [arn(f"topic/roomba/{THING}/{t}") for t in RETAINED_TOPICS],
+                "Resource": [arn(f"topic/{topics.agent_topic(THING, t)}") for t in topics.RETAINED_TOPICS],
             },
             {
                 "Effect": "Allow",
                 "Action": "iot:Subscribe",
-                "Resource": [arn(f"topicfilter/{things}/shadow/*"), arn(f"topicfilter/{things}/jobs/*")],
+                "Resource": [arn(f"topicfilter/{own_shadows}"), arn(f"topicfilter/{own_jobs}")],
             },
             {
                 "Effect": "Allow",
                 "Action": "iot:Receive",
-                "Resource": [arn(f"topic/{things}/shadow/*"), arn(f"topic/{things}/jobs/*")],
+                "Resource": [arn(f"topic/{own_shadows}"), arn(f"topic/{own_jobs}")],
             },
         ],
     }

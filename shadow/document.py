@@ -2,8 +2,10 @@
 
 One implementation of the rules serves both sides of the wire: the local cloud's shadow service
 (``shadow.engine``) answers requests with it, and the agent uses it to compute deltas and to keep a
-local copy of its shadow consistent with what the cloud would hold. Everything follows
-``shadow_protocol.md`` (the AWS reference); where AWS is undocumented the choice is noted.
+local copy of its shadow consistent with what the cloud would hold. The rules are AWS's, from the AWS IoT
+Core Developer Guide ("Device Shadow service documents", "Interacting with shadows", "Device Shadow error
+messages") and the AWS IoT API Reference (``UpdateThingShadow``); where AWS is undocumented, the behaviour
+follows responses observed from AWS IoT Core and the choice is noted.
 
 Public API (small on purpose):
 
@@ -35,18 +37,16 @@ from __future__ import annotations
 import json
 import json.encoder
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shadow.names import is_thing_name
+from shadow.names import is_shadow_name, is_thing_name
 
 MAX_DOCUMENT_BYTES = 8192
 MAX_DEPTH = 6
 MAX_CLIENT_TOKEN_BYTES = 64
 DELETED_VERSION_MEMORY_S = 48 * 3600
-SHADOW_NAME_RE = re.compile(r"[$a-zA-Z0-9:_-]{1,64}")
 SECTIONS = ("desired", "reported")
 
 MSG_INVALID_JSON = "Invalid JSON"
@@ -123,7 +123,7 @@ def validate_thing_name(name: str) -> None:
 
 
 def validate_shadow_name(name: str) -> None:
-    if not SHADOW_NAME_RE.fullmatch(name):
+    if not is_shadow_name(name):
         raise ShadowError(400, MSG_INVALID_SHADOW_NAME)
 
 

@@ -1,9 +1,10 @@
 """The shadow service's protocol core: topic in, payload in, publications out. No sockets, no clock.
 
-It routes ``$aws/things/<thing>/shadow[/name/<shadow>]/{update,get,delete}`` requests to the pure document
-rules in ``shadow.document``, applies the per-thing request rate limit (429), remembers deleted versions for
-48 hours, and keeps the set of changed shadows so the I/O shell can persist them in batches. Bad input of
-any kind produces the rejection AWS would publish; nothing here raises on a peer's mistake.
+It routes ``$aws/things/<thing>/shadow[/name/<shadow>]/{update,get,delete}`` requests (parsed, and answered
+on the topics built, by ``shadow.topics``) to the pure document rules in ``shadow.document``, applies the
+per-thing request rate limit (429), remembers deleted versions for 48 hours, and keeps the set of changed
+shadows so the I/O shell can persist them in batches. Bad input of any kind produces the rejection AWS
+would publish; nothing here raises on a peer's mistake.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ from typing import Any
 from base.logs import get_logger
 from shadow import document as sd
 from shadow.document import Shadow, ShadowError
+from shadow.topics import SHADOW_OPERATIONS as OPERATIONS
+from shadow.topics import ShadowTopic
+from shadow.topics import parse_shadow_request as parse_topic
 
-log = get_logger("fleet.shadow")
+__all__ = ["OPERATIONS", "ShadowEngine", "ShadowKey", "ShadowTopic", "StoredShadow", "parse_topic"]
+
+log = get_logger("shadow.engine")
 
 _ENCODE = sd.compact_json
 
 ShadowKey = tuple[str, str]  # (thing, shadow name; "" for the classic shadow)
-OPERATIONS = ("update", "get", "delete")
 TOPIC_CACHE_SIZE = 100_000
 
 
@@ -42,30 +47,6 @@ class StoredShadow:
         if self.doc_json is not None:
             return self.doc_json
         return sd.document_json(self.shadow) if self.shadow is not None else "null"
-
-
-@dataclass(frozen=True)
-class ShadowTopic:
-    thing: str
-    shadow_name: str  # "" for the classic shadow
-    operation: str
-    prefix: str  # everything before the operation, e.g. "$aws/things/T/shadow/name/S"
-
-
-def parse_topic(topic: str) -> ShadowTopic | None:
-    """A request topic, or None for anything that is not a shadow request (responses included)."""
-    parts = topic.split("/")
-    if len(parts) < 5 or parts[0] != "$aws" or parts[1] != "things" or parts[3] != "shadow":
-        return None
-    if len(parts) == 5:
-        name, op = "", parts[4]
-    elif len(parts) == 7 and parts[4] == "name":
-        name, op = parts[5], parts[6]
-    else:
-        return None
-    if op not in OPERATIONS:
-        return None
-    return ShadowTopic(parts[2], name, op, topic[: -len(op) - 1])
 
 
 @dataclass
@@ -142,7 +123,7 @@ class ShadowEngine:
         try:
             return self._dispatch(req, payload, now, ts)
         except ShadowError as err:
-            rejected = f"{req.prefix}/{req.operation}/rejected"
+            rejected = req.reply("rejected")
             self.counters["rejected"] += 1
             if err.code == 429:
                 self.counters["throttled"] += 1
@@ -151,7 +132,7 @@ class ShadowEngine:
             )
             return [(rejected, _dumps(sd.error_document(err, ts)))]
         except Exception:
-            rejected = f"{req.prefix}/{req.operation}/rejected"
+            rejected = req.reply("rejected")
             self.counters["rejected"] += 1
             log.exception("shadow.request.failed", thing=req.thing, op=req.operation)
             failure = ShadowError(500, sd.MSG_INTERNAL, _best_effort_token(payload))
@@ -179,7 +160,6 @@ class ShadowEngine:
         key = (req.thing, req.shadow_name)
         stored = self.shadows.get(key)
         current = stored.shadow if stored is not None else None
-        prefix = req.prefix
         if req.operation == "update":
             request = sd.parse_update(payload)
             base = 0
@@ -199,21 +179,21 @@ class ShadowEngine:
             documents = f'{{"previous":{previous_json},"current":{current_json},"timestamp":{ts}'
             documents += f',"clientToken":{_ENCODE(token)}}}' if token is not None else "}"
             out = [
-                (f"{prefix}/update/accepted", _dumps(result.accepted)),
-                (f"{prefix}/update/documents", documents.encode("utf-8")),
+                (req.reply("accepted"), _dumps(result.accepted)),
+                (req.reply("documents"), documents.encode("utf-8")),
             ]
             if result.delta is not None:
-                out.append((f"{prefix}/update/delta", _dumps(result.delta)))
+                out.append((req.reply("delta"), _dumps(result.delta)))
             return out
         token = sd.client_token_of(payload)
         if current is None:
             raise sd.not_found_error(req.shadow_name or req.thing, token)
         self.counters["accepted"] += 1
         if req.operation == "get":
-            return [(f"{prefix}/get/accepted", _dumps(sd.get_document(current, ts, token)))]
+            return [(req.reply("accepted"), _dumps(sd.get_document(current, ts, token)))]
         assert stored is not None
         self._store(key, replace(stored, shadow=None, deleted_version=current.version, deleted_at=ts))
-        return [(f"{prefix}/delete/accepted", _dumps(sd.delete_document(current, ts, token)))]
+        return [(req.reply("accepted"), _dumps(sd.delete_document(current, ts, token)))]
 
 
 def _dumps(doc: Any) -> bytes:

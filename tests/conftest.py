@@ -52,6 +52,7 @@ def new_cloud(tmp_path: Path) -> Iterator[Callable[..., LocalCloud]]:
 
 @pytest.fixture
 def paho_robot() -> Iterator[Callable[..., PahoRobot]]:
+    """Factory ``paho_robot(cloud, thing, will=..., client_id=...)``; every client made is closed afterwards."""
     made: list[PahoRobot] = []
 
     def make(cloud: LocalCloud, thing: str, **kwargs: Any) -> PahoRobot:

@@ -21,13 +21,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hal.codec import frame_from_body
+from hal.codec import ChargingState, frame_from_body
 from hal.odometry import unwrap16
 from hal.opcodes import OPCODES, OIMode, Op, data_length
 from hal.packets import PACKETS, members, pack
 from hal.quirks import ANGLE_BUG_FACTOR, Quirks, for_firmware
 from hal.sim.faults import BAUD_CODES, DEFAULT_BAUD, ByteNoise, PacedOutput
-from hal.codec import ChargingState
 from hal.sim.world import BUTTON_BITS, ROBOT_RADIUS_MM, WHEEL_BASE_MM, Mission, World
 
 TICK_S = 0.015
@@ -50,7 +49,8 @@ QUIRKS = {
 
 
 def reset_banner(version: str = FIRMWARE_VERSION) -> tuple[tuple[float, bytes], ...]:
-    """The real Create 2 reset timeline (oi_facts.md section 6, YARC's capture of firmware 3.7.1)."""
+    """The real Create 2 reset timeline (YARC's capture of firmware 3.7.1; the spec only says that a welcome
+    message with the firmware version follows 7 Reset)."""
     firmware = f"r3-robot/tags/release-stm32-{version}:6174 CLEAN".encode()
     stamp = BUILD_STAMP.encode()
     return (

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from base.testing import wait_until
+from base.testing import tracebacks, wait_until
 from localcloud.testing import PahoOperator
 
 BIN = Path(sys.executable).parent
@@ -167,6 +167,10 @@ class AgentProc:
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp.glob("agent-*.log")))
+
+    def tracebacks(self) -> list[str]:
+        """Every traceback in every run's log (a fault must be handled, never escape as a traceback)."""
+        return [line for p in sorted(self.tmp.glob("agent-*.log")) for line in tracebacks(p.read_text())]
 
 
 def agent_config(cloud: Any, thing: str, serial: Path, **intervals: float) -> Path:

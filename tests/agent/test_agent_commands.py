@@ -15,6 +15,7 @@ from agent.commands import (
 
 
 def test_schemas_are_valid_draft_2020_12() -> None:
+    """The shipped schemas load and carry the keys the agent relies on (command id/action, log_level)."""
     assert load_schema("desired")["$defs"]["command"]["required"] == ["id", "action"]
     assert "log_level" in load_schema("config")["properties"]
 
@@ -31,6 +32,7 @@ def test_schemas_are_valid_draft_2020_12() -> None:
     ids=lambda r: r["action"],
 )
 def test_valid_commands(raw: dict) -> None:
+    """Every action the contract lists parses, and its answer echoes the request with a status."""
     cmd = parse_command(raw)
     assert isinstance(cmd, Command) and cmd.document == raw
     assert cmd.answer("done") == {**raw, "status": "done", "reason": None}
@@ -60,6 +62,7 @@ def test_valid_commands(raw: dict) -> None:
     ],
 )
 def test_rejected_commands(raw: object, needle: str) -> None:
+    """A malformed command is rejected with a reason naming the problem, never run."""
     result = parse_command(raw)
     assert isinstance(result, Rejected)
     assert needle in result.reason
@@ -68,6 +71,7 @@ def test_rejected_commands(raw: object, needle: str) -> None:
 
 
 def test_sections_validated_independently() -> None:
+    """One bad desired key is rejected alone; the valid keys beside it still apply."""
     problems = validate_sections(
         "desired", {"schedule": {"mon": {"hour": 25, "minute": 0}}, "leds": {"dock": True}, "lasers": 1}
     )
@@ -78,6 +82,7 @@ def test_sections_validated_independently() -> None:
 
 
 def test_command_patch_nulls_old_arguments() -> None:
+    """A new command deletes the previous command's arguments, so stale ones never mix in."""
     old = {"id": "c1", "action": "drive", "velocity_mm_s": 100, "duration_ms": 500}
     assert desired_command_patch(old, {"id": "c2", "action": "clean"}) == {
         "velocity_mm_s": None,

@@ -33,6 +33,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_contract_example_loads(tmp_path: Path) -> None:
+    """The configuration example of the contract loads as is."""
     c = cfg.load(write(tmp_path, GOOD), env={})
     assert c.thing_name == "robot-001"
     assert c.port == 8883 and not c.alpn and c.local
@@ -41,6 +42,7 @@ def test_contract_example_loads(tmp_path: Path) -> None:
 
 
 def test_env_overrides_file_and_cli_overrides_env(tmp_path: Path) -> None:
+    """Layering: the environment beats the file, the command line beats both."""
     env = {"ROOMBA_AGENT_THING_NAME": "from-env", "ROOMBA_AGENT_PORT": "443", "ROOMBA_AGENT_LOCAL": "false"}
     c = cfg.load(write(tmp_path, GOOD), env=env, cli={"thing_name": "from-cli", "port": None})
     assert c.thing_name == "from-cli"
@@ -74,6 +76,7 @@ def test_all_problems_reported_at_once() -> None:
 
 
 def test_aws_endpoint_rules() -> None:
+    """An AWS IoT endpoint is refused on a port other than 8883/443."""
     base = {
         "thing_name": "t",
         "connection": {
@@ -95,6 +98,7 @@ def test_aws_endpoint_rules() -> None:
 
 
 def test_pkcs11_key() -> None:
+    """A PKCS#11 key replaces the key file; giving both is a problem."""
     doc = {
         "thing_name": "t",
         "connection": {
@@ -123,17 +127,20 @@ def test_pkcs11_key() -> None:
     ids=["toml_syntax", "port_range"],
 )
 def test_file_level_errors(tmp_path: Path, text: str, needle: str) -> None:
+    """Bad TOML or an out-of-range value in the file is a config problem with a readable reason."""
     with pytest.raises(cfg.ConfigError) as err:
         cfg.load(write(tmp_path, text), env={})
     assert any(needle in p for p in err.value.problems)
 
 
 def test_missing_file() -> None:
+    """A missing configuration file is reported as such."""
     with pytest.raises(cfg.ConfigError, match="does not exist"):
         cfg.load("/nonexistent/agent.toml", env={})
 
 
 def test_intervals_validated() -> None:
+    """Out-of-range or non-numeric intervals are config problems."""
     doc = {
         "thing_name": "t",
         "connection": {"endpoint": "h", "root_ca": "/r", "cert": "/c", "key": "/k"},

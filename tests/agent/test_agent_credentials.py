@@ -37,11 +37,13 @@ def codes(problems: list[cr.CredentialProblem]) -> set[str]:
 
 
 def test_good_certificate() -> None:
+    """A valid certificate for this thing raises no problem."""
     cert, _ = make_cert("robot-1", NOW - dt.timedelta(days=1), 30)
     assert cr.check_certificate(cert, "robot-1", NOW) == []
 
 
 def test_expired_not_yet_valid_and_cn() -> None:
+    """An expired, not-yet-valid or other-thing certificate is refused with a doctor hint."""
     old, _ = make_cert("robot-1", NOW - dt.timedelta(days=40), 30)
     future, _ = make_cert("robot-1", NOW + dt.timedelta(days=1), 30)
     other, _ = make_cert("robot-2", NOW - dt.timedelta(days=1), 30)
@@ -53,6 +55,7 @@ def test_expired_not_yet_valid_and_cn() -> None:
 
 
 def test_key_mode_pure() -> None:
+    """A key readable by others, or owned by another user, is refused with the chmod/chown fix."""
     assert cr.check_key_mode("/k", 0o100600, 1000, 1000) == []
     problems = cr.check_key_mode("/k", 0o100644, 1000, 1000)
     assert codes(problems) == {"key_mode"} and "chmod 600 /k" in problems[0].hint
@@ -60,6 +63,7 @@ def test_key_mode_pure() -> None:
 
 
 def test_files(tmp_path: Path) -> None:
+    """On real files: a good pair passes; a loose key mode, a missing or unparsable certificate each get their code."""
     cert, key = make_cert("robot-1", dt.datetime.now(dt.UTC) - dt.timedelta(days=1), 30)
     cert_path, key_path = tmp_path / "device.crt", tmp_path / "device.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -78,6 +82,7 @@ def test_files(tmp_path: Path) -> None:
 
 
 def test_isolated_check_matches_in_process(tmp_path: Path) -> None:
+    """The forked check finds exactly what the in-process check finds."""
     cert, _key = make_cert("robot-9", dt.datetime.now(dt.UTC) - dt.timedelta(days=1), 30)
     cert_path, key_path = tmp_path / "device.crt", tmp_path / "device.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -42,6 +42,7 @@ def doctor(config: Path) -> tuple[int, dict[str, dict[str, Any]]]:
 
 @pytest.mark.slow
 def test_doctor_passes_every_stage_then_defers_to_the_running_agent(rig: dict[str, Any]) -> None:
+    """Doctor connects itself while no agent runs; with one running it reads the status file instead of taking its client id."""
     code, checks = doctor(rig["config"])
     assert list(checks) == STAGES
     assert {n: c["status"] for n, c in checks.items()} == dict.fromkeys(STAGES, "passed"), checks

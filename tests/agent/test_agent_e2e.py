@@ -36,6 +36,7 @@ def no_command_delta(op: Any) -> bool:
 
 @pytest.mark.slow
 def test_commands_settings_and_systemd_notify(rig: dict[str, Any]) -> None:
+    """The happy path end to end: READY and watchdog, commands, settings, status, a graceful stop, no traceback."""
     op, sim, agent, notify = rig["operator"], rig["sim"], rig["agent"], rig["notify"]
     wait_until = rig["until"]
     agent.start()
@@ -123,6 +124,7 @@ def test_commands_settings_and_systemd_notify(rig: dict[str, Any]) -> None:
     assert notify.has("STOPPING")
     wait_until(lambda: op.presence and op.presence[-1].get("state") == "offline", 5, "offline presence")
     assert "agent stopped" in op.presence[-1].get("reason", "")
+    assert agent.tracebacks() == []
 
 
 @pytest.mark.slow
@@ -166,6 +168,7 @@ def delivered_in_order(events: list[dict[str, Any]]) -> list[int]:
 
 @pytest.mark.slow
 def test_survives_broker_kill_serial_unplug_and_agent_sigkill(rig: dict[str, Any]) -> None:
+    """Each fault is survived, nothing runs twice, no event is lost, and no run logs a traceback."""
     op, sim, agent, cloud = rig["operator"], rig["sim"], rig["agent"], rig["cloud"]
     wait_until = rig["until"]
     agent.start()
@@ -252,6 +255,7 @@ def test_survives_broker_kill_serial_unplug_and_agent_sigkill(rig: dict[str, Any
     for kind in ("mission_started", "error", "serial_restored", "dock_reached", "battery_low", "stuck"):
         assert kind in kinds, (kind, kinds)
     assert agent.stop() == 0
+    assert agent.tracebacks() == []
 
 
 @pytest.mark.slow
@@ -281,3 +285,5 @@ def test_drive_interrupted_by_agent_kill_is_stopped_on_restart(rig: dict[str, An
     cmd = op.wait_command("k1", ("failed",))
     assert "not retried" in cmd["reason"]
     assert sim.opcodes().count(DRIVE) == 1
+    assert agent.stop() == 0
+    assert agent.tracebacks() == []

@@ -32,6 +32,7 @@ def snap(**changes: int) -> Snapshot:
 
 
 def test_reported_state_is_quantised() -> None:
+    """Sensor noise below the quantum (pose, battery) changes nothing in reported."""
     r = reported_state(snap(), "idle", "0.1.0")
     assert r["battery"] == {"percent": 83, "charging": "not_charging", "temperature_c": None}
     assert r["pose"] == {"x_mm": 1230, "y_mm": 0, "heading_deg": 90}
@@ -42,6 +43,7 @@ def test_reported_state_is_quantised() -> None:
 
 
 def test_diff_and_merge_round_trip() -> None:
+    """A diff merged onto the old document gives the new one; a type change counts as a change."""
     old = {"a": 1, "b": {"c": 2, "d": 3}, "gone": 1}
     new = {"a": 1, "b": {"c": 5, "d": 3}, "e": [1, 2]}
     patch = diff(old, new)
@@ -51,6 +53,7 @@ def test_diff_and_merge_round_trip() -> None:
 
 
 def test_mission_events_from_commands_and_dock() -> None:
+    """Mission events follow commands and the dock, once each, not on every snapshot."""
     m = MissionTracker()
     m.on_snapshot(snap())
     assert [e.kind for e in m.on_command("clean")] == ["mission_started"]
@@ -72,6 +75,7 @@ def test_battery_low_fires_once_with_hysteresis() -> None:
 
 
 def test_hazard_and_link_events() -> None:
+    """Hazards and serial link loss/restore each produce one event on the edge."""
     m = MissionTracker()
     m.on_snapshot(snap())
     assert [(e.kind, dict(e.data)) for e in m.on_snapshot(snap(p14=0b11000))] == [

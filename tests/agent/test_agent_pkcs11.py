@@ -18,6 +18,7 @@ PIN = "4321"
 
 @pytest.mark.slow
 def test_agent_connects_with_a_token_key(local_cloud: Any, tmp_path: Path) -> None:
+    """The agent connects with its key in a PKCS#11 token (SoftHSM), and the PIN never reaches the log."""
     from provisioning.ca import load_ca
     from provisioning.device import install_certificate, keygen
 

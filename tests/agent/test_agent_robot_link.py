@@ -68,6 +68,7 @@ def test_reader_batches_frames_and_loses_none(sim: SimServer) -> None:
 
 
 def test_a_waiter_gets_every_frame(sim: SimServer) -> None:
+    """While a wait_for waits, the reader stops batching so the waiter sees every frame."""
     robot = Robot(sim.url, hold_mode=None, frames_per_read=FRAMES_PER_READ)
     reads = _count_reads(robot)
     with robot:

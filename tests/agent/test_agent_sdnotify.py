@@ -15,6 +15,7 @@ def receive(sock: socket.socket) -> dict[str, str]:
 
 
 def test_filesystem_socket(tmp_path: Path) -> None:
+    """READY/STATUS/WATCHDOG/STOPPING reach a filesystem notify socket, one datagram each."""
     path = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(path)
@@ -31,6 +32,7 @@ def test_filesystem_socket(tmp_path: Path) -> None:
 
 
 def test_abstract_socket() -> None:
+    """An abstract notify socket (@name) works like a filesystem one."""
     name = f"roomba-agent-test-{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(b"\0" + name.encode())
@@ -42,6 +44,7 @@ def test_abstract_socket() -> None:
 
 
 def test_disabled_and_foreign_watchdog() -> None:
+    """Without a socket every call is a no-op; a WATCHDOG_PID of another process disables the watchdog."""
     n = Notifier({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
     assert not n.enabled and not n.ready("x") and n.watchdog_s is None
 

@@ -25,6 +25,7 @@ def doc(**changes: object) -> dict:
 
 
 def test_assess() -> None:
+    """The verdict: running and ready, waiting (naming what), or not running (stale file or dead pid)."""
     now = time.time()
     assert status.assess(doc(), now) == ("running and connected", 0)
     verdict, code = status.assess(doc(ready=False, mqtt={"connected": False}), now)
@@ -34,6 +35,7 @@ def test_assess() -> None:
 
 
 def test_command_on_a_file(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`roomba-agent status` renders a status file, as JSON too, and says when there is none."""
     (tmp_path / "status.json").write_text(
         json.dumps(doc(last_command={"id": "c1", "action": "clean", "status": "done"}))
     )

@@ -36,6 +36,7 @@ def test_ledger_is_bounded(tmp_path: Path) -> None:
 
 
 def test_outbox_order_ack_and_restart(tmp_path: Path) -> None:
+    """Events leave in order, an ack removes one, and a restart keeps the rest and never reuses a seq."""
     outbox = Outbox(open_db(tmp_path), "robot-1")
     ids = [outbox.put("dock_reached", {"n": i}).event_id for i in range(3)]
     assert ids == ["robot-1:1", "robot-1:2", "robot-1:3"]

@@ -128,6 +128,7 @@ def reported(cloud: Cloud, name: str = "classic") -> dict[str, Any]:
 
 
 def test_first_connect_creates_shadow_and_subscribes(tmp_path: Path) -> None:
+    """The first connect subscribes once and reports; a resumed session does not resubscribe."""
     h = Harness(tmp_path)
     h.connect()
     assert len(h.subscribed) == 1 and f"{BASE}/update/documents" in h.subscribed[0].topics
@@ -209,6 +210,7 @@ def test_invalid_command_rejected_visibly_without_loop(tmp_path: Path) -> None:
 
 
 def test_invalid_setting_then_fixed(tmp_path: Path) -> None:
+    """An invalid setting is reported in errors and not applied; the fixed value applies once and clears it."""
     h = Harness(tmp_path)
     h.connect()
     h.deliver(h.cloud.fleet_desired({"schedule": {"mon": {"hour": 25, "minute": 0}}}))
@@ -221,6 +223,7 @@ def test_invalid_setting_then_fixed(tmp_path: Path) -> None:
 
 
 def test_config_named_shadow(tmp_path: Path) -> None:
+    """Agent settings come from the config named shadow; an invalid one is reported there, the rest apply."""
     h = Harness(tmp_path)
     h.connect()
     h.deliver(h.cloud.fleet_desired({"log_level": "debug", "telemetry_s": 0.01}, name="config"))
@@ -254,6 +257,7 @@ def test_sensor_reports_coalesced_and_rate_limited(tmp_path: Path) -> None:
     ids=["throttled", "version_conflict", "too_large", "internal"],
 )
 def test_update_rejections(tmp_path: Path, code: int, expect: str) -> None:
+    """Each update rejection code gets its rule (429 backs off, 409 re-reads, 400/413 drop) and never loops."""
     h = Harness(tmp_path)
     h.connect()
     gets = h.sync.metrics.counters["shadow_get_sent"]

@@ -25,6 +25,7 @@ def unit_copy(tmp_path: Path) -> Path:
 
 
 def test_unit_shape() -> None:
+    """The unit declares what the agent relies on: Type=notify, the watchdog, restart limits, its user and dirs."""
     text = UNIT.read_text()
     for line in (
         "Type=notify",
@@ -43,6 +44,7 @@ def test_unit_shape() -> None:
 
 
 def test_systemd_analyze_verify_is_silent(tmp_path: Path) -> None:
+    """systemd-analyze verify finds nothing to say about the unit."""
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit_copy(tmp_path))],
         capture_output=True,
@@ -65,6 +67,7 @@ def test_verify_catches_a_typo(tmp_path: Path) -> None:
 
 
 def test_security_exposure_at_most_2(tmp_path: Path) -> None:
+    """The unit's sandboxing keeps systemd-analyze security's exposure at 2.0 or below."""
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", str(unit_copy(tmp_path))],
         capture_output=True,
@@ -77,6 +80,7 @@ def test_security_exposure_at_most_2(tmp_path: Path) -> None:
 
 
 def test_sysusers_and_tmpfiles_in_a_scratch_root(tmp_path: Path) -> None:
+    """sysusers creates the service user in dialout, tmpfiles the directories with their modes."""
     etc = tmp_path / "etc"
     etc.mkdir()
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
@@ -102,6 +106,7 @@ def test_sysusers_and_tmpfiles_in_a_scratch_root(tmp_path: Path) -> None:
 
 
 def test_tools_present() -> None:
+    """The systemd tools the other unit tests run are installed here."""
     assert (
         shutil.which("systemd-analyze")
         and shutil.which("systemd-sysusers")

@@ -1,7 +1,7 @@
 """A small fleet end to end: real local cloud, real agents on simulated robots, fleet-wide missions.
 
 Each test starts ``roomba-fleet simulate`` as a process against a fresh ``roomba-fleet up`` and checks from
-the outside: shadows through the operator (``fleet.fleetops``), events through an MQTT subscriber with the
+the outside: shadows through the operator (``fleet.shadow``), events through an MQTT subscriber with the
 operator identity, and what the simulated robots actually received through ``run/simulate.json``.
 """
 
@@ -24,9 +24,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from base.testing import tracebacks
 from fleet import cli as fleet_cli
-from fleet import fleetops
-from fleet.simulate import status_path
+from fleet import shadow as fleet_shadow
+from fleetsim.runner import status_path
 from localcloud.opclient import CloudNotRunning
 from localcloud.testing import LocalCloud
 
@@ -81,6 +82,16 @@ class Simulation:
 
     def stderr(self) -> str:
         return (self.cloud.dir.root / "simulate.stderr").read_text(errors="replace")[-3000:]
+
+    def tracebacks(self) -> list[str]:
+        """Every traceback in the shards' logs (where the agents log) and in the simulator's stderr."""
+        logs = [
+            *sorted(self.cloud.dir.logs_dir.glob("simulate-*.log")),
+            self.cloud.dir.root / "simulate.stderr",
+        ]
+        return [
+            line for path in logs if path.exists() for line in tracebacks(path.read_text(errors="replace"))
+        ]
 
 
 class EventLog:
@@ -144,7 +155,7 @@ def send_mission(cloud: LocalCloud, things: list[str], command: dict[str, Any], 
     pending = list(things)
     for _ in range(attempts):
         try:
-            results = fleetops.fleet_request(cloud.dir, pending, "update", doc, timeout=10)
+            results = fleet_shadow.fleet_request(cloud.dir, pending, "update", doc, timeout=10)
         except CloudNotRunning:  # the broker is restarting (a fault of the test)
             time.sleep(1)
             continue
@@ -158,7 +169,7 @@ def send_mission(cloud: LocalCloud, things: list[str], command: dict[str, Any], 
 def commands_done(cloud: LocalCloud, things: list[str], command_for: Any) -> list[str]:
     """Robots whose shadow has not converged on the command yet (desired ⊆ reported, status done)."""
     try:
-        results = fleetops.fleet_request(cloud.dir, things, "get", timeout=10)
+        results = fleet_shadow.fleet_request(cloud.dir, things, "get", timeout=10)
     except CloudNotRunning:
         return list(things)
     lagging = []
@@ -179,7 +190,7 @@ def commands_done(cloud: LocalCloud, things: list[str], command_for: Any) -> lis
 
 def reported_commands(cloud: LocalCloud, things: list[str]) -> dict[str, dict[str, Any]]:
     try:
-        results = fleetops.fleet_request(cloud.dir, things, "get", timeout=10)
+        results = fleet_shadow.fleet_request(cloud.dir, things, "get", timeout=10)
     except CloudNotRunning:
         return {}
     out = {}
@@ -220,6 +231,8 @@ def check_fleet(
 def test_fleetsim_twenty_robots_connect_and_run_a_fleet_mission_once(
     cloud: LocalCloud, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Twenty agents connect, each runs a shared and a per-robot mission exactly once, and a resent
+    mission id changes nothing (the ledger)."""
     events = EventLog(cloud)
     sim = Simulation(cloud, ["--robots", str(ROBOTS), "--seed", "3", "--prefix", "fleet-"])
     try:
@@ -264,6 +277,8 @@ def test_fleetsim_twenty_robots_connect_and_run_a_fleet_mission_once(
 
 
 def test_fleetsim_converges_and_loses_no_event_under_faults(cloud: LocalCloud) -> None:
+    """Link drops, serial cuts, noise, stuck and flat robots and a broker restart: every robot still runs
+    the mission once, loses no event, and no agent logs a traceback."""
     events = EventLog(cloud)
     faults = (
         "link_drop=0.03,link_down_s=2,serial_drop=0.03,serial_down_s=1,serial_noise=0.001,"
@@ -318,6 +333,7 @@ def test_fleetsim_converges_and_loses_no_event_under_faults(cloud: LocalCloud) -
         assert len(final["broker_restarts"]) >= 1
         assert sum(r["serial"]["frames_corrupt"] for r in final["per_robot"].values()) > 0
         assert sum(r["connections"] for r in final["per_robot"].values()) > ROBOTS
+        assert sim.tracebacks() == []
     finally:
         sim.stop()
         events.close()

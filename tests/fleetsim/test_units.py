@@ -1,19 +1,16 @@
-"""Pure parts of the fleet simulator: the fault spec and plan, the fleet summary, fleet-op helpers, and one
-simulated robot wired to the real HAL client in memory (stepped by hand, no threads, no network)."""
+"""Pure parts of the fleet simulator: the fault spec and plan, the fleet layout, and one simulated robot
+wired to the real HAL client in memory (stepped by hand, no threads, no network)."""
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import pytest
 
-from fleet import fleetops
-from fleet.fleetview import render, summarize
-from fleet.simulate import auto_stream_period, robot_names, split
 from fleetsim.faults import FaultSpec, FaultSpecError, RobotFaults, broker_restart_times, parse_faults
 from fleetsim.link import SimLink
+from fleetsim.runner import auto_stream_period, robot_names, split
 from hal.opcodes import OIMode
 from hal.robot import LinkDown, LinkUp, RobotEvent, StateUpdated
 
@@ -107,112 +104,14 @@ def test_fleetsim_names_and_shards() -> None:
     assert auto_stream_period(100_000) <= 0.5
 
 
-# --- fleet operations helpers -----------------------------------------------------------------------------
-
-
-def test_fleetsim_fleetops_selects_and_personalises() -> None:
-    known = ["b-2", "a-1", "b-1", "a-1"]
-    assert fleetops.select(known, all_robots=True, prefix=None) == ["a-1", "b-1", "b-2"]
-    assert fleetops.select(known, all_robots=False, prefix="b-") == ["b-1", "b-2"]
-    assert fleetops.select(known, all_robots=False, prefix="zz") == []
-    doc = {
-        "state": {"desired": {"command": {"id": "m-{thing}", "action": "clean", "n": 3}, "l": ["{thing}"]}}
-    }
-    assert fleetops.personalise(doc, "r7") == {
-        "state": {"desired": {"command": {"id": "m-r7", "action": "clean", "n": 3}, "l": ["r7"]}}
-    }
-
-
-def test_fleetsim_fleetops_render_keys_by_thing_and_explains_failures() -> None:
-    results = {
-        "r2": fleetops.Outcome(True, {"state": {"reported": {"x": 1}}, "version": 3, "clientToken": "t"}),
-        "r1": fleetops.Outcome(False, {"code": 404, "message": "No shadow exists", "clientToken": "u"}),
-        "r3": None,
-    }
-    out = fleetops.render(results)
-    assert list(out) == ["r1", "r2", "r3"]
-    assert out["r2"] == {"state": {"reported": {"x": 1}}, "version": 3}
-    assert out["r1"] == {"error": {"code": 404, "message": "No shadow exists"}}
-    assert out["r3"]["error"]["message"].startswith("no answer")
-
-
-def test_fleetsim_fleetops_refuses_bad_documents_and_empty_selections(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    d = str(tmp_path)
-    assert fleetops.main(["update", "--all", "--dir", d, "{not json"]) == 2
-    assert fleetops.main(["update", "--all", "--dir", d, "[1]"]) == 2
-    assert fleetops.main(["get", "--prefix", "nobody-", "--dir", d]) == 2
-    err = capsys.readouterr().err
-    assert "not valid JSON" in err and "must be a JSON object" in err and "no robot name starts with" in err
-
-
-# --- the fleet summary ------------------------------------------------------------------------------------
-
-
-def _row(thing: str, connection: str = "online", **reported: object) -> dict[str, object]:
-    return {"thing": thing, "connection": connection, "reported": reported or None, "desired": None}
-
-
-def test_fleetsim_summary_counts_connection_missions_battery_commands_errors() -> None:
-    rows = [
-        _row("r1", mission="cleaning", battery={"percent": 95}),
-        _row("r2", mission="docked", battery={"percent": 12}, hazards={"cliff": True, "bump": False}),
-        _row("r3", "offline", mission="cleaning", battery={"percent": 55}, link={"serial": "down"}),
-        _row("r4", "never"),
-        {
-            "thing": "r5",
-            "connection": "online",
-            "reported": {
-                "mission": "cleaning",
-                "command": {"id": "c1", "status": "done"},
-                "battery": {"percent": 5},
-            },
-            "desired": {"command": {"id": "c1", "action": "clean"}},
-        },
-        {
-            "thing": "r6",
-            "connection": "online",
-            "reported": {"command": {"id": "c0", "status": "done"}},
-            "desired": {"command": {"id": "c1", "action": "clean"}},
-        },
-        {
-            "thing": "r7",
-            "connection": "online",
-            "reported": {"command": {"id": "c1", "status": "failed"}, "errors": {"schedule": "bad hour"}},
-            "desired": {"command": {"id": "c1"}},
-        },
-    ]
-    s = summarize(rows)
-    assert s["robots"] == 7 and s["connected"] == 5
-    assert s["connection"] == {"never": 1, "offline": 1, "online": 5}
-    assert s["missions"] == {"cleaning": 3, "docked": 1, "unknown": 3}
-    assert s["battery"] == {"0-9": 1, "10-19": 1, "50-79": 1, "80-100": 1, "unknown": 3}
-    assert s["battery_low"] == ["r2", "r5"]
-    assert s["commands"] == {"pending": 1, "applied": 1, "failed": 1}
-    assert s["errors"] == {"cliff": 1, "command_failed": 1, "desired.schedule": 1, "serial_down": 1}
-    assert sorted(s["robots_with_errors"]) == ["r2", "r3", "r7"]
-    text = render(s)
-    assert "connected 5" in text and "cleaning 3" in text and "low battery (2): r2, r5" in text
-
-
-def test_fleetsim_summary_never_raises_on_junk() -> None:
-    junk = [{}, {"thing": 3, "reported": "x", "desired": [1]}, {"reported": {"battery": {"percent": True}}}]
-    s = summarize(junk)
-    assert s["robots"] == 3 and s["battery"] == {"unknown": 3} and s["connection"] == {"unknown": 3}
-    render(s)
-    many = summarize([_row(f"r{i}", battery={"percent": 1}) for i in range(20)])
-    assert "(+12 more)" in render(many)
-
-
 # --- one simulated robot on the real HAL client, in memory --------------------------------------------------
 
 
 def test_fleetsim_link_streams_frames_and_survives_an_unplug() -> None:
     t0 = time.monotonic()
-    link = SimLink("sim-unit", seed=5, stream_period_s=0.05, now=t0)
-    link.robot._clock = lambda: clock_value[0]  # the robot and the simulator share the test's clock
     clock_value = [t0]
+    # the robot and the simulator share the test's clock
+    link = SimLink("sim-unit", seed=5, stream_period_s=0.05, now=t0, clock=lambda: clock_value[0])
     seen: list[RobotEvent] = []
     link.robot.add_listener(seen.append)
     link.robot.start()
@@ -250,23 +149,16 @@ def test_fleetsim_link_streams_frames_and_survives_an_unplug() -> None:
     link.robot.close()
 
 
-# --- simulate refuses bad input before starting anything ---------------------------------------------------
+def test_fleetsim_link_robot_is_the_hal_robot_without_a_thread() -> None:
+    """A shard steps a thousand links: each Robot is the HAL's own class (no subclass), starting no thread."""
+    import threading
 
+    from hal.robot import Robot
 
-def test_fleetsim_simulate_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from fleet import simulate
-
-    d = str(tmp_path)
-    assert simulate.main(["--robots", "0", "--dir", d]) == 2
-    assert simulate.main(["--robots", "3", "--dir", d, "--faults", "link_drop=5,wat=1"]) == 2
-    assert simulate.main(["--robots", "3", "--dir", d]) == 2  # no local cloud running there
-    bad_config = tmp_path / "agent.toml"
-    bad_config.write_text('thing_name = "x"\n')
-    assert simulate.main(["--robots", "3", "--dir", d, "--config", str(bad_config)]) == 2
-    err = capsys.readouterr().err
-    assert "--robots must be at least 1" in err
-    assert "--faults: link_drop=5: must be between 0 and 1 per second" in err
-    assert "--faults: 'wat': unknown fault" in err
-    assert "is not running; start it with `roomba-fleet up --dir" in err
-    assert "has no [connection] endpoint" in err
-    assert not (tmp_path / "identities").exists()  # nothing provisioned for a refused run
+    link = SimLink("sim-plain", seed=1, stream_period_s=0.05, now=0.0, clock=lambda: 0.0)
+    threads = threading.active_count()
+    link.robot.start()
+    assert type(link.robot) is Robot and threading.active_count() == threads
+    link.step(0.0)
+    assert link.robot.state.link.connected
+    link.robot.close()

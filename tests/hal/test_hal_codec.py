@@ -24,32 +24,38 @@ from hal.errors import CommandRangeError, ModeError, StreamBudgetError
 from hal.opcodes import OPCODES, OIMode, Op, data_length
 from hal.packets import GROUP_IDS, PACKETS, SINGLE_IDS, pack
 
-# ------------------------------------------------------------------ spec vectors (oi_facts.md §5)
+# ------------------------- spec vectors: the Create 2 OI spec's (2016) byte-exact worked examples, pp. 12-22
 
 
 def test_v1_drive() -> None:
+    """Spec example (p.13): Drive at -200 mm/s on a 500 mm radius, two big-endian signed 16-bit fields."""
     assert codec.drive(-200, 500) == bytes([137, 255, 56, 1, 244])
 
 
 def test_v2_motors() -> None:
+    """Spec example (p.15): main brush plus clockwise side brush set bits 0, 2 and 3 of one byte."""
     assert codec.motors(main_brush=True, side_brush=True, side_clockwise=True) == bytes([138, 13])
 
 
 def test_v3_leds() -> None:
+    """Spec example (p.16): the Home/Dock LED bit and a green power LED at half intensity."""
     assert codec.leds(dock=True, power_color=0, power_intensity=128) == bytes([139, 4, 0, 128])
 
 
 def test_v4_digit_leds_ascii() -> None:
+    """Spec example (p.18): Digit LEDs ASCII sends the four characters as they are."""
     assert codec.digit_leds_ascii("ABCD") == bytes([164, 65, 66, 67, 68])
 
 
 def test_v5_query_list_and_reply() -> None:
+    """Spec example (p.21): Query List of bumpers and virtual wall; its 2-byte reply decoded by key."""
     assert codec.query_list([7, 13]) == bytes([149, 2, 7, 13])
     assert codec.reply_length([7, 13]) == 2
     assert codec.decode_reply([7, 13], bytes([3, 1])) == {"bumps_wheel_drops": 3, "virtual_wall": 1}
 
 
 def test_v6_stream_request() -> None:
+    """Spec example (p.22): a Stream request is the count, then the ids."""
     assert codec.stream([29, 13]) == bytes([148, 2, 29, 13])
 
 
@@ -71,16 +77,19 @@ def test_v7_old_header_exclusive_checksum_is_corrupt_not_an_exception() -> None:
 
 
 def test_v8_schedule() -> None:
+    """Spec example (p.12): Wed 15:00 and Fri 10:36 set day bits 3 and 5 and their times; names work too."""
     expected = bytes([167, 40, 0, 0, 0, 0, 0, 0, 15, 0, 0, 0, 10, 36, 0, 0])
     assert codec.schedule({3: (15, 0), 5: (10, 36)}) == expected
     assert codec.schedule({"wed": (15, 0), "Friday": (10, 36)}) == expected
 
 
 def test_v9_schedule_disable() -> None:
+    """An empty schedule disables scheduled cleaning: 167, then 15 zero bytes (p.12)."""
     assert codec.schedule({}) == bytes([167] + [0] * 15)
 
 
 def test_d1_d2_special_radii() -> None:
+    """The special radii: straight is 0x8000 (or 0x7FFF), spinning in place is -1 (CW) / +1 (CCW)."""
     assert codec.drive_straight(200) == bytes([137, 0, 200, 128, 0])
     assert codec.drive(200, 32767) == bytes([137, 0, 200, 127, 255])
     assert codec.spin(100, clockwise=True) == bytes([137, 0, 100, 255, 255])
@@ -92,6 +101,7 @@ def test_d3_drive_direct_right_first() -> None:
 
 
 def test_d4_d5_songs() -> None:
+    """Songs as real clients send them (pycreate2's silent note, PyRoombaAdapter's 9 notes): 2N+3 bytes."""
     assert codec.song(2, [(70, 0)]) + codec.play(2) == bytes([140, 2, 1, 70, 0, 141, 2])
     notes = [(69, 40), (69, 40), (69, 40), (65, 30), (72, 10), (69, 40), (65, 30), (72, 10), (69, 80)]
     raw = codec.song(0, notes)
@@ -101,12 +111,14 @@ def test_d4_d5_songs() -> None:
 
 
 def test_d6_stream_frame() -> None:
+    """A computed frame of packets 7 and 35 (Safe, no bumps) encodes and parses back, checksum included."""
     assert encode_frame([7, 35], {"oi_mode": 2}) == bytes([19, 4, 7, 0, 35, 2, 189])
     (event,) = StreamParser().feed(bytes([19, 4, 7, 0, 35, 2, 189]))
     assert isinstance(event, SensorFrame) and event.values == {"bumps_wheel_drops": 0, "oi_mode": 2}
 
 
 def test_d7_libcreate_stream_size() -> None:
+    """libcreate's 30-packet stream: 75 bytes per frame with n-bytes 72, as its traces show."""
     ids = [7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 18, 21, 22, 23, 24, 25, 26, 35, 43, 44, 45]
     ids += [46, 47, 48, 49, 50, 51, 52, 53, 58]
     assert codec.stream(ids) == bytes([148, 30, *ids])
@@ -116,10 +128,12 @@ def test_d7_libcreate_stream_size() -> None:
 
 
 def test_d8_pwm_motors() -> None:
+    """PWM Motors takes signed bytes: a main brush at -55 is the byte 201."""
     assert codec.pwm_motors(-55, 0, 0) == bytes([144, 201, 0, 0])
 
 
 def test_d9_group_100_frame() -> None:
+    """The group 100 frame the Robot streams: 84 bytes, header 19 81 100, summing to 0 mod 256."""
     frame = encode_frame([100], {})
     assert len(frame) == 84 and frame[:3] == bytes([19, 81, 100])
     assert sum(frame) % 256 == 0
@@ -164,16 +178,19 @@ ENCODED = {
 
 @pytest.mark.parametrize("op", sorted(ENCODED), ids=lambda o: Op(o).name)
 def test_every_current_opcode_encodes_with_its_table_length(op: Op) -> None:
+    """A command a byte too long or too short would desynchronise the robot's command parser."""
     raw = ENCODED[op]
     assert raw[0] == op
     assert data_length(raw[0], raw[1:]) == len(raw) - 1
 
 
 def test_every_non_removed_opcode_has_an_encoder() -> None:
+    """No command of the spec is missing from the codec (the ones removed on the Create 2 excepted)."""
     assert {o for o, s in OPCODES.items() if not s.removed} == set(ENCODED)
 
 
 def test_encoded_field_values() -> None:
+    """Field packing: baud codes, signed 16-bit velocity and radius, the motor and LED bits, signed PWM."""
     assert ENCODED[Op.BAUD] == bytes([129, 11])
     assert codec.baud(57600) == bytes([129, 10])
     assert codec.baud(300) == bytes([129, 0])
@@ -249,6 +266,7 @@ RANGE_ERRORS = [
 
 @pytest.mark.parametrize(("call", "field"), RANGE_ERRORS)
 def test_out_of_range_raises_clear_error(call: object, field: str) -> None:
+    """An out-of-range argument raises before any byte exists, naming the field and the allowed range."""
     with pytest.raises(CommandRangeError) as info:
         call()  # type: ignore[operator]
     assert field in info.value.field
@@ -256,6 +274,7 @@ def test_out_of_range_raises_clear_error(call: object, field: str) -> None:
 
 
 def test_stream_budget_scales_with_baud() -> None:
+    """A stream bigger than one 15 ms slot at the baud rate is refused: its frames would be corrupted."""
     assert codec.stream_budget(115200) == 172
     assert codec.stream_budget(57600) == 86
     assert codec.stream_budget(19200) == 28
@@ -267,6 +286,7 @@ def test_stream_budget_scales_with_baud() -> None:
 
 
 def test_mode_check() -> None:
+    """check_mode says when the robot in its current mode would silently ignore a command."""
     codec.check_mode(codec.drive(100, 0), OIMode.SAFE)
     codec.check_mode(codec.start(), OIMode.OFF)
     with pytest.raises(ModeError, match=r"Drive .* ignored in PASSIVE"):
@@ -280,6 +300,7 @@ def test_mode_check() -> None:
 
 @pytest.mark.parametrize("pid", SINGLE_IDS)
 def test_every_single_packet_decodes_with_signedness(pid: int) -> None:
+    """A wrong size or signedness would turn -1 into 65535: every packet round-trips its extremes."""
     spec = PACKETS[pid]
     top = bytes([0xFF] * spec.size)
     (value,) = codec.decode_packet(pid, top).values()
@@ -292,6 +313,7 @@ def test_every_single_packet_decodes_with_signedness(pid: int) -> None:
 
 @pytest.mark.parametrize("gid", GROUP_IDS)
 def test_every_group_decodes_to_its_members(gid: int) -> None:
+    """A group reply is its members in spec order, each decoded with its own size."""
     spec = PACKETS[gid]
     values = {PACKETS[m].key: (m if PACKETS[m].max >= m else PACKETS[m].max) for m in spec.members}
     data = b"".join(pack(m, values[PACKETS[m].key]) for m in spec.members)
@@ -306,6 +328,7 @@ def test_reply_of_wrong_length_is_a_clear_error() -> None:
 
 
 def test_typed_readings() -> None:
+    """Raw values get their meaning: modes and charging states as enums, bit fields as flags, bools, units."""
     r = codec.readings(
         {
             "oi_mode": 3,
@@ -343,6 +366,7 @@ def _frame(seed: int, ids: tuple[int, ...] = (100,)) -> tuple[bytes, dict[str, i
 
 
 def test_frames_split_at_every_boundary() -> None:
+    """A serial read can end anywhere: frames cut at any byte are still decoded exactly once."""
     frames = [_frame(i) for i in range(3)]
     wire = b"".join(f for f, _ in frames)
     for cut in range(1, len(wire)):
@@ -353,6 +377,7 @@ def test_frames_split_at_every_boundary() -> None:
 
 
 def test_unknown_layout_learned_without_expect() -> None:
+    """A frame of a layout nobody declared is decoded from the packet table, not dropped."""
     wire, values = _frame(1, (7, 43, 44, 106))
     parser = StreamParser()
     (event,) = parser.feed(wire)
@@ -360,6 +385,7 @@ def test_unknown_layout_learned_without_expect() -> None:
 
 
 def test_layout_change_mid_stream() -> None:
+    """After a new Stream request, frames of the old and the new layout interleave and both decode."""
     a, va = _frame(1, (100,))
     b, vb = _frame(2, (7, 35))
     parser = StreamParser([100])
@@ -368,6 +394,7 @@ def test_layout_change_mid_stream() -> None:
 
 
 def test_bad_checksum_resyncs_on_frame_inside() -> None:
+    """After a bad checksum the search restarts inside the bad frame, so the good frame after it survives."""
     good, values = _frame(3)
     bad = bytearray(good)
     bad[40] ^= 0x55
@@ -379,6 +406,7 @@ def test_bad_checksum_resyncs_on_frame_inside() -> None:
 
 
 def test_chatter_between_frames_becomes_events() -> None:
+    """The robot's ASCII between frames (banner, battery lines, 0xFE) becomes events and costs no frame."""
     f1, v1 = _frame(4)
     f2, v2 = _frame(5)
     bat = b"bat: min 0 sec 10  mV 5930  mA 302  tenths-deg-C 182  mAH 0  state 6  mode 8\r\n"
@@ -417,6 +445,7 @@ def test_chatter_between_frames_becomes_events() -> None:
 
 
 def test_text_line_split_by_a_frame() -> None:
+    """A battery line interrupted by a frame is joined back together."""
     f, _ = _frame(6)
     parser = StreamParser([100])
     events = parser.feed(
@@ -427,12 +456,14 @@ def test_text_line_split_by_a_frame() -> None:
 
 
 def test_other_firmware_banner_forms() -> None:
+    """The firmware version is found in the older 3.5.x banner and in the spec's r3_robot spelling."""
     line = codec.parse_text_line("r3-robot/tags/release-3.5.x-tags/release-3.5.4:6058 CLEAN", 0.0)
     assert isinstance(line, FirmwareBanner) and line.version == "3.5.4"
     assert isinstance(codec.parse_text_line("r3_robot/tags/release-3.3.0", 0.0), FirmwareBanner)
 
 
 def test_buffer_is_bounded() -> None:
+    """A peer that never completes a frame cannot grow the parser's buffer past its cap."""
     parser = StreamParser([100], max_buffer=1024)
     # A header whose declared frame never completes: the parser waits, but never holds more than the cap.
     stuck = bytes([19, 81, 100]) + bytes(60)
@@ -453,6 +484,7 @@ def test_long_text_without_newline_is_flushed() -> None:
 
 
 def test_stats_snapshot() -> None:
+    """The counters LinkHealth is built from (frames, corrupt, discarded, resyncs); reset() empties the buffer."""
     parser = StreamParser([100])
     frame, _ = _frame(8)
     parser.feed(b"\x01\x02" + frame)
@@ -575,3 +607,35 @@ def test_drive_direct_accepts_exactly_the_spec_ranges(right: int, left: int) -> 
         "requested_right_velocity": right,
         "requested_left_velocity": left,
     }
+
+
+# ------------------------------------------------------------------ the package's public face
+
+# Every public name of hal/codec.py before it became a package (its __all__, plus BAUD_CODES).
+CODEC_NAMES = {
+    *("BAUD_CODES", "RADIUS_STRAIGHT", "RADIUS_STRAIGHT_ALT", "REST", "SPIN_CCW", "SPIN_CW"),
+    *("BatteryLine", "BootMarker", "BumpsWheelDrops", "Buttons", "ChargingSources", "ChargingState"),
+    *("CorruptFrame", "FirmwareBanner", "FrameValues", "Layout", "LightBumper", "ParserStats", "Reading"),
+    *("SensorFrame", "Stasis", "StreamEvent", "StreamParser", "TextLine", "WheelOvercurrents"),
+    *("baud", "buttons", "check_mode", "check_stream_budget", "clean", "control", "decode_packet"),
+    *("decode_reply", "digit_leds_ascii", "digit_leds_raw", "drive", "drive_direct", "drive_pwm"),
+    *("drive_straight", "encode_frame", "enter_mode", "frame_from_body", "full", "interpret", "leds"),
+    *("max_clean", "motors", "parse_text_line", "pause_resume_stream", "play", "power", "pwm_motors"),
+    *("query_list", "readings", "reply_length", "reset", "safe", "schedule", "scheduling_leds"),
+    *("seek_dock", "sensors", "set_day_time", "song", "spin", "spot", "start", "stop_oi", "stream"),
+    *("stream_budget", "stream_frame_size"),
+}
+
+
+def test_codec_split_keeps_every_public_name() -> None:
+    """``from hal.codec import X`` keeps working for every name the single module had, and adds none."""
+    from hal.codec import decode, encode, streaming
+
+    assert set(codec.__all__) == CODEC_NAMES
+    for name in CODEC_NAMES:
+        homes = [m for m in (encode, decode, streaming) if name in vars(m)]
+        assert homes and all(vars(m)[name] is getattr(codec, name) for m in homes), name
+    assert {codec.drive.__module__, codec.check_mode.__module__} == {"hal.codec.encode"}
+    assert {codec.Layout.__module__, codec.interpret.__module__} == {"hal.codec.decode"}
+    assert {codec.StreamParser.__module__, codec.check_stream_budget.__module__} == {"hal.codec.streaming"}
+    assert callable(codec.stream) and codec.stream([7]) == bytes([148, 1, 7])  # the encoder, not a module

@@ -112,6 +112,7 @@ def recorded(server: SimServer) -> list[dict[str, Any]]:
 
 
 def test_drive_one_second_at_200_mm_s(hal_sim: SimServer) -> None:
+    """One second at 200 mm/s: encoder odometry and the robot's Distance both say about 200 mm."""
     with Robot(hal_sim.url, hold_mode=OIMode.SAFE) as robot:
         robot.wait_for(lambda s: s.oi_mode == OIMode.SAFE, timeout=5)
         start = robot.state
@@ -141,6 +142,7 @@ def test_drive_one_second_at_200_mm_s(hal_sim: SimServer) -> None:
 
 
 def test_dock_changes_charging_state_and_sources(hal_sim: SimServer) -> None:
+    """Docking shows in the sensors: the home base source and a charging state."""
     with Robot(hal_sim.url, hold_mode=OIMode.PASSIVE) as robot:
         robot.wait_for(lambda s: s.oi_mode == OIMode.PASSIVE, timeout=5)
         assert robot.state.sensors["charging_sources"] == 0
@@ -215,6 +217,7 @@ def test_noisy_line_counts_corrupt_frames_and_keeps_going(hal_sim: SimServer) ->
 
 
 def test_refused_commands_send_nothing(hal_sim: SimServer) -> None:
+    """A command the mode would ignore, or out of range, raises and sends nothing; the link stays aligned."""
     with Robot(hal_sim.url, hold_mode=OIMode.PASSIVE) as robot:
         robot.wait_for(lambda s: s.oi_mode == OIMode.PASSIVE, timeout=5)
         with pytest.raises(ModeError, match="set_mode"):
@@ -240,6 +243,7 @@ def test_refused_commands_send_nothing(hal_sim: SimServer) -> None:
 
 
 def test_passive_actions_release_the_hold(hal_sim: SimServer) -> None:
+    """Clean and Seek Dock hand the robot to its firmware: the Robot stops holding Safe."""
     with Robot(hal_sim.url, hold_mode=OIMode.SAFE) as robot:
         robot.wait_for(lambda s: s.oi_mode == OIMode.SAFE, timeout=5)
         robot.clean()
@@ -262,6 +266,7 @@ def test_listener_errors_do_not_stop_the_reader(hal_sim: SimServer) -> None:
 
 
 def test_no_robot_is_a_clear_error(tmp_path: Path) -> None:
+    """start(wait=...) on a port that does not exist fails with the reason, not a silent hang."""
     robot = Robot(str(tmp_path / "nothing-here"), hold_mode=None)
     with pytest.raises(NoResponseError, match="cannot open"):
         robot.start(wait=0.5)
@@ -269,6 +274,7 @@ def test_no_robot_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_probe_once_json_in_process(hal_sim: SimServer) -> None:
+    """roomba-agent probe --once --json prints one sample with decoded sensors and link health."""
     out = io.StringIO()
     assert probe_main(["--port", hal_sim.url, "--once", "--json"], out=out) == 0
     (line,) = out.getvalue().splitlines()
@@ -280,6 +286,7 @@ def test_probe_once_json_in_process(hal_sim: SimServer) -> None:
 
 
 def test_probe_text_view(hal_sim: SimServer) -> None:
+    """The probe's text view repeats --count times with battery and frame rate."""
     out = io.StringIO()
     assert probe_main(["--port", hal_sim.url, "--count", "2", "--interval", "0.05"], out=out) == 0
     text = out.getvalue()
@@ -287,6 +294,7 @@ def test_probe_text_view(hal_sim: SimServer) -> None:
 
 
 def test_probe_bad_quirk_is_usage_error(hal_sim: SimServer) -> None:
+    """An unknown --quirk is a usage error (exit 2), before any robot is driven."""
     assert probe_main(["--port", hal_sim.url, "--once", "--quirk", "nonsense=on"]) == 2
 
 
@@ -339,6 +347,7 @@ def test_probe_cli_against_sim_cli(where: str, tmp_path: Path) -> None:
 
 
 def test_probe_cli_no_robot(tmp_path: Path) -> None:
+    """The probe command without a robot exits 1, saying it got no answer and why."""
     probe = subprocess.run(
         [_bin("roomba-agent"), "probe", "--port", str(tmp_path / "absent"), "--once", "--timeout", "0.5"],
         capture_output=True,

@@ -85,11 +85,13 @@ def scripted() -> Iterator[ScriptedRobot]:
 
 
 def test_handshake_bytes(scripted: ScriptedRobot) -> None:
+    """Opening the link sends exactly Start, the held mode and the group 100 stream request."""
     with Robot(scripted.path, hold_mode=OIMode.FULL):
         scripted.wait_sent(bytes([128, 132, 148, 1, 100]))
 
 
 def test_mode_plus_one_quirk_reads_4_as_full(scripted: ScriptedRobot) -> None:
+    """With mode_plus_one a robot reporting 4 is in Full: no re-entry is sent."""
     events: list[RobotEvent] = []
     with Robot(scripted.path, hold_mode=OIMode.FULL, quirks=Quirks(mode_plus_one=True)) as robot:
         robot.add_listener(events.append)
@@ -106,6 +108,7 @@ def test_mode_plus_one_quirk_reads_4_as_full(scripted: ScriptedRobot) -> None:
 
 
 def test_without_the_quirk_the_same_robot_looks_wrong(scripted: ScriptedRobot) -> None:
+    """Without the quirk a mode+1 robot in Safe looks like Full and the Robot re-enters Safe."""
     with Robot(scripted.path, hold_mode=OIMode.SAFE) as robot:
         scripted.wait_sent(bytes([148, 1, 100]))
         scripted.clear()
@@ -118,6 +121,7 @@ def test_without_the_quirk_the_same_robot_looks_wrong(scripted: ScriptedRobot) -
 
 
 def test_passive_drop_is_reentered_with_backoff(scripted: ScriptedRobot) -> None:
+    """A robot stuck in Passive gets Safe again at a doubling pace, not once per frame."""
     events: list[RobotEvent] = []
     with Robot(scripted.path, hold_mode=OIMode.SAFE) as robot:
         robot.add_listener(events.append)
@@ -133,6 +137,7 @@ def test_passive_drop_is_reentered_with_backoff(scripted: ScriptedRobot) -> None
 
 
 def test_firmware_banner_switches_quirks_and_battery_lines_are_events(scripted: ScriptedRobot) -> None:
+    """An old firmware banner switches the angle workaround on; battery lines reach listeners as events."""
     events: list[RobotEvent] = []
     with Robot(scripted.path, hold_mode=None) as robot:
         robot.add_listener(events.append)
@@ -151,6 +156,7 @@ def test_firmware_banner_switches_quirks_and_battery_lines_are_events(scripted: 
 
 
 def test_silence_restarts_the_stream(scripted: ScriptedRobot) -> None:
+    """A robot that stops streaming gets the handshake again after silence_s."""
     with Robot(scripted.path, hold_mode=None, silence_s=0.3) as robot:
         scripted.wait_sent(bytes([148, 1, 100]))
         scripted.frame(oi_mode=1)
@@ -160,6 +166,7 @@ def test_silence_restarts_the_stream(scripted: ScriptedRobot) -> None:
 
 
 def test_close_stops_wheels_and_releases_control(scripted: ScriptedRobot) -> None:
+    """close() stops the wheels, pauses the stream and hands the robot back in Passive."""
     robot = Robot(scripted.path, hold_mode=OIMode.SAFE).start()
     scripted.wait_sent(bytes([148, 1, 100]))
     scripted.frame(oi_mode=2)
@@ -170,6 +177,7 @@ def test_close_stops_wheels_and_releases_control(scripted: ScriptedRobot) -> Non
 
 
 def test_listener_sees_every_frame_in_order(scripted: ScriptedRobot) -> None:
+    """Listeners get one StateUpdated per frame, in wire order, none skipped."""
     seen: list[int] = []
 
     def listener(event: RobotEvent) -> None:

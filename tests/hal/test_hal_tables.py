@@ -26,6 +26,7 @@ OPCODE_ROWS = {int(r["opcode"]): r for r in _rows("oi_opcodes.tsv")}
 
 
 def test_table_covers_every_reference_packet() -> None:
+    """The packet table holds every packet and group of the spec, no more, no less."""
     assert set(PACKETS) == set(PACKET_ROWS)
     assert set(range(7, 59)) <= set(PACKETS)
     assert set(packets.GROUP_IDS) == {0, 1, 2, 3, 4, 5, 6, 100, 101, 106, 107}
@@ -33,6 +34,7 @@ def test_table_covers_every_reference_packet() -> None:
 
 @pytest.mark.parametrize("pid", sorted(PACKET_ROWS))
 def test_packet_matches_reference(pid: int) -> None:
+    """Each packet's size, signedness, range and group members match the spec's table."""
     row, spec = PACKET_ROWS[pid], PACKETS[pid]
     assert spec.id == pid
     assert spec.size == int(row["data_bytes"])
@@ -47,18 +49,21 @@ def test_packet_matches_reference(pid: int) -> None:
 
 
 def test_keys_are_unique_snake_case() -> None:
+    """Packet keys name RobotState.sensors entries: unique and snake_case."""
     keys = [p.key for p in PACKETS.values()]
     assert len(keys) == len(set(keys))
     assert all(k.replace("_", "").isalnum() and k == k.lower() for k in keys)
 
 
 def test_group_sizes_from_spec_table() -> None:
+    """Group reply sizes as the spec lists them (p.37): 100 is 80 bytes, 6 is 52..."""
     sizes = {0: 26, 1: 10, 2: 6, 3: 10, 4: 14, 5: 12, 6: 52, 100: 80, 101: 28, 106: 12, 107: 9}
     assert {g: PACKETS[g].size for g in sizes} == sizes
 
 
 @pytest.mark.parametrize("pid", packets.SINGLE_IDS)
 def test_pack_unpack_extremes(pid: int) -> None:
+    """Every packet packs and unpacks its extremes, and refuses a value one past them."""
     spec = PACKETS[pid]
     bits = 8 * spec.size
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if spec.signed else (0, (1 << bits) - 1)
@@ -73,6 +78,7 @@ def test_pack_unpack_extremes(pid: int) -> None:
 
 
 def test_big_endian_and_signedness() -> None:
+    """Multi-byte packets are big-endian; signed ones are two's complement."""
     assert pack(29, 549) == bytes([2, 37])
     assert unpack(23, b"\xff\x38") == -200
     assert unpack(22, b"\xff\x38") == 0xFF38
@@ -88,10 +94,12 @@ def test_pack_wraps_counters_when_asked() -> None:
 
 @given(st.integers(-32768, 32767))
 def test_signed_roundtrip(value: int) -> None:
+    """Any signed 16-bit encoder count survives pack and unpack."""
     assert unpack(43, pack(43, value)) == value
 
 
 def test_bad_ids_and_sizes_are_clear() -> None:
+    """An unknown id, packing a group or a short buffer fails with a message naming the mistake."""
     with pytest.raises(KeyError, match="unknown OI sensor packet id 59"):
         pack(59, 0)
     with pytest.raises(ValueError, match="group"):
@@ -114,6 +122,7 @@ def _mode_set(text: str) -> frozenset[OIMode]:
 
 @pytest.mark.parametrize("opcode", sorted(OPCODE_ROWS))
 def test_opcode_matches_reference(opcode: int) -> None:
+    """Each opcode's data size, allowed modes and resulting mode match the spec's table."""
     row, spec = OPCODE_ROWS[opcode], OPCODES[opcode]
     size_text = row["data_bytes"]
     head = size_text.split(":")[0].split(" ")[0]
@@ -129,11 +138,13 @@ def test_opcode_matches_reference(opcode: int) -> None:
 
 
 def test_every_reference_opcode_is_in_the_table() -> None:
+    """The opcode table and the Op enum hold every command of the spec."""
     assert set(OPCODES) == set(OPCODE_ROWS)
     assert {int(o) for o in Op} == set(OPCODES)
 
 
 def test_data_length_variable_commands() -> None:
+    """The data size of variable-length commands (Song, Stream, Query List, Script) from their first bytes."""
     assert data_length(Op.SONG, b"") is None
     assert data_length(Op.SONG, b"\x00") is None
     assert data_length(Op.SONG, b"\x00\x09") == 20

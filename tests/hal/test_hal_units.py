@@ -16,17 +16,19 @@ from hal.errors import StreamBudgetError, TransportError
 from hal.models import MODELS, get_model
 from hal.odometry import DeltaOdometry, EncoderOdometry, unwrap16
 from hal.quirks import QUIRK_HELP, Quirks, firmware_tuple, for_firmware
-from hal.robot import Robot
-from hal.transport import Backoff, SerialTransport
+from hal.robot import Robot, reopen_backoff
+from hal.transport import SerialTransport
 
 CREATE2 = MODELS["create2"]
 
 
 def test_mm_per_count_from_spec() -> None:
+    """Encoder counts to millimetres: a 72 mm wheel, 508.8 counts per revolution (spec, packets 43/44)."""
     assert CREATE2.mm_per_count == pytest.approx(math.pi * 72.0 / 508.8)
 
 
 def test_straight_line() -> None:
+    """Equal counts on both wheels move the pose straight ahead, without turning."""
     odo = EncoderOdometry(CREATE2.mm_per_count, CREATE2.wheelbase_mm)
     odo.update(100, 100)
     pose = odo.update(100 + 1000, 100 + 1000)
@@ -35,6 +37,7 @@ def test_straight_line() -> None:
 
 
 def test_spin_in_place_quarter_turn_ccw() -> None:
+    """Opposite counts turn in place: a quarter turn counter-clockwise, no drift."""
     odo = EncoderOdometry(CREATE2.mm_per_count, CREATE2.wheelbase_mm)
     odo.update(0, 0)
     arc = (math.pi / 2) * CREATE2.wheelbase_mm / 2
@@ -55,6 +58,7 @@ def test_spin_in_place_quarter_turn_ccw() -> None:
     ],
 )
 def test_encoder_wrap_both_directions(start: int, delta: int) -> None:
+    """The 16-bit counters roll over forwards and backwards without a jump in distance."""
     odo = EncoderOdometry(1.0, 235.0)
 
     def wire(value: int) -> int:  # what signed int16 decoding of the wire bytes gives
@@ -74,6 +78,7 @@ def test_wrap_switched_off_shows_the_jump() -> None:
 
 @given(st.integers(-32768, 32767), st.integers(-2000, 2000))
 def test_unwrap16_property(start: int, delta: int) -> None:
+    """unwrap16 recovers any step smaller than half the counter's range."""
     end = ((start + delta + 32768) & 0xFFFF) - 32768
     assert unwrap16(end - start) == delta
 
@@ -88,6 +93,7 @@ def test_rebase_ignores_the_jump_after_reconnect() -> None:
 
 
 def test_delta_odometry() -> None:
+    """Without encoders the pose comes from the robot's own Distance (19) and Angle (20) packets."""
     odo = DeltaOdometry(235.0)
     odo.update(100, 0)
     pose = odo.update(0, 90)
@@ -95,17 +101,20 @@ def test_delta_odometry() -> None:
 
 
 def test_quirk_mode_plus_one() -> None:
+    """The mode_plus_one workaround subtracts one from packet 35, and leaves Off (0) alone."""
     assert Quirks().mode(3) == 3
     q = Quirks().switched("mode_plus_one=on")
     assert q.mode(4) == 3 and q.mode(2) == 1 and q.mode(0) == 0
 
 
 def test_quirk_angle_scale() -> None:
+    """The angle_scale workaround undoes old firmware's Angle scaling (divide by 0.324056)."""
     assert Quirks().angle_degrees(90) == 90.0
     assert Quirks(angle_scale=True).angle_degrees(29) == pytest.approx(29 / 0.324056)
 
 
 def test_quirk_switches_parse() -> None:
+    """Quirk switches from configuration: on/off spellings, dashes; unknown names and values are refused."""
     q = Quirks().switched("mode-plus-one, encoder_wrap=off,angle_scale=yes")
     assert q.mode_plus_one and not q.encoder_wrap and q.angle_scale
     assert set(q.active()) == {"mode_plus_one", "encoder_odometry", "angle_scale"}
@@ -117,6 +126,7 @@ def test_quirk_switches_parse() -> None:
 
 
 def test_quirks_from_firmware() -> None:
+    """Firmware up to 3.4.0 switches the angle and encoder workarounds on by itself; later ones do not."""
     assert firmware_tuple("r3-robot/tags/release-stm32-3.7.1:6174") == (3, 7, 1)
     assert firmware_tuple("unknown") is None
     old = for_firmware("3.4.0", Quirks(encoder_odometry=False))
@@ -126,6 +136,7 @@ def test_quirks_from_firmware() -> None:
 
 
 def test_models() -> None:
+    """Each model's baud, stream budget and default stream fit together; an unknown model lists the known."""
     assert CREATE2.baud == 115200 and CREATE2.stream_budget == 172 and CREATE2.stream_frame_bytes == 84
     old = get_model("Roomba 400")
     assert old.baud == 57600 and old.stream_budget == 86 and not old.has_encoders
@@ -139,6 +150,7 @@ def test_models() -> None:
 
 
 def test_robot_refuses_a_stream_over_budget() -> None:
+    """A Robot refuses a stream that does not fit its baud rate, or that lacks the mode packet 35."""
     with pytest.raises(StreamBudgetError, match="57600 baud carries only 86"):
         Robot("loop://", "create1", stream_ids=[6, 0, 1])
     with pytest.raises(ValueError, match="lacks packet 35"):
@@ -146,15 +158,23 @@ def test_robot_refuses_a_stream_over_budget() -> None:
     assert Robot("loop://", stream_ids=[43, 44, 35]).stream_ids == (43, 44, 35)
 
 
-def test_backoff_is_capped_with_jitter() -> None:
-    delays = Backoff(initial=0.05, cap=2.0, jitter=0.2).delays(random.Random(1))
-    values = [next(delays) for _ in range(12)]
-    assert values[0] == pytest.approx(0.05, rel=0.21)
-    assert all(v <= 2.0 * 1.2 for v in values) and values[-1] >= 2.0 * 0.8
-    assert values[3] > values[0]
+def test_reopen_backoff_is_capped_with_full_jitter() -> None:
+    """The link's reopen rule is the project's one Backoff: 0.05 s doubling to a 2 s cap, full jitter."""
+    ceilings = reopen_backoff(rand=lambda: 1.0)
+    values = [ceilings.next_delay() for _ in range(12)]
+    assert values[:4] == pytest.approx([0.05, 0.1, 0.2, 0.4])
+    assert max(values) == values[-1] == 2.0
+    rng = random.Random(1)
+    jittered = reopen_backoff(rand=rng.random).delays()
+    draws = [next(jittered) for _ in range(12)]
+    assert all(0.0 <= d <= c for d, c in zip(draws, values, strict=True))
+    assert len(set(draws)) == len(draws)  # full jitter: no two alike
+    ceilings.reset()
+    assert ceilings.next_delay() == pytest.approx(0.05)
 
 
 def test_transport_loop_url_round_trip() -> None:
+    """pyserial's loop:// carries bytes through SerialTransport; no BRC line; writes after close fail."""
     transport = SerialTransport("loop://", read_timeout=0.01)
     transport.open()
     transport.write(b"\x13\x01\x02")
@@ -199,6 +219,7 @@ def test_transport_on_pty_has_no_modem_lines_and_detects_hangup() -> None:
 
 
 def test_transport_open_failure_is_actionable(tmp_path: os.PathLike[str]) -> None:
+    """A port that cannot be opened says so with the port's name, as one TransportError."""
     with pytest.raises(TransportError, match="cannot open"):
         SerialTransport(f"{tmp_path}/nope").open()
 

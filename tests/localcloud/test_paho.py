@@ -50,7 +50,8 @@ def by_topic(messages: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def test_named_shadow_worked_example_message_for_message(local_cloud: LocalCloud, paho_robot: Any) -> None:
-    """shadow_protocol.md §11.1 (using-device-shadows.md), order-insensitive, timestamps structural."""
+    """AWS's named-shadow walk-through (docs.aws.amazon.com/iot/latest/developerguide/using-device-shadows.html),
+    message for message; order-insensitive, timestamps structural."""
     thing, prefix = "mySimulatedThing", "$aws/things/mySimulatedThing/shadow/name/simShadow1"
     device: Any = paho_robot(local_cloud, thing)
     device.subscribe(f"{prefix}/#")
@@ -323,7 +324,9 @@ def _raw_answer(robot: Any, topic_prefix: str) -> tuple[str, bytes]:
 
 
 def test_aws_wire_bytes_for_404_409_and_state_null(local_cloud: LocalCloud, paho_robot: Any) -> None:
-    """§11.8 (404 without a token), §11.3 (optimistic locking) and §11.9 (state null), byte for byte."""
+    """Byte for byte what AWS sends: a 404 for a get without token (no token, no timestamp), a 409 for a
+    stale version (optimistic locking, developerguide/device-shadow-data-flow.html) and the answer to
+    ``{"state": null}`` (state, metadata, version, timestamp)."""
     thing = "wire-robot"
     prefix = f"$aws/things/{thing}/shadow"
     robot: Any = paho_robot(local_cloud, thing)

@@ -72,6 +72,8 @@ def _rr_options() -> mqtt_request_response.ClientOptions:
 
 
 def test_v2_client_full_cycle(local_cloud: LocalCloud, crt_robot: Any) -> None:
+    """AWS's V2 client gets AWS's answers: 404 text, versions, deltas with desired metadata, 409, named
+    shadows, a delete refused to the robot by the broker and allowed to the operator."""
     thing = "sdk-v2-robot"
     client = crt_robot(thing)
     shadow = iotshadow.IotShadowClientV2(client, _rr_options())
@@ -128,7 +130,8 @@ def test_v2_client_full_cycle(local_cloud: LocalCloud, crt_robot: Any) -> None:
         "Version conflict",
     )
 
-    # A reported-only update that leaves desired != reported raises the full delta again (§13 items 3, 5).
+    # A reported-only update that leaves desired != reported publishes the whole delta again, with the
+    # metadata of the desired values (as AWS does: the V2 client's delta stream depends on it).
     docked = shadow.update_shadow(
         iotshadow.UpdateShadowRequest(
             thing_name=thing, state=iotshadow.ShadowState(reported={"mode": "docked"})
@@ -165,6 +168,7 @@ def test_v2_client_full_cycle(local_cloud: LocalCloud, crt_robot: Any) -> None:
 
 
 def test_v1_client_publish_and_subscribe(local_cloud: LocalCloud, crt_robot: Any) -> None:
+    """The V1 client's subscribe-then-publish flow gets accepted, documents and get with its own tokens."""
     thing = "sdk-v1-robot"
     client = crt_robot(thing)
     conn = client.new_connection()

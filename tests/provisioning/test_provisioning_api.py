@@ -21,6 +21,7 @@ from provisioning.errors import CaDirMissing, CaExists, KeyExists, ThingNameNotA
 
 
 def test_init_ca_layout_and_extensions(tmp_path: Path, openssl) -> None:
+    """A new CA is a P-256 self-signed root, pathlen 0, key 0600, with the extensions openssl expects."""
     ca = init_ca(tmp_path / "ca")
     assert (tmp_path / "ca" / "ca.crt").exists()
     assert stat.S_IMODE((tmp_path / "ca" / "ca.key").stat().st_mode) == 0o600
@@ -35,6 +36,7 @@ def test_init_ca_layout_and_extensions(tmp_path: Path, openssl) -> None:
 
 
 def test_init_ca_rsa(tmp_path: Path, openssl) -> None:
+    """An RSA-2048 CA works too, and openssl verifies the identities it issues."""
     ca = init_ca(tmp_path / "ca", key_type="rsa")
     text = openssl("x509", "-in", str(ca.cert_path), "-noout", "-text").stdout
     assert "Public-Key: (2048 bit)" in text and "sha256WithRSAEncryption" in text
@@ -43,12 +45,14 @@ def test_init_ca_rsa(tmp_path: Path, openssl) -> None:
 
 
 def test_init_ca_refuses_to_overwrite(tmp_path: Path) -> None:
+    """A second ``init_ca`` on the same directory fails instead of replacing the fleet's root."""
     init_ca(tmp_path / "ca")
     with pytest.raises(CaExists):
         init_ca(tmp_path / "ca")
 
 
 def test_load_ca_roundtrip_and_missing(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    """A CA loads back as written; a missing or empty directory is CaDirMissing, not a bare OSError."""
     loaded = load_ca(file_ca.dir)
     assert loaded.certificate == file_ca.certificate
     with pytest.raises(CaDirMissing):
@@ -59,6 +63,7 @@ def test_load_ca_roundtrip_and_missing(tmp_path: Path, file_ca: CertificateAutho
 
 
 def test_create_identity_layout_and_openssl(tmp_path: Path, file_ca: CertificateAuthority, openssl) -> None:
+    """An identity is docs/CONTRACTS.md's four files, private modes, a client-auth leaf openssl verifies."""
     ident = create_identity(file_ca, "robot-001", tmp_path / "robot-001", days=30)
     d = tmp_path / "robot-001"
     assert sorted(p.name for p in d.iterdir()) == ["device.crt", "device.csr", "device.key", "root-ca.crt"]
@@ -90,6 +95,7 @@ def test_create_identity_layout_and_openssl(tmp_path: Path, file_ca: Certificate
 
 
 def test_create_identity_never_overwrites(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    """An existing device key is never replaced: KeyExists, and the key bytes are unchanged."""
     create_identity(file_ca, "robot-002", tmp_path / "r")
     key_before = (tmp_path / "r" / "device.key").read_bytes()
     with pytest.raises(KeyExists):
@@ -100,6 +106,7 @@ def test_create_identity_never_overwrites(tmp_path: Path, file_ca: CertificateAu
 def test_create_identity_into_existing_dir_with_other_files(
     tmp_path: Path, file_ca: CertificateAuthority
 ) -> None:
+    """A directory holding other files (agent.toml) is used as is; no temporary file is left behind."""
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "agent.toml").write_text("x = 1\n")
     ident = create_identity(file_ca, "robot-003", tmp_path / "r")
@@ -108,6 +115,7 @@ def test_create_identity_into_existing_dir_with_other_files(
 
 
 def test_create_identity_into_empty_existing_dir(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    """An empty directory is tightened to 0700 and receives exactly the four identity files."""
     (tmp_path / "r").mkdir(mode=0o755)
     ident = create_identity(file_ca, "robot-005", tmp_path / "r")
     assert stat.S_IMODE((tmp_path / "r").stat().st_mode) == 0o700
@@ -120,18 +128,21 @@ def test_create_identity_into_empty_existing_dir(tmp_path: Path, file_ca: Certif
 
 
 def test_create_identity_bad_thing_name(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    """A thing name AWS would refuse fails before anything is written."""
     with pytest.raises(ThingNameNotAllowed):
         create_identity(file_ca, "robot 1", tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
 def test_create_identity_custom_root_ca(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    """``root_ca`` puts the given root (e.g. Amazon's) in root-ca.crt instead of the issuing CA."""
     other = init_ca(tmp_path / "other", common_name="Stand-in Amazon Root")
     ident = create_identity(file_ca, "robot-004", tmp_path / "r", root_ca=other.cert_path)
     assert ident.ca_path.read_bytes() == other.cert_path.read_bytes()
 
 
 def test_server_cert_sans_and_mutual_tls(tmp_path: Path, file_ca: CertificateAuthority, openssl) -> None:
+    """The broker certificate has the SANs and server EKU; a device identity completes mutual TLS with it."""
     cert_path, key_path = issue_server_cert(file_ca, tmp_path / "broker", ["localhost"], ["127.0.0.1"])
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     text = openssl("x509", "-in", str(cert_path), "-noout", "-text").stdout

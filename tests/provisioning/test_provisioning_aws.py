@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from provisioning.aws import POLICY_MAX_CHARS, device_policy, jitp_template, policy_size, registration_config
+from provisioning.aws import (
+    JOBS_REQUESTS,
+    POLICY_MAX_CHARS,
+    device_policy,
+    jitp_template,
+    policy_size,
+    registration_config,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def allowed(policy: dict[str, Any], action: str, resource: str, thing: str) -> bool:
@@ -68,6 +78,7 @@ def policy() -> dict[str, Any]:
     ],
 )
 def test_policy_allows_the_agents_topics(policy: dict[str, Any], action: str, resource: str) -> None:
+    """Every topic the agent uses is allowed for its own thing, with any named shadow or the pinned one."""
     assert allowed(policy, action, f"{ARN}:{resource}", "robot-1")
     pinned = device_policy("aws", "eu-west-1", "123456789012", ("config",))
     if "/shadow/name/" not in resource or "/name/config/" in resource:
@@ -100,10 +111,12 @@ def test_policy_allows_the_agents_topics(policy: dict[str, Any], action: str, re
     ],
 )
 def test_policy_denies_everything_else(policy: dict[str, Any], action: str, resource: str) -> None:
+    """Other robots' topics, shadow delete, responses, wildcard filters and unknown topics are denied."""
     assert not allowed(policy, action, f"{ARN}:{resource}", "robot-1")
 
 
 def test_policy_connect_needs_attached_thing(policy: dict[str, Any]) -> None:
+    """Connect requires the certificate to be attached to the thing (no thing, no connection)."""
     connect = policy["Statement"][0]
     assert connect["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
 
@@ -111,6 +124,7 @@ def test_policy_connect_needs_attached_thing(policy: dict[str, Any]) -> None:
 @pytest.mark.parametrize("partition", ["aws", "aws-cn", "aws-us-gov"])
 @pytest.mark.parametrize("shadows", [("*",), ("config",)], ids=["any-shadow", "config-shadow"])
 def test_policy_fits_in_every_partition(partition: str, shadows: tuple[str, ...]) -> None:
+    """Every partition's ARNs, and the policy stays under AWS's 2048-character limit."""
     policy = device_policy(partition, shadow_names=shadows)
     resources = [
         r
@@ -122,6 +136,7 @@ def test_policy_fits_in_every_partition(partition: str, shadows: tuple[str, ...]
 
 
 def test_pinned_named_shadow_excludes_others() -> None:
+    """Pinning ``--shadow config`` denies every other named shadow."""
     pinned = device_policy("aws", shadow_names=("config",))
     arn = "arn:aws:iot:us-east-1:123456789012"
     assert allowed(pinned, "iot:Publish", f"{arn}:topic/$aws/things/r/shadow/name/config/update", "r")
@@ -129,6 +144,7 @@ def test_pinned_named_shadow_excludes_others() -> None:
 
 
 def test_policy_cli(run_cli) -> None:
+    """The CLI prints the API's policy; too many shadows or a named region/account past 2048 is one line."""
     result = run_cli("aws", "policy", "--partition", "aws-cn", "--shadow", "config")
     assert result.returncode == 0, result.stderr
     policy = json.loads(result.stdout)
@@ -144,6 +160,7 @@ def test_policy_cli(run_cli) -> None:
 
 
 def test_jitp_template_and_registration_config(run_cli) -> None:
+    """JITP uses only CN and certificate id, keeps an operator's choices, wraps as --registration-config."""
     template = jitp_template("roomba-agent")
     assert template["Resources"]["thing"]["Properties"]["ThingName"] == {
         "Ref": "AWS::IoT::Certificate::CommonName"
@@ -166,3 +183,27 @@ def test_jitp_template_and_registration_config(run_cli) -> None:
     assert json.loads(config["templateBody"]) == template
     result = run_cli("aws", "jitp-template", "--role-arn", "arn:aws:iam::111122223333:role/JITPRole")
     assert result.returncode == 0 and json.loads(json.loads(result.stdout)["templateBody"]) == template
+
+
+@pytest.mark.parametrize(
+    ("args", "golden"),
+    [
+        pytest.param(("aws", "policy"), "device_policy.json", id="policy"),
+        pytest.param(
+            ("aws", "policy", "--partition", "aws-cn", "--shadow", "config"),
+            "device_policy_aws-cn_config.json",
+            id="policy_aws_cn_pinned",
+        ),
+        pytest.param(("aws", "jitp-template"), "jitp_template.json", id="jitp_template"),
+    ],
+)
+def test_cli_output_is_byte_identical_to_the_golden_file(run_cli, args: tuple[str, ...], golden: str) -> None:
+    """What an operator pastes into AWS must not change by a byte when the code behind it is refactored."""
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (FIXTURES / golden).read_text()
+
+
+def test_policy_jobs_requests_are_the_device_topics_in_policy_syntax() -> None:
+    """MQTT's ``+`` is a literal in a policy resource: the job-id level must be ``*`` there."""
+    assert JOBS_REQUESTS == ("get", "start-next", "*/get", "*/update")

@@ -81,6 +81,7 @@ def default_sigint() -> None:
 def test_batch_resumes_after_sigint_sigterm_and_sigkill(
     tmp_path: Path, file_ca: CertificateAuthority, openssl
 ) -> None:
+    """Interrupted three ways, a rerun completes the batch: no duplicate, no replaced key, exits 130/143."""
     out = tmp_path / "batch"
     cmd = [CLI, "batch", "--ca", str(file_ca.dir), "--count", "240", "--prefix", "robot-", "--out", str(out)]
     digests: dict[str, str] = {}
@@ -114,6 +115,7 @@ def test_batch_resumes_after_sigint_sigterm_and_sigkill(
 def test_batch_recovers_identity_missing_from_torn_manifest(
     tmp_path: Path, file_ca: CertificateAuthority
 ) -> None:
+    """A manifest torn mid-line and a stale temp dir: written identities are recovered, not re-keyed."""
     out = tmp_path / "b"
     plan = plan_count(5, "unit-")
     first = run_batch(file_ca, out, plan)
@@ -129,6 +131,7 @@ def test_batch_recovers_identity_missing_from_torn_manifest(
 
 
 def test_batch_from_serials_file(tmp_path: Path, file_ca: CertificateAuthority, run_cli) -> None:
+    """A serials file (comments, blank lines) gives one identity per serial, in order, in the manifest."""
     serials = tmp_path / "serials.txt"
     serials.write_text("# line 1 is a comment\nSN1000\n\nSN1001  # trailing comment\nSN1002\n")
     result = run_cli(
@@ -161,6 +164,7 @@ def test_batch_from_serials_file(tmp_path: Path, file_ca: CertificateAuthority, 
 
 
 def test_serials_file_errors() -> None:
+    """Duplicate serials, a bad character, an empty file: one-line errors naming the line; counts zero-pad."""
     with pytest.raises(InvalidInput, match="serials:3: serial 'A1' already listed on line 1"):
         plan_serials(["A1", "B2", "A1"], "r-")
     with pytest.raises(InvalidInput, match=r"serials:2: .*'/'"):
@@ -174,6 +178,7 @@ def test_serials_file_errors() -> None:
 
 
 def test_batch_refuses_concurrent_run(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    """A second batch on the same directory fails at once (lock held) and writes nothing."""
     out = tmp_path / "locked"
     out.mkdir()
     fd = os.open(out / ".batch.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -187,6 +192,7 @@ def test_batch_refuses_concurrent_run(tmp_path: Path, file_ca: CertificateAuthor
 
 
 def test_batch_progress_only_on_a_terminal(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    """Progress goes to stderr only on a terminal; stdout stays one JSON summary for scripts."""
     master, slave = pty.openpty()
     chunks: list[bytes] = []
 
@@ -247,6 +253,7 @@ def test_identity_directory_is_never_half_written(
 
 
 def test_manifest_append_without_newline_is_repaired(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    """A manifest cut just before its last newline is repaired, not counted as a torn entry."""
     out = tmp_path / "b"
     run_batch(file_ca, out, plan_count(2, "nl-"))
     data = (out / MANIFEST).read_bytes()
@@ -257,6 +264,7 @@ def test_manifest_append_without_newline_is_repaired(tmp_path: Path, file_ca: Ce
 
 
 def test_resume_refuses_a_foreign_identity_directory(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    """A planned directory holding another thing's certificate stops the batch instead of being adopted."""
     from provisioning.device import create_identity
 
     out = tmp_path / "b"
@@ -267,6 +275,7 @@ def test_resume_refuses_a_foreign_identity_directory(tmp_path: Path, file_ca: Ce
 
 
 def test_batch_root_ca_must_be_a_certificate(tmp_path: Path, file_ca: CertificateAuthority, run_cli) -> None:
+    """A junk or missing ``--root-ca`` is a one-line error before any identity is written."""
     junk = tmp_path / "root.pem"
     junk.write_text("not a certificate\n")
     args = ["batch", "--ca", str(file_ca.dir), "--count", "1", "--out", str(tmp_path / "o")]
@@ -285,6 +294,7 @@ def test_batch_root_ca_must_be_a_certificate(tmp_path: Path, file_ca: Certificat
 def test_batch_stops_only_between_identities_and_resumes(
     tmp_path: Path, file_ca: CertificateAuthority
 ) -> None:
+    """A stop request is honoured between identities only; the rerun creates just the rest."""
     out = tmp_path / "batch"
     plan = plan_count(8, "robot-")
     asked = []

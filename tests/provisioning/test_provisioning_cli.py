@@ -53,6 +53,7 @@ def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_ca_init_extensions_with_openssl(run_cli, ca_dir: Path, openssl) -> None:
+    """``ca init`` makes a root openssl reads as CA:TRUE pathlen 0; a second init refuses to overwrite it."""
     text = openssl("x509", "-in", str(ca_dir / "ca.crt"), "-noout", "-text").stdout
     for expected in (
         "CA:TRUE, pathlen:0",
@@ -65,12 +66,14 @@ def test_ca_init_extensions_with_openssl(run_cli, ca_dir: Path, openssl) -> None
 
 
 def test_ca_init_rsa(run_cli, tmp_path: Path, openssl) -> None:
+    """``--key-type rsa`` gives an RSA-2048 CA."""
     assert run_cli("ca", "init", "--dir", str(tmp_path / "rsa"), "--key-type", "rsa").returncode == 0
     text = openssl("x509", "-in", str(tmp_path / "rsa" / "ca.crt"), "-noout", "-text").stdout
     assert "rsaEncryption" in text and "(2048 bit)" in text and "CA:TRUE" in text
 
 
 def test_keygen_then_sign_at_station(run_cli, tmp_path: Path, ca_dir: Path, openssl) -> None:
+    """The key stays on the robot: keygen, the station signs, install; overwrites, foreign certs refused."""
     robot = tmp_path / "robot"
     result = run_cli("device", "keygen", "--thing", "robot-042", "--out", str(robot))
     assert result.returncode == 0, result.stderr
@@ -139,6 +142,7 @@ def test_keygen_then_sign_at_station(run_cli, tmp_path: Path, ca_dir: Path, open
 
 
 def test_sign_rejects_bad_csrs(run_cli, tmp_path: Path, ca_dir: Path) -> None:
+    """Bad names, weak keys, tampered or unreadable CSRs are one-line errors and no certificate is written."""
     key = ec.generate_private_key(ec.SECP256R1())
     out = str(tmp_path / "out.crt")
 
@@ -170,6 +174,7 @@ def test_sign_rejects_bad_csrs(run_cli, tmp_path: Path, ca_dir: Path) -> None:
 
 
 def test_device_create_and_verify(run_cli, tmp_path: Path, ca_dir: Path, openssl) -> None:
+    """``device create`` then ``verify`` on the same CA and thing succeeds (the one-step path)."""
     out = tmp_path / "sim-1"
     result = run_cli("device", "create", "--ca", str(ca_dir), "--thing", "sim-1", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -179,6 +184,7 @@ def test_device_create_and_verify(run_cli, tmp_path: Path, ca_dir: Path, openssl
 
 
 def test_verification_cert_file_ca(run_cli, tmp_path: Path, ca_dir: Path, openssl) -> None:
+    """AWS's CA-registration verification certificate: CN is the registration code, a bad code is refused."""
     out = tmp_path / "verification.pem"
     result = run_cli(
         "ca", "verification-cert", "--ca", str(ca_dir), "--registration-code", "a1b2c3d4e5", "--out", str(out)
@@ -195,6 +201,7 @@ def test_verification_cert_file_ca(run_cli, tmp_path: Path, ca_dir: Path, openss
 
 
 def test_no_pin_on_command_line_and_never_echoed(run_cli, tmp_path: Path) -> None:
+    """A PIN option on the command line is refused without echoing it; unknown options are not echoed."""
     secret = "Zq-do-not-echo-7"
     for args in (["--pin", secret], [f"--pin={secret}"], ["--so-pin", secret]):
         result = run_cli("ca", "init", "--dir", str(tmp_path / "never"), *args)
@@ -240,6 +247,7 @@ def test_no_pin_on_command_line_and_never_echoed(run_cli, tmp_path: Path) -> Non
     ],
 )
 def test_usage_errors_are_one_line(run_cli, tmp_path: Path, args: list[str], contains: str) -> None:
+    """Every usage error is one ``roomba-provision: error:`` line, exit 2, and creates nothing."""
     result = run_cli(*[str(tmp_path / a) if a in ("D", "C") else a for a in args])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -249,6 +257,7 @@ def test_usage_errors_are_one_line(run_cli, tmp_path: Path, args: list[str], con
 
 
 def test_api_refuses_empty_or_absurd_validity(tmp_path: Path) -> None:
+    """The API too refuses 0 or negative validity and a negative path length, writing nothing."""
     from provisioning.ca import init_ca
     from provisioning.device import create_identity
     from provisioning.errors import InvalidInput
@@ -265,6 +274,7 @@ def test_api_refuses_empty_or_absurd_validity(tmp_path: Path) -> None:
 
 
 def test_unexpected_exception_is_one_line(run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A bug surfaces as one line saying how to get the traceback, not as a traceback."""
     from provisioning import cli
 
     def boom(*args: object, **kwargs: object) -> None:
@@ -280,6 +290,7 @@ def test_unexpected_exception_is_one_line(run_cli, monkeypatch: pytest.MonkeyPat
 
 
 def test_ca_dir_modes(tmp_path: Path, run_cli) -> None:
+    """The CA directory is 0700, its key 0600, its certificate world-readable 0644."""
     assert run_cli("ca", "init", "--dir", str(tmp_path / "new" / "ca")).returncode == 0
     assert oct((tmp_path / "new" / "ca").stat().st_mode & 0o777) == "0o700"
     assert oct((tmp_path / "new" / "ca" / "ca.key").stat().st_mode & 0o777) == "0o600"
@@ -287,6 +298,7 @@ def test_ca_dir_modes(tmp_path: Path, run_cli) -> None:
 
 
 def test_verify_reports_how_soon_and_checks_cn_without_thing(run_cli, tmp_path: Path, ca_dir: Path) -> None:
+    """``verify`` says when it expires; without --thing it still refuses a CN AWS would refuse."""
     out = tmp_path / "id"
     assert (
         run_cli(
@@ -337,6 +349,7 @@ def test_verify_reports_how_soon_and_checks_cn_without_thing(run_cli, tmp_path: 
 
 
 def test_verification_code_must_be_ascii(run_cli, tmp_path: Path, ca_dir: Path) -> None:
+    """Non-ASCII digits, an over-long or punctuated registration code are refused; nothing is written."""
     out = tmp_path / "v.pem"
     for code in ("\u0663\u0663\u0663", "a" * 65, "abc-123"):
         result = run_cli(
@@ -347,6 +360,7 @@ def test_verification_code_must_be_ascii(run_cli, tmp_path: Path, ca_dir: Path) 
 
 
 def test_server_cert_rejects_bad_names(run_cli, tmp_path: Path, ca_dir: Path) -> None:
+    """Invalid hostnames or IPs, or none at all, are one-line errors; wildcards and IPv6 are fine."""
     base = ["ca", "server-cert", "--ca", str(ca_dir), "--out", str(tmp_path / "srv")]
     one_error_line(
         run_cli(*base, "--hostname", "bad host!"), "bad --hostname/--ip: 'bad host!' is not a DNS name"

@@ -51,6 +51,7 @@ def one_error_line(result, contains: str) -> None:
 
 
 def test_token_ca_signs_and_key_cannot_leave(tmp_path: Path, softhsm, token: str, openssl) -> None:
+    """A token-made CA key is non-extractable and sensitive, yet signs identities and verification certs."""
     ca = tmp_path / "ca"
     pin = {"ROOMBA_PKCS11_PIN": softhsm.pin}
     result = softhsm.cli(
@@ -99,6 +100,7 @@ def test_token_ca_signs_and_key_cannot_leave(tmp_path: Path, softhsm, token: str
 
 
 def test_token_ca_errors(tmp_path: Path, softhsm, token: str) -> None:
+    """Wrong PIN, unknown token or module, no PIN, label clash: each a one-line reason, nothing half-made."""
     module = ["--pkcs11-module", softhsm.module]
     good, wrong = {"ROOMBA_PKCS11_PIN": softhsm.pin}, {"ROOMBA_PKCS11_PIN": "0000"}
     pin_file = tmp_path / "pin"
@@ -162,6 +164,7 @@ def test_token_ca_errors(tmp_path: Path, softhsm, token: str) -> None:
 def test_device_key_in_token(
     tmp_path: Path, softhsm, token: str, file_ca: CertificateAuthority, openssl
 ) -> None:
+    """A device key generated in a token never leaves it: only a CSR and a key reference are written."""
     robot = tmp_path / "robot"
     pin = {"ROOMBA_PKCS11_PIN": softhsm.pin}
     p11 = ["--pkcs11-module", softhsm.module, "--token", token]
@@ -267,6 +270,7 @@ print(json.dumps({"second": second, "reopened": reopened}))
 
 
 def test_second_open_of_the_same_token_is_a_clear_error(tmp_path: Path, softhsm, token: str) -> None:
+    """Opening a token twice in one process is a clear error, and it can be reopened once closed."""
     ca = tmp_path / "ca"
     result = softhsm.cli(
         "ca",

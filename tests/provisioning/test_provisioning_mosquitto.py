@@ -90,6 +90,7 @@ def connect(ident: Identity, port: int) -> tuple[mqtt.Client, queue.Queue[object
 def test_device_connects_and_publishes_over_mutual_tls(
     tmp_path: Path, broker: int, file_ca: CertificateAuthority
 ) -> None:
+    """An identity we issue is accepted by a real Mosquitto with require_certificate, and can publish."""
     ident = create_identity(file_ca, "robot-mqtt", tmp_path / "robot-mqtt")
     client, events = connect(ident, broker)
     try:
@@ -106,6 +107,7 @@ def test_device_connects_and_publishes_over_mutual_tls(
 def test_certificate_from_another_ca_is_refused(
     tmp_path: Path, broker: int, file_ca: CertificateAuthority
 ) -> None:
+    """A certificate signed by another CA is refused at the TLS handshake, even with our root alongside."""
     rogue_ca = init_ca(tmp_path / "rogue", common_name="Rogue CA")
     rogue = create_identity(rogue_ca, "robot-rogue", tmp_path / "rogue-id", root_ca=file_ca.cert_path)
     ctx = ssl.create_default_context(cafile=str(rogue.ca_path))

@@ -45,12 +45,14 @@ def check(directory: Path, ca: CertificateAuthority, thing: str | None = "robot-
 
 
 def test_good_identity_has_no_findings(good: Path, file_ca: CertificateAuthority) -> None:
+    """A fresh identity verifies with no findings and a one-line ok."""
     assert check(good, file_ca) == []
     result = cli_verify("--dir", str(good), "--ca", str(file_ca.dir), "--thing", "robot-ok")
     assert result.returncode == 0 and "ok:" in result.stdout and result.stderr == ""
 
 
 def test_tampered_certificate(good: Path, file_ca: CertificateAuthority) -> None:
+    """A certificate edited after signing is ``chain.signature_invalid``, reported as tampered in one line."""
     cert = x509.load_pem_x509_certificate((good / "device.crt").read_bytes())
     der = cert.public_bytes(serialization.Encoding.DER)
     tampered = der.replace(b"robot-ok", b"robot-ko")
@@ -67,11 +69,13 @@ def test_tampered_certificate(good: Path, file_ca: CertificateAuthority) -> None
 
 
 def test_corrupt_certificate(good: Path, file_ca: CertificateAuthority) -> None:
+    """An unparseable certificate is ``cert.corrupt``, not an exception."""
     (good / "device.crt").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     assert codes(check(good, file_ca)) == ["cert.corrupt"]
 
 
 def test_expired_and_expiring_and_future(tmp_path: Path, file_ca: CertificateAuthority) -> None:
+    """Expired is an error, expiring within the warning window a warning, not yet valid an error."""
     past = NOW - dt.timedelta(days=400)
     create_identity(file_ca, "robot-ok", tmp_path / "old", days=10, now=past)
     assert codes(check(tmp_path / "old", file_ca)) == ["cert.expired"]
@@ -89,6 +93,7 @@ def test_expired_and_expiring_and_future(tmp_path: Path, file_ca: CertificateAut
 
 
 def test_key_mismatch(tmp_path: Path, good: Path, file_ca: CertificateAuthority) -> None:
+    """A key that does not match the certificate is ``key.mismatch``; no PEM is echoed."""
     create_identity(file_ca, "robot-other", tmp_path / "other")
     shutil.copy(tmp_path / "other" / "device.key", good / "device.key")
     assert codes(check(good, file_ca)) == ["key.mismatch"]
@@ -98,6 +103,7 @@ def test_key_mismatch(tmp_path: Path, good: Path, file_ca: CertificateAuthority)
 
 
 def test_wrong_ca(tmp_path: Path, good: Path) -> None:
+    """A certificate from another CA is ``chain.wrong_ca``, naming that CA."""
     other = init_ca(tmp_path / "other-ca", common_name="Someone Else CA")
     findings = check(good, other)
     assert codes(findings) == ["chain.wrong_ca"]
@@ -105,11 +111,13 @@ def test_wrong_ca(tmp_path: Path, good: Path) -> None:
 
 
 def test_same_name_other_ca_key(tmp_path: Path, good: Path) -> None:
+    """A CA with the same name but another key does not verify it (the signature counts, not the name)."""
     impostor = init_ca(tmp_path / "impostor")
     assert codes(check(good, impostor)) == ["chain.signature_invalid"]
 
 
 def test_bad_thing_name_and_cn_mismatch(good: Path, file_ca: CertificateAuthority) -> None:
+    """An illegal expected thing name and a CN for another thing are separate findings."""
     assert codes(check(good, file_ca, thing="robot ok")) == ["thing.invalid", "cn.mismatch"]
     assert codes(check(good, file_ca, thing="robot-other")) == ["cn.mismatch"]
     result = cli_verify("--dir", str(good), "--ca", str(file_ca.dir), "--thing", "robot/ok")
@@ -117,6 +125,7 @@ def test_bad_thing_name_and_cn_mismatch(good: Path, file_ca: CertificateAuthorit
 
 
 def test_file_modes(good: Path, file_ca: CertificateAuthority) -> None:
+    """A readable key or directory is a finding that says the chmod to run."""
     os.chmod(good / "device.key", 0o644)
     os.chmod(good, 0o755)
     findings = check(good, file_ca)
@@ -125,6 +134,7 @@ def test_file_modes(good: Path, file_ca: CertificateAuthority) -> None:
 
 
 def test_missing_files(good: Path, file_ca: CertificateAuthority, tmp_path: Path) -> None:
+    """A missing key or CA file is a finding (``key.missing``, ``ca.missing``), not a crash."""
     (good / "device.key").unlink()
     assert codes(check(good, file_ca)) == ["key.missing"]
     assert codes(check_identity(good / "device.crt", None, tmp_path / "nope.crt", "robot-ok", NOW)) == [

@@ -1,8 +1,16 @@
-"""Table tests of the pure shadow rules against the vectors in shadow_protocol.md (§3-§12)."""
+"""Table tests of the pure shadow rules, against AWS's worked examples and real AWS responses.
+
+The vectors live in ``vectors/*.json``, each naming its public source (an AWS IoT Core Developer Guide
+page, or a recorded session against AWS IoT Core). A trace file is a list of steps on one shadow:
+``update`` / ``get`` / ``delete`` with the payload sent, ``now``, and either ``rejected`` (the error
+document) or ``expect`` (dotted paths into the outcome: ``shadow``, ``accepted``, ``documents``, ``delta``,
+``accepted_json``, ``get``, ``delete``) and ``absent`` (paths that must not exist).
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,159 +21,99 @@ from shadow import document as sd
 from shadow.document import Shadow, ShadowError
 
 
-def _ts(t: int, n: int) -> list[dict[str, int]]:
-    return [{"timestamp": t}] * n
-
-
 def _update(
     shadow: Shadow | None, payload: dict[str, Any], now: int, base_version: int = 0
 ) -> sd.UpdateResult:
     return sd.apply_update(shadow, sd.parse_update(json.dumps(payload).encode()), now, base_version)
 
 
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def _vector(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((VECTORS / name).read_text(encoding="utf-8"))
+    assert doc.get("source"), f"{name} does not say where its vectors come from"
+    return doc
+
+
+def _cases(name: str, table: str, *fields: str) -> list[Any]:
+    """A table of a vector file as pytest params (ids from the file)."""
+    return [pytest.param(*(case[f] for f in fields), id=case["id"]) for case in _vector(name)[table]]
+
+
+def _at(doc: Any, path: str, where: str) -> Any:
+    try:
+        for key in path.split("."):
+            doc = doc[int(key)] if isinstance(doc, list) else doc[key]
+    except (KeyError, IndexError, TypeError):
+        raise AssertionError(f"{where}: the outcome has no {path}") from None
+    return doc
+
+
+def _run_trace(trace: dict[str, Any]) -> None:
+    """Play a trace's steps on one shadow through the pure rules and check every expectation."""
+    shadow = Shadow.from_json(trace["initial"]) if "initial" in trace else None
+    for number, step in enumerate(trace["steps"], 1):
+        where = f"{trace['source']}, step {number}"
+        now = step["now"]
+        outcome: dict[str, Any]
+        if "update" in step:
+            try:
+                result = _update(shadow, step["update"], now, step.get("base_version", 0))
+            except ShadowError as err:
+                assert "rejected" in step, f"{where}: rejected with {err}"
+                assert sd.error_document(err, now) == step["rejected"], where
+                continue
+            assert "rejected" not in step, f"{where}: accepted"
+            shadow = result.shadow
+            outcome = {
+                "shadow": shadow.to_json(),
+                "accepted": result.accepted,
+                "documents": result.documents,
+                "delta": result.delta,
+                "accepted_json": json.dumps(result.accepted, separators=(",", ":")),
+            }
+        else:
+            op = "get" if "get" in step else "delete"
+            token = step[op].get("clientToken")
+            if shadow is None:
+                missing = sd.not_found_error(trace["shadow_name"], token)
+                assert sd.error_document(missing, now) == step["rejected"], where
+                continue
+            render = sd.get_document if op == "get" else sd.delete_document
+            outcome = {op: render(shadow, now, token)}
+            if op == "delete":
+                shadow = None
+        for path, expected in step.get("expect", {}).items():
+            assert _at(outcome, path, where) == expected, f"{where}: {path}"
+        for path in step.get("absent", []):
+            parent, _, key = path.rpartition(".")
+            assert key not in _at(outcome, parent, where), f"{where}: {path} should not exist"
+
+
 def test_named_shadow_lifecycle_matches_using_device_shadows_example() -> None:
-    """§11.1, message for message (the document starts at version 3 in AWS's walk-through)."""
-    created = _update(
-        None,
-        {
-            "state": {"reported": {"ID": "SmartLamp21", "ColorRGB": [128, 128, 128]}},
-            "clientToken": "426bfd96-e720-46d3-95cd-014e3ef12bb6",
-        },
-        1591140517,
-        base_version=2,
-    )
-    assert created.shadow.to_json() == {
-        "state": {"reported": {"ID": "SmartLamp21", "ColorRGB": [128, 128, 128]}},
-        "metadata": {"reported": {"ID": {"timestamp": 1591140517}, "ColorRGB": _ts(1591140517, 3)}},
-        "version": 3,
-    }
-    assert created.delta is None
-    assert created.documents["previous"] is None
-
-    desired = _update(
-        created.shadow,
-        {
-            "state": {"desired": {"ColorRGB": [255, 255, 0]}},
-            "clientToken": "21b21b21-bfd2-4279-8c65-e2f697ff4fab",
-        },
-        1591141596,
-    )
-    assert desired.accepted == {
-        "state": {"desired": {"ColorRGB": [255, 255, 0]}},
-        "metadata": {"desired": {"ColorRGB": _ts(1591141596, 3)}},
-        "version": 4,
-        "timestamp": 1591141596,
-        "clientToken": "21b21b21-bfd2-4279-8c65-e2f697ff4fab",
-    }
-    assert desired.delta == {
-        "version": 4,
-        "timestamp": 1591141596,
-        "state": {"ColorRGB": [255, 255, 0]},
-        "metadata": {"ColorRGB": _ts(1591141596, 3)},
-        "clientToken": "21b21b21-bfd2-4279-8c65-e2f697ff4fab",
-    }
-
-    reported = _update(
-        desired.shadow,
-        {
-            "state": {"reported": {"ColorRGB": [255, 255, 0]}},
-            "clientToken": "a4dc2227-9213-4c6a-a6a5-053304f60258",
-        },
-        1591142747,
-    )
-    assert reported.accepted == {
-        "state": {"reported": {"ColorRGB": [255, 255, 0]}},
-        "metadata": {"reported": {"ColorRGB": _ts(1591142747, 3)}},
-        "version": 5,
-        "timestamp": 1591142747,
-        "clientToken": "a4dc2227-9213-4c6a-a6a5-053304f60258",
-    }
-    desired_meta = {"ColorRGB": _ts(1591141596, 3)}
-    assert reported.documents == {
-        "previous": {
-            "state": {
-                "desired": {"ColorRGB": [255, 255, 0]},
-                "reported": {"ID": "SmartLamp21", "ColorRGB": [128, 128, 128]},
-            },
-            "metadata": {
-                "desired": desired_meta,
-                "reported": {"ID": {"timestamp": 1591140517}, "ColorRGB": _ts(1591140517, 3)},
-            },
-            "version": 4,
-        },
-        "current": {
-            "state": {
-                "desired": {"ColorRGB": [255, 255, 0]},
-                "reported": {"ID": "SmartLamp21", "ColorRGB": [255, 255, 0]},
-            },
-            "metadata": {
-                "desired": desired_meta,
-                "reported": {"ID": {"timestamp": 1591140517}, "ColorRGB": _ts(1591142747, 3)},
-            },
-            "version": 5,
-        },
-        "timestamp": 1591142747,
-        "clientToken": "a4dc2227-9213-4c6a-a6a5-053304f60258",
-    }
-    assert reported.delta is None
-    assert sd.get_document(reported.shadow, 1591143269) == {
-        "state": {
-            "desired": {"ColorRGB": [255, 255, 0]},
-            "reported": {"ID": "SmartLamp21", "ColorRGB": [255, 255, 0]},
-        },
-        "metadata": {
-            "desired": desired_meta,
-            "reported": {"ID": {"timestamp": 1591140517}, "ColorRGB": _ts(1591142747, 3)},
-        },
-        "version": 5,
-        "timestamp": 1591143269,
-    }
-    assert sd.error_document(sd.not_found_error("simShadow1"), 1591140000) == {
-        "code": 404,
-        "message": "No shadow exists with name: 'simShadow1'",
-    }
+    """AWS's named-shadow walk-through, message for message (it starts at version 3)."""
+    _run_trace(_vector("aws_simulating_shadow_communications.json"))
 
 
 def test_delete_accepted_keeps_the_version() -> None:
-    shadow = Shadow({"reported": {"a": 1}}, {"reported": {"a": {"timestamp": 1}}}, 4)
-    assert sd.delete_document(shadow, 1591057529) == {"version": 4, "timestamp": 1591057529}
+    """``delete/accepted`` carries the last version, not an incremented one, and echoes the token."""
+    vector = _vector("aws_interacting_delete.json")
+    _run_trace(vector)
+    shadow = Shadow.from_json(vector["initial"])
     assert sd.delete_document(shadow, 5, "tok") == {"version": 4, "timestamp": 5, "clientToken": "tok"}
 
 
 def test_optimistic_locking_example() -> None:
-    """§11.3: version 9 against stored 10 is a 409 with the token; 10 is accepted and gives 11."""
-    initial = Shadow(
-        {"desired": {"colors": ["RED", "GREEN", "BLUE"]}}, {"desired": {"colors": _ts(1, 3)}}, 10
-    )
-    token = "426bfd96-e720-46d3-95cd-014e3ef12bb6"
-    with pytest.raises(ShadowError) as info:
-        _update(initial, {"state": {"desired": {"colors": ["BLUE"]}}, "version": 9, "clientToken": token}, 2)
-    assert sd.error_document(info.value, 2) == {
-        "code": 409,
-        "message": "Version conflict",
-        "clientToken": token,
-    }
-    ok = _update(initial, {"state": {"desired": {"colors": ["BLUE"]}}, "version": 10}, 2)
-    assert ok.shadow.state == {"desired": {"colors": ["BLUE"]}}
-    assert ok.shadow.version == 11
+    """Version 9 against stored 10 is a 409 with the token; 10 is accepted and gives 11."""
+    _run_trace(_vector("aws_interacting_optimistic_locking.json"))
 
 
 @pytest.mark.parametrize(
     ("desired", "reported", "expected"),
     [
-        pytest.param(
-            {"color": "RED", "state": "STOP"},
-            {"color": "GREEN", "engine": "ON"},
-            {"color": "RED", "state": "STOP"},
-            id="flat_doc_example",
-        ),
-        pytest.param(
-            {"lights": {"color": {"r": 255, "g": 255, "b": 255}}},
-            {"lights": {"color": {"r": 255, "g": 0, "b": 255}}},
-            {"lights": {"color": {"g": 255}}},
-            id="nested_doc_example",
-        ),
-        pytest.param({"online": True}, {"online": False}, {"online": True}, id="moto_7695_bool"),
+        *_cases("aws_shadow_documents.json", "delta", "desired", "reported", "delta"),
+        *_cases("moto_7695_delta.json", "delta", "desired", "reported", "delta"),
         pytest.param(None, {"a": 1}, None, id="no_desired_no_delta"),
         pytest.param({"a": 1}, None, {"a": 1}, id="no_reported_whole_desired"),
         pytest.param({"a": [1, 2]}, {"a": [1, 2]}, None, id="equal_arrays"),
@@ -179,22 +127,18 @@ def test_optimistic_locking_example() -> None:
     ],
 )
 def test_delta_table(desired: Any, reported: Any, expected: Any) -> None:
+    """Which desired keys the delta holds: objects recurse, arrays and scalars compare whole, True != 1."""
     assert sd.delta(desired, reported) == expected
 
 
 @pytest.mark.parametrize(
     ("current", "patch", "expected"),
     [
-        pytest.param(
-            {"colors": ["RED", "GREEN", "BLUE"]},
-            {"colors": ["RED"]},
-            {"colors": ["RED"]},
-            id="arrays_replace",
-        ),
+        *_cases("aws_shadow_documents.json", "merge", "current", "patch", "merged"),
         pytest.param({"engine": "ON", "x": 1}, {"engine": None}, {"x": 1}, id="null_deletes"),
         pytest.param({"a": {"b": 1}}, {"a": {"b": None}}, {}, id="empty_parent_pruned"),
         pytest.param({"a": {"b": 1, "c": 2}}, {"a": {"b": None}}, {"a": {"c": 2}}, id="deep_delete"),
-        pytest.param({}, {"ghost": None}, {}, id="null_for_missing_not_stored"),
+        *_cases("moto_7695_delta.json", "merge", "current", "patch", "merged"),
         pytest.param({"a": {"b": 1}}, {"a": {"c": 2}}, {"a": {"b": 1, "c": 2}}, id="deep_merge"),
         pytest.param({"a": 5}, {"a": {"b": 1}}, {"a": {"b": 1}}, id="scalar_to_object"),
         pytest.param({"a": {"b": 1}}, {"a": 5}, {"a": 5}, id="object_to_scalar"),
@@ -203,79 +147,29 @@ def test_delta_table(desired: Any, reported: Any, expected: Any) -> None:
     ],
 )
 def test_merge_table(current: dict[str, Any], patch: dict[str, Any] | None, expected: dict[str, Any]) -> None:
+    """Merge rules (null deletes, arrays replace, empty objects vanish) without modifying the input."""
     before = json.dumps(current)
     assert sd.merge_state(current, patch) == expected
     assert json.dumps(current) == before
 
 
 def test_sdk_trace_hello_world() -> None:
-    """§11.7: versions, which updates raise a delta, and delta metadata from the desired timestamp."""
-    r = _update(None, {"state": {"reported": {"Color": "green"}}}, 1747329779)
-    assert (r.shadow.version, r.delta, r.documents["previous"]) == (1, None, None)
-    assert r.accepted["metadata"] == {"reported": {"Color": {"timestamp": 1747329779}}}
-    r = _update(r.shadow, {"state": {"desired": {"Color": "green"}}}, 1747329882)
-    assert (r.shadow.version, r.delta) == (2, None)
-    r = _update(r.shadow, {"state": {"desired": {"Color": "red"}}, "clientToken": "7ebae3ac"}, 1747329945)
-    assert r.delta == {
-        "version": 3,
-        "timestamp": 1747329945,
-        "state": {"Color": "red"},
-        "metadata": {"Color": {"timestamp": 1747329945}},
-        "clientToken": "7ebae3ac",
-    }
-    assert (r.documents["previous"]["version"], r.documents["current"]["version"]) == (2, 3)
-    r = _update(r.shadow, {"state": {"reported": {"Color": "red"}}}, 1747330109)
-    assert (r.shadow.version, r.delta) == (4, None)
-    r = _update(r.shadow, {"state": {"reported": {"Status": "Great"}}}, 1747330176)
-    r = _update(r.shadow, {"state": {"desired": {"Status": "Great"}}}, 1747330183)
-    get = sd.get_document(r.shadow, 1747330200, "t")
-    assert "delta" not in get["state"]
-    assert get["metadata"] == {
-        "desired": {"Color": {"timestamp": 1747329945}, "Status": {"timestamp": 1747330183}},
-        "reported": {"Color": {"timestamp": 1747330109}, "Status": {"timestamp": 1747330176}},
-    }
-    assert get["version"] == 6
-    r = _update(r.shadow, {"state": {"reported": {"Status": "Awful"}}, "clientToken": "17c3e551"}, 1747330244)
-    assert r.accepted["metadata"] == {"reported": {"Status": {"timestamp": 1747330244}}}
-    assert r.delta == {
-        "version": 7,
-        "timestamp": 1747330244,
-        "state": {"Status": "Great"},
-        "metadata": {"Status": {"timestamp": 1747330183}},
-        "clientToken": "17c3e551",
-    }
-    r = _update(r.shadow, {"state": {"reported": {"Status": None}}}, 1747330300)
-    r = _update(r.shadow, {"state": {"desired": {"Status": None}}}, 1747330301)
-    assert r.shadow.version == 9
-    assert r.shadow.state == {"desired": {"Color": "red"}, "reported": {"Color": "red"}}
-    assert "Status" not in r.shadow.metadata["desired"] and "Status" not in r.shadow.metadata["reported"]
-    assert sd.delete_document(r.shadow, 1747330400)["version"] == 9
+    """Versions, which updates raise a delta, and delta metadata from the desired timestamp."""
+    _run_trace(_vector("sdk_python_v2_hello_world_trace.json"))
 
 
 def test_awscrt_jl_trace() -> None:
-    """§11.8: desired foo=null removes the desired section but keeps reported."""
-    r = _update(None, {"state": {"reported": {"foo": 1}}}, 1)
-    assert r.delta is None
-    r = _update(r.shadow, {"state": {"desired": {"foo": 2}}}, 2)
-    assert r.delta is not None and r.delta["state"] == {"foo": 2}
-    r = _update(r.shadow, {"state": {"reported": {"foo": 2}}}, 3)
-    assert r.delta is None
-    r = _update(r.shadow, {"state": {"desired": {"foo": None}}}, 4)
-    assert "desired" not in r.documents["current"]["state"]
-    assert r.documents["current"]["state"]["reported"] == {"foo": 2}
+    """desired foo=null removes the desired section but keeps reported."""
+    _run_trace(_vector("awscrt_jl_trace.json"))
 
 
 def test_state_null_matches_real_response_bytes() -> None:
-    """§11.9: byte-exact, including AWS's key order."""
-    shadow = Shadow({"desired": {"a": 1}}, {"desired": {"a": {"timestamp": 1}}}, 17)
-    r = _update(shadow, {"state": None}, 1756452769)
-    wire = json.dumps(r.accepted, separators=(",", ":"))
-    assert wire == '{"state":null,"metadata":{"timestamp":1756452769},"version":18,"timestamp":1756452769}'
-    assert r.shadow.to_json() == {"state": {}, "metadata": {}, "version": 18}
-    assert sd.get_document(r.shadow, 5) == {"state": {}, "metadata": {}, "version": 18, "timestamp": 5}
+    """Byte-exact, including AWS's key order."""
+    _run_trace(_vector("moto_9237_state_null.json"))
 
 
 def test_desired_null_clears_section_and_reported_still_applies() -> None:
+    """``desired: null`` beside a reported change: both apply, and the accepted metadata says so."""
     shadow = Shadow({"desired": {"a": 1}}, {"desired": {"a": {"timestamp": 1}}}, 1)
     r = _update(shadow, {"state": {"reported": {"color": "red"}, "desired": None}}, 9)
     assert r.shadow.state == {"reported": {"color": "red"}}
@@ -284,28 +178,25 @@ def test_desired_null_clears_section_and_reported_still_applies() -> None:
 
 
 def test_empty_state_accepted_and_version_bumps() -> None:
+    """``state: {}`` changes nothing but is still an accepted update with a new version."""
     shadow = Shadow({"reported": {"a": 1}}, {"reported": {"a": {"timestamp": 1}}}, 3)
     r = _update(shadow, {"state": {}}, 9)
     assert r.shadow.state == shadow.state and r.shadow.version == 4
 
 
 def test_moto_delta_vector() -> None:
-    """§11.10, AWS's GET for a first update setting both sections."""
-    r = _update(None, {"state": {"reported": {"online": False}, "desired": {"online": True}}}, 1)
-    assert sd.get_document(r.shadow, 2)["state"] == {
-        "desired": {"online": True},
-        "reported": {"online": False},
-        "delta": {"online": True},
-    }
-    assert r.delta is not None  # a first update can raise a delta
+    """AWS's GET for a first update setting both sections (a first update can raise a delta)."""
+    _run_trace(_vector("moto_7695_delta.json"))
 
 
 def test_only_stored_sections_are_kept_outside_content_ignored() -> None:
+    """Top-level keys other than ``state`` (even ``metadata``) never reach the stored document."""
     r = _update(None, {"state": {"reported": {"a": 1}}, "other": {"x": 1}, "metadata": {"y": 2}}, 1)
     assert r.shadow.state == {"reported": {"a": 1}}
 
 
 def test_recreated_shadow_continues_version() -> None:
+    """A shadow re-created within 48 h continues the deleted version; a stale request version is a 409."""
     r = _update(None, {"state": {"reported": {"a": 1}}}, 1, base_version=9)
     assert r.shadow.version == 10
     with pytest.raises(ShadowError):
@@ -362,18 +253,21 @@ def _nest(levels: int) -> dict[str, Any]:
             "JSON contains too many levels of nesting; maximum is 6",
             id="depth_100000",
         ),
-        pytest.param(
-            b'{"state":{"desired":{"colors":[null,"RED","GREEN"]}}}', 400, "Invalid JSON", id="null_in_array"
+        *(
+            pytest.param(case["payload"].encode(), case["code"], case["message"], id=case["id"])
+            for case in _vector("aws_shadow_documents.json")["rejected_updates"]
         ),
     ],
 )
 def test_update_rejections(payload: bytes, code: int, message: str) -> None:
+    """Each malformed ``/update`` gets AWS's code and message text, in AWS's order of checks."""
     with pytest.raises(ShadowError) as info:
         sd.parse_update(payload)
     assert (info.value.code, info.value.message) == (code, message)
 
 
 def test_rejection_carries_token_and_timestamp() -> None:
+    """A 400 still echoes a readable clientToken (SDKs match answers by it) and carries the timestamp."""
     with pytest.raises(ShadowError) as info:
         sd.parse_update(b'{"state":{"desired":1},"clientToken":"abc"}')
     assert sd.error_document(info.value, 7) == {
@@ -385,11 +279,13 @@ def test_rejection_carries_token_and_timestamp() -> None:
 
 
 def test_depth_six_and_token_64_accepted() -> None:
+    """The limits are inclusive: 6 levels of nesting and a 64-byte (not 64-character) token pass."""
     req = sd.parse_update(json.dumps({"state": {"desired": _nest(6)}, "clientToken": "é" * 32}).encode())
     assert req.client_token == "é" * 32
 
 
 def test_size_limit_is_on_the_merged_document() -> None:
+    """8 KB is checked on desired + reported after the merge (413), not on the request."""
     shadow = _update(None, {"state": {"desired": {"a": "x" * 4000}, "reported": {"a": "y" * 4000}}}, 1).shadow
     with pytest.raises(ShadowError) as info:
         _update(shadow, {"state": {"reported": {"b": "z" * 200}}, "clientToken": "t"}, 2)
@@ -415,10 +311,12 @@ def test_size_limit_is_on_the_merged_document() -> None:
     ],
 )
 def test_client_token_of(payload: bytes, token: str | None) -> None:
+    """``/get`` and ``/delete`` content is ignored except the token; unreadable content is not an error."""
     assert sd.client_token_of(payload) == token
 
 
 def test_client_token_of_rejects_long_token() -> None:
+    """A token longer than 64 bytes is a 400 even on ``/get``."""
     with pytest.raises(ShadowError):
         sd.client_token_of(json.dumps({"clientToken": "x" * 65}).encode())
 
@@ -435,6 +333,7 @@ def test_client_token_of_rejects_long_token() -> None:
     ],
 )
 def test_thing_names(name: str, ok: bool) -> None:
+    """A bad thing name is a ShadowError (400), not an exception of another kind."""
     if ok:
         sd.validate_thing_name(name)
     else:
@@ -446,6 +345,7 @@ def test_thing_names(name: str, ok: bool) -> None:
     ("name", "ok"), [("$cfg", True), ("x" * 64, True), ("x" * 65, False), ("a/b", False)]
 )
 def test_shadow_names(name: str, ok: bool) -> None:
+    """Shadow names allow ``$`` and up to 64 characters; a slash is refused (it would change the topic)."""
     if ok:
         sd.validate_shadow_name(name)
     else:
@@ -489,12 +389,14 @@ def test_reporting_the_delta_brings_the_shadow_in_sync(
     ],
 )
 def test_non_standard_json_numbers_are_invalid_json(payload: bytes) -> None:
+    """NaN, Infinity and overflowing floats are not JSON: 400 rather than a document no SDK can parse."""
     with pytest.raises(ShadowError) as info:
         sd.parse_update(payload)
     assert (info.value.code, info.value.message) == (400, "Invalid JSON")
 
 
 def test_document_json_matches_a_fresh_encoding_and_never_goes_stale() -> None:
+    """The cached section JSON always equals a fresh encoding, even for a Shadow edited with ``replace``."""
     import dataclasses
 
     steps: list[dict[str, Any]] = [

@@ -29,6 +29,7 @@ def recorded(short_tmp: Path) -> list[dict[str, object]]:
 def test_pycreate2_starts_drives_and_reads_all_sensors(
     sim_pty: SimServer, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """pycreate2, unchanged, drives the simulator and decodes every sensor it asks for."""
     bot = pycreate2.Create2(sim_pty.url)
     bot.sleep_timer = 0.05
     bot.start()
@@ -57,6 +58,7 @@ def test_pycreate2_starts_drives_and_reads_all_sensors(
 def test_pyroombaadapter_safe_mode_sensors_and_stream(
     sim_pty: SimServer, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """PyRoombaAdapter, unchanged, enters Safe, drives, and reads sensors and a stream."""
     monkeypatch.setattr(PyRoombaAdapter, "__del__", lambda self: self.serial_con.close())
     adapter = PyRoombaAdapter(sim_pty.url)  # sends Start + Safe, then waits 1 s
     assert adapter.request_oi_mode() == OIMode.SAFE

@@ -193,6 +193,7 @@ def test_unknown_bytes_are_skipped_and_reported() -> None:
     ids=lambda v: "-".join(str(int(x)) for x in v) if isinstance(v, list) else v.name,
 )
 def test_mode_transitions_follow_the_spec(script: list[int], expected: OIMode) -> None:
+    """Each command sequence ends in the mode the spec's transition table says."""
     clock = make(OIMode.OFF)
     clock.send(script)
     assert clock.robot.mode is expected
@@ -267,6 +268,7 @@ def test_query_list_of_every_packet_and_group_has_the_summed_size() -> None:
 
 
 def test_group_sizes_match_the_spec_table() -> None:
+    """The simulator answers each group with the size the spec lists (p.37)."""
     expected = {0: 26, 1: 10, 2: 6, 3: 10, 4: 14, 5: 12, 6: 52, 100: 80, 101: 28, 106: 12, 107: 9}
     clock = make(OIMode.PASSIVE)
     assert {g: len(clock.ask([Op.SENSORS, g])) for g in GROUP_IDS} == expected
@@ -279,6 +281,7 @@ def test_unknown_packet_id_gets_no_reply_and_the_parser_stays_aligned() -> None:
 
 
 def test_group_100_decodes_to_the_world_state() -> None:
+    """Group 100's bytes are the simulated world: pose counters, battery, mode."""
     clock = make(OIMode.SAFE)
     data = clock.ask([Op.SENSORS, 100])
     values, pos = {}, 0
@@ -323,6 +326,7 @@ def test_stream_frame_matches_the_spec_example_layout_with_header_inclusive_chec
 
 
 def test_stream_of_bumps_and_mode_is_the_computed_vector() -> None:
+    """Streaming 7 and 35 in Safe sends the computed vector 19 4 7 0 35 2 189."""
     clock = make(OIMode.SAFE)
     clock.send([Op.STREAM, 2, 7, 35])
     assert split_frames(clock.run(TICK_S + 1e-6)) == [bytes([19, 4, 7, 0, 35, 2, 189])]
@@ -399,6 +403,7 @@ def test_turn_in_place_reports_angle_ccw_positive() -> None:
 
 
 def test_drive_radius_and_requested_packets() -> None:
+    """The spec's Drive example turns the wheels backwards on a right arc and reads back in 39/40."""
     clock = make(OIMode.SAFE)
     clock.send([137, 255, 56, 1, 244])  # the spec's example: -200 mm/s, radius 500
     reply = clock.ask([Op.QUERY_LIST, 2, 39, 40])
@@ -445,6 +450,7 @@ def test_driving_into_a_wall_bumps_and_stops_at_the_wall() -> None:
 
 
 def test_dock_charges_and_reports_home_base_and_ir() -> None:
+    """On the dock the battery charges and the sensors show the home base and its IR."""
     clock = make(OIMode.PASSIVE)
     clock.robot.control({"op": "battery", "percent": 50}, clock.now)
     start = clock.robot.world.battery_mah
@@ -471,6 +477,7 @@ def test_battery_drains_with_motion_and_brushes() -> None:
 
 
 def test_ir_near_the_dock_and_nothing_far_away() -> None:
+    """The dock's IR beams are seen in front of it and not across the room."""
     w = World()
     w.place(2000.0, 400.0, -math.pi / 2)
     assert w.ir_omni == 160 | 1 | 4 | 8 and w.ir_left and w.ir_right
@@ -637,6 +644,7 @@ def test_same_seed_and_input_reproduce_the_same_bytes() -> None:
 
 
 def test_every_single_packet_has_a_value_in_range() -> None:
+    """Every packet the simulator sends is within the spec's range for it."""
     clock = make(OIMode.SAFE)
     for pid in SINGLE_IDS:
         spec = PACKETS[pid]
@@ -663,6 +671,7 @@ def test_random_bytes_never_crash_the_robot_and_replies_stay_bounded(
 
 
 def test_baud_command_changes_the_pacing_rate() -> None:
+    """After 129 Baud the simulator's bytes come out at the new rate."""
     robot = SimRobot(seed=0)
     clock = Clock(robot)
     clock.send([Op.START, Op.BAUD, 7])  # 19200 baud: 1920 bytes/s

@@ -53,6 +53,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_pty_link_with_a_plain_pyserial_client(sim_pty: SimServer) -> None:
+    """A plain pyserial client drives the simulator through its pty symlink and reads sensors back."""
     link = Path(sim_pty.url)
     assert link.is_symlink() and os.readlink(link).startswith("/dev/pts/")
     with serial.Serial(sim_pty.url, 115200, timeout=1) as port:
@@ -105,6 +106,7 @@ def test_tcp_link_with_pyserial_and_a_new_client_replaces_the_old(sim_tcp: SimSe
 
 
 def test_control_socket_answers_one_json_line_per_request(sim_pty: SimServer) -> None:
+    """The control socket answers each JSON request with one JSON line, errors included."""
     path = sim_pty.control_path
     assert path is not None
     state = send_control(path, {"op": "state"})
@@ -127,6 +129,7 @@ def test_control_socket_answers_one_json_line_per_request(sim_pty: SimServer) ->
 
 
 def test_control_faults_reach_the_client(sim_pty: SimServer) -> None:
+    """A cliff set through the control socket drops the client's robot to Passive."""
     with serial.Serial(sim_pty.url, 115200, timeout=1) as port:
         port.write(bytes([Op.START, Op.SAFE]))
         port.write(bytes([Op.DRIVE_DIRECT, 0, 100, 0, 100]))
@@ -304,6 +307,7 @@ def test_cli_tcp_on_a_free_port_prints_the_url_and_stops_on_sigint(short_tmp: Pa
 
 
 def test_cli_rejects_bad_arguments() -> None:
+    """roomba-sim robot --tcp with no HOST:PORT is a usage error (exit 2)."""
     result = subprocess.run(
         [sys.executable, "-m", "hal.sim.cli", "robot", "--tcp", "nonsense"],
         capture_output=True,
