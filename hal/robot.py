@@ -8,36 +8,51 @@ immutable :class:`RobotState` after every frame. One turn of that work is :meth:
 thread calls it in a loop, and a caller that runs many robots without a thread each (the fleet simulator)
 builds them with ``reader_thread=False`` and calls it itself. Listeners are called from whoever steps, with
 no lock held; they must return quickly (an asyncio agent uses ``loop.call_soon_threadsafe``).
+
+The decisions are made by sans-I/O parts, each tested alone; the Robot owns the port, the thread and the
+clock, wires them, and writes what they decide: :class:`~hal.state.StateTracker` (frames into a
+:class:`RobotState`, with :class:`~hal.odometry.PoseTracker` and :class:`~hal.link.LinkStats`),
+:class:`~hal.mode.ModeKeeper` (the mode to hold and what to send for it), :class:`~hal.link.Reopening`,
+:class:`~hal.link.ReadPacing` and :class:`~hal.link.Watchdog` (when to reopen, sleep, wake), and
+:class:`~hal.events.Listeners` (the fan-out).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 
 from base.backoff import Backoff
 from base.logs import get_logger
 from hal import codec
 from hal.codec import BatteryLine, CorruptFrame, FirmwareBanner, SensorFrame, StreamEvent, StreamParser
 from hal.errors import HalError, ModeError, NoResponseError, TransportError
+from hal.events import (
+    LinkDown,
+    LinkUp,
+    Listener,
+    Listeners,
+    ModeChanged,
+    RobotEvent,
+    StateUpdated,
+)
+from hal.link import STREAM_PERIOD_S, LinkHealth, ReadPacing, Reopening, Watchdog
+from hal.mode import ModeKeeper, ModeReentry
 from hal.models import RobotModel, get_model
-from hal.odometry import DeltaOdometry, EncoderOdometry, Pose
-from hal.opcodes import OPCODES, OIMode
+from hal.opcodes import OIMode
 from hal.packets import members
-from hal.quirks import Quirks, for_firmware
+from hal.quirks import Quirks
+from hal.state import RobotState, StateTracker
 from hal.transport import SerialTransport, Transport
 
 __all__ = [
     "LinkDown",
     "LinkHealth",
     "LinkUp",
+    "Listener",
     "ModeChanged",
     "ModeReentry",
     "Robot",
@@ -47,86 +62,8 @@ __all__ = [
     "reopen_backoff",
 ]
 
-_EMPTY: Mapping[str, int] = MappingProxyType({})
 
-
-@dataclass(frozen=True, slots=True)
-class LinkHealth:
-    port: str
-    connected: bool = False
-    frames_ok: int = 0
-    frames_corrupt: int = 0
-    frames_per_s: float = 0.0
-    bytes_discarded: int = 0
-    text_lines: int = 0
-    reconnects: int = 0
-    last_frame_age_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RobotState:
-    """A consistent snapshot; a new one replaces it after every frame, so it is safe to keep and share.
-
-    ``sensors`` is keyed by ``PacketSpec.key`` (raw integers in the spec's units); ``oi_mode`` is the mode
-    after the mode-report quirk; ``hold_mode`` is the mode the Robot keeps re-entering (None: not holding).
-    ``reported_distance_mm`` / ``reported_angle_deg`` sum the robot's own Distance (19) and Angle (20)
-    packets since start (angle quirk applied), to compare with the encoder ``pose``.
-    """
-
-    model: str
-    sensors: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
-    pose: Pose = field(default_factory=Pose)
-    oi_mode: OIMode | None = None
-    hold_mode: OIMode | None = None
-    link: LinkHealth = field(default_factory=lambda: LinkHealth(port=""))
-    firmware: str | None = None
-    battery_line: BatteryLine | None = None
-    updated_at: float | None = None
-    reported_distance_mm: float = 0.0
-    reported_angle_deg: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class StateUpdated:
-    state: RobotState
-
-
-@dataclass(frozen=True, slots=True)
-class ModeChanged:
-    old: OIMode | None
-    new: OIMode
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class ModeReentry:
-    """The robot left the held mode (it reports ``observed``) and the Robot sent the command again."""
-
-    mode: OIMode
-    observed: OIMode
-    attempt: int
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class LinkDown:
-    reason: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class LinkUp:
-    reconnects: int
-    at: float
-
-
-RobotEvent = StateUpdated | ModeChanged | ModeReentry | LinkDown | LinkUp | StreamEvent
-Listener = Callable[[RobotEvent], None]
-
-_RATE_WINDOW_S = 2.0
-_STREAM_PERIOD_S = 0.015  # the OI sends a stream frame every 15 ms
-_READ_EARLY_S = 0.001
-_MAX_READ_PAUSE_S = 10 * _STREAM_PERIOD_S  # frames_per_read is at most 10
+_MAX_READ_PAUSE_S = 10 * STREAM_PERIOD_S  # frames_per_read is at most 10
 
 
 def reopen_backoff(rand: Callable[[], float] = random.random) -> Backoff:
@@ -171,8 +108,6 @@ class Robot:
         reader_thread: bool = True,
     ) -> None:
         self.model = get_model(model) if isinstance(model, str) else model
-        self.quirks = quirks if quirks is not None else self.model.quirks
-        self._user_quirks = quirks is not None
         self.baud = baud or self.model.baud
         self.stream_ids = tuple(stream_ids or self.model.stream_ids)
         codec.check_stream_budget(self.stream_ids, self.baud)
@@ -185,50 +120,33 @@ class Robot:
         self._transport: Transport = transport or SerialTransport(port_url, self.baud)
         self._parser = StreamParser(self.stream_ids)
         self._clock = clock
-        self._backoff = backoff or reopen_backoff()
+        self._reopening = Reopening(backoff or reopen_backoff())
+        self._pacing = ReadPacing(self.stream_ids, self.baud, frames_per_read)
+        self._watchdog = Watchdog(silence_s, keep_awake_s)
         self._reader_thread = reader_thread
         self._running = False
-        self._reopen_at = 0.0
-        self._open_failed = False
-        self._silence_s = silence_s
-        self._frame_size = codec.stream_frame_size(self.stream_ids)
-        self._byte_s = 10.0 / self.baud  # start bit, 8 data bits, stop bit
-        self._keep_awake_s = keep_awake_s
         self._release_on_close = release_on_close
-        if not (isinstance(frames_per_read, int) and 1 <= frames_per_read <= 10):
-            raise ValueError(f"frames_per_read must be an integer from 1 to 10, got {frames_per_read!r}")
-        self._frames_per_read = frames_per_read
         self._waiters = 0
-        self._awake_pulse_at = 0.0
-        self._up_at = 0.0
-        self._dormant = False
-        self._warned_mode = False
-        self._hold = OIMode(hold_mode) if hold_mode is not None else None
         self._lock = threading.Lock()
-        self._listeners: list[Listener] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._state = RobotState(model=self.model.name, hold_mode=self._hold, link=LinkHealth(port=port_url))
-        self._covering_ids: tuple[int, ...] | None = None  # a frame of these ids holds every sensor key
-        self._frame_times: deque[float] = deque()
-        self._last_frame_at: float | None = None
-        self._reconnects = 0
-        self._ever_connected = False
-        self._connected = False
-        self._reentry_at = 0.0
-        self._reentry_delay = 0.2
-        self._reentry_attempts = 0
-        self._handshake_at = 0.0
-        self._firmware: str | None = None
         self._last_error: str | None = None
-        self._battery: BatteryLine | None = None
-        self._encoders = EncoderOdometry(
-            self.model.mm_per_count, self.model.wheelbase_mm, wrap=self.quirks.encoder_wrap
-        )
-        self._deltas = DeltaOdometry(self.model.wheelbase_mm)
-        self._reported_distance = 0.0
-        self._reported_angle = 0.0
         self.log = get_logger("hal.robot", port=port_url, model=self.model.name)
+        self._listeners = Listeners(self.log)
+        self._modes = ModeKeeper(hold_mode)
+        self._tracker = StateTracker(
+            self.model, port_url, self._parser, quirks=quirks, hold=self._modes.hold, log=self.log
+        )
+        self._link = self._tracker.link
+
+    @property
+    def quirks(self) -> Quirks:
+        """The firmware workarounds in effect (the model's, switched by the firmware banner, unless given)."""
+        return self._tracker.quirks
+
+    @quirks.setter
+    def quirks(self, quirks: Quirks) -> None:
+        self._tracker.quirks = quirks
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -238,7 +156,7 @@ class Robot:
         (the Robot keeps trying either way until :meth:`close`); without a thread, only while another thread
         steps it."""
         if not self._running:
-            self._reopen_at, self._open_failed = 0.0, False
+            self._reopening.restart()
         self._stop.clear()
         self._running = True
         if self._reader_thread and self._thread is None:
@@ -253,12 +171,8 @@ class Robot:
         Passive (where it charges, as the spec recommends); then stop the reader thread and close the port."""
         if self._running and self._transport.is_open:
             with contextlib.suppress(HalError):
-                in_control = self._state.oi_mode in (OIMode.SAFE, OIMode.FULL)
-                if in_control:
-                    self._transport.write(codec.drive_direct(0, 0))
-                self._transport.write(codec.pause_resume_stream(False))
-                if in_control and self._release_on_close:
-                    self._transport.write(codec.start())
+                for command in self._modes.closing(self._tracker.state.oi_mode, self._release_on_close):
+                    self._transport.write(command)
         self._stop.set()
         self._running = False
         if self._thread is not None:
@@ -290,24 +204,13 @@ class Robot:
 
     @property
     def state(self) -> RobotState:
-        state = self._state
-        last = self._last_frame_at
-        if last is None:
-            return state
-        age = max(0.0, self._clock() - last)
-        rate = state.link.frames_per_s if age < _RATE_WINDOW_S else 0.0
-        return replace(state, link=replace(state.link, last_frame_age_s=age, frames_per_s=rate))
+        if self._link.last_frame_at is None:
+            return self._tracker.state  # nothing to age: the clock is not read
+        return self._tracker.current(self._clock())
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call ``callback(event)`` from the reader thread for every :data:`RobotEvent`; returns a remover."""
-        with self._lock:
-            self._listeners = [*self._listeners, callback]
-
-        def remove() -> None:
-            with self._lock:
-                self._listeners = [cb for cb in self._listeners if cb is not callback]
-
-        return remove
+        return self._listeners.add(callback)
 
     def wait_for(
         self, predicate: Callable[[RobotState], bool], timeout: float, what: str = "the condition"
@@ -343,27 +246,12 @@ class Robot:
             )
         return state
 
-    def _emit(self, event: RobotEvent) -> None:
-        for callback in self._listeners:
-            try:
-                callback(event)
-            except Exception:  # a listener's bug must not stop the robot's reader thread
-                self.log.exception("hal.listener.failed", listener=repr(callback), kind=type(event).__name__)
-
     # ------------------------------------------------------------------ commands
 
     def _send(self, command: bytes) -> None:
-        spec = OPCODES[command[0]]
-        mode = self._state.oi_mode
-        if mode is not None and mode not in spec.allowed_modes:
-            hint = ""
-            if self._hold in spec.allowed_modes:
-                hint = (
-                    f"; the Robot is re-entering {self._hold.name} (the robot dropped out of it), try again"
-                )
-            elif OIMode.SAFE in spec.allowed_modes:
-                hint = "; call set_mode(OIMode.SAFE) or set_mode(OIMode.FULL) first"
-            raise ModeError(f"{spec.name} is ignored by the robot in {mode.name}{hint}; nothing was sent")
+        refusal = self._modes.refusal(command[0], self._tracker.state.oi_mode)
+        if refusal is not None:
+            raise ModeError(refusal)
         self._transport.write(command)
 
     def set_mode(self, mode: OIMode, *, wait: float | None = 1.0) -> None:
@@ -372,31 +260,27 @@ class Robot:
         With ``wait``, block until packet 35 confirms the mode (:class:`NoResponseError` otherwise).
         """
         mode = OIMode(mode)
-        was_dormant, self._dormant = self._dormant, False
-        self._hold = mode if mode != OIMode.OFF else None
-        self._reentry_delay, self._reentry_attempts = 0.2, 0
+        was_dormant = self._modes.dormant
+        commands = self._modes.request(mode, self._tracker.state.oi_mode)
         self._publish_hold()
         if was_dormant and mode != OIMode.OFF:
             self._handshake(self._clock())  # powered off: wake it, Start, mode, stream
-            if wait is not None:
-                self.wait_for(lambda s: s.oi_mode == mode, timeout=wait, what=f"OI mode {mode.name}")
-            return
-        if mode in (OIMode.SAFE, OIMode.FULL) and self._state.oi_mode in (None, OIMode.OFF):
-            self._transport.write(codec.start())
-        self._transport.write(codec.enter_mode(mode))
-        if mode == OIMode.OFF:
-            return
+        else:
+            for command in commands:
+                self._transport.write(command)
+            if mode == OIMode.OFF:
+                return
         if wait is not None:
             self.wait_for(lambda s: s.oi_mode == mode, timeout=wait, what=f"OI mode {mode.name}")
 
     def _publish_hold(self) -> None:
         with self._lock:
-            self._state = replace(self._state, hold_mode=self._hold)
+            self._tracker.hold(self._modes.hold)
 
-    def _passive_action(self, command: bytes) -> None:
+    def _passive_action(self, command: bytes, *, dormant: bool = False) -> None:
         """Clean, spot, max, dock and power hand the robot to its own firmware in Passive: stop holding."""
         self._send(command)
-        self._hold = None
+        self._modes.release(dormant=dormant)
         self._publish_hold()
 
     def drive(self, velocity: int, radius: int = codec.RADIUS_STRAIGHT) -> None:
@@ -430,8 +314,7 @@ class Robot:
     def power_off(self) -> None:
         """133 Power: the robot powers down. The Robot stops waking it (no silence handshakes, no BRC
         keep-awake) until :meth:`set_mode` is called."""
-        self._passive_action(codec.power())
-        self._dormant = True
+        self._passive_action(codec.power(), dormant=True)
 
     def set_leds(
         self,
@@ -470,9 +353,7 @@ class Robot:
         self._send(codec.set_day_time(day, hour, minute))
 
     def reset_pose(self) -> None:
-        self._encoders.reset()
-        self._deltas.reset()
-        self._reported_distance = self._reported_angle = 0.0
+        self._tracker.odometry.reset()
 
     # ------------------------------------------------------------------ reader thread
 
@@ -493,28 +374,26 @@ class Robot:
         transport = self._transport
         if not transport.is_open:
             at = self._clock() if now is None else now
-            if at < self._reopen_at:
-                return self._reopen_at - at
+            wait = self._reopening.wait(at)
+            if wait > 0:
+                return wait
             try:
                 transport.open()
             except TransportError as exc:
                 self._last_error = str(exc)
-                log = self.log.debug if self._open_failed else self.log.warning
+                log = self.log.debug if self._reopening.failing else self.log.warning
                 log("oi.link.open_failed", error=str(exc))
-                self._open_failed = True
-                self._reopen_at = at + self._backoff.next_delay()
-                return self._reopen_at - at
-            self._open_failed = False
+                return self._reopening.failed(at)
+            self._reopening.opened()
             self._on_link_up(at)
         try:
             data = transport.read()
         except TransportError as exc:
             at = self._clock() if now is None else now
             self._on_link_down(str(exc), at)
-            if self._last_frame_at is None or self._last_frame_at < self._up_at:
-                self._reopen_at = at + self._backoff.next_delay()
-                return self._reopen_at - at
-            self._backoff.reset()
+            if not self._link.framed_since_up:
+                return self._reopening.later(at)
+            self._reopening.settled()
             return 0.0
         if now is None:
             now = self._clock()
@@ -525,7 +404,7 @@ class Robot:
             self._supervise(now)
         except Exception:  # a bug here must not silently end the robot's reader (or a simulator's ticker)
             self.log.exception("hal.robot.reader_error")
-        return self._read_pause() if data else 0.0
+        return self._pacing.pause(self._parser.buffered, self._waiters > 0) if data else 0.0
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -534,71 +413,50 @@ class Robot:
                 self._stop.wait(pause)  # a reopen backoff: close() cuts it short
             elif pause > 0:
                 time.sleep(pause)  # a read pause, a few stream periods (cheaper than an Event's wait)
-        self._connected = False
-
-    def _read_pause(self) -> float:
-        """How long the reader sleeps after a read that returned bytes.
-
-        The line is paced by the baud rate (an 84-byte frame takes 7.3 ms at 115200), so a reader that wakes
-        for every few bytes spends its CPU on wake-ups. A partial frame waits for the bytes still missing;
-        after a whole frame the next one cannot be complete for another stream period, so sleep most of it
-        (waking a little early, then for the few missing bytes, keeps the delay below one frame time).
-        ``frames_per_read`` above 1 adds whole periods, so that many frames are read in one wake-up.
-        """
-        later = 0.0 if self._waiters else (self._frames_per_read - 1) * _STREAM_PERIOD_S
-        buffered = self._parser.buffered
-        if 0 < buffered < self._frame_size:
-            return later + (self._frame_size - buffered) * self._byte_s
-        return later + _STREAM_PERIOD_S - _READ_EARLY_S
+        self._link.link_down()
 
     def _on_link_up(self, now: float) -> None:
-        self._up_at = now
-        if self._ever_connected:
-            self._reconnects += 1
-        self._ever_connected = True
-        self._connected = True
+        reconnects = self._link.link_up(now)
         self._parser.reset()
-        self._encoders.rebase()
+        self._tracker.odometry.rebase()
         self._publish_link(now)
-        self.log.info("oi.link.up", reconnects=self._reconnects)
-        self._emit(LinkUp(self._reconnects, now))
+        self.log.info("oi.link.up", reconnects=reconnects)
+        self._listeners.emit(LinkUp(reconnects, now))
         self._handshake(now)
 
     def _on_link_down(self, reason: str, now: float) -> None:
         self._last_error = reason
-        self._connected = False
+        self._link.link_down()
         self._publish_link(now)
         self.log.warning("oi.link.down", reason=reason)
-        self._emit(LinkDown(reason, now))
+        self._listeners.emit(LinkDown(reason, now))
 
     def _handshake(self, now: float) -> None:
         """Wake the robot, Start, re-enter the held mode, and (re)start the stream."""
-        self._handshake_at = now
-        self._awake_pulse_at = now
-        if self._dormant:
+        self._watchdog.handshook(now)
+        if self._modes.dormant:
             return
         try:
             self._transport.wake()
-            self._transport.write(codec.start())
-            if self._hold in (OIMode.SAFE, OIMode.FULL):
-                self._transport.write(codec.enter_mode(self._hold))
+            for command in self._modes.handshake():
+                self._transport.write(command)
             self._transport.write(codec.stream(self.stream_ids, baud_rate=self.baud))
         except TransportError as exc:
             self._on_link_down(str(exc), now)
 
     def _supervise(self, now: float) -> None:
-        if not self._transport.is_open or self._dormant:
+        if not self._transport.is_open or self._modes.dormant:
             return
+        watchdog = self._watchdog
         if (
             self._transport.has_modem_lines
-            and self._state.oi_mode == OIMode.PASSIVE
-            and now - self._awake_pulse_at > self._keep_awake_s
+            and self._tracker.state.oi_mode == OIMode.PASSIVE
+            and watchdog.pulse_due(now)
         ):
-            self._awake_pulse_at = now
             self._transport.wake()
-        last = self._last_frame_at if self._last_frame_at is not None else self._handshake_at
-        if now - max(last, self._handshake_at) > self._silence_s:
-            self.log.info("oi.stream.silent", seconds=round(now - last, 2))
+        silent = watchdog.silent_for(now, self._link.last_frame_at)
+        if silent is not None:
+            self.log.info("oi.stream.silent", seconds=round(silent, 2))
             self._handshake(now)
 
     def _on_stream_event(self, event: StreamEvent, now: float) -> None:
@@ -608,168 +466,44 @@ class Robot:
         if isinstance(event, CorruptFrame):
             self.log.debug("oi.stream.corrupt", length=event.length, total=self._parser.frames_corrupt)
         elif isinstance(event, BatteryLine):
-            self._battery = event
             with self._lock:
-                self._state = replace(self._state, battery_line=event)
+                self._tracker.battery(event)
         elif isinstance(event, FirmwareBanner):
-            self._firmware = event.version
-            if not self._user_quirks:
-                self.quirks = for_firmware(event.version, self.model.quirks)
-            self.log.info("oi.firmware", version=event.version, quirks=self.quirks.active())
             with self._lock:
-                self._state = replace(self._state, firmware=event.version)
+                self._tracker.firmware(event)
         else:
             self.log.debug("oi.text", kind=type(event).__name__)
-        self._emit(event)
+        self._listeners.emit(event)
 
     def _on_frame(self, frame: SensorFrame, now: float) -> None:
-        sensors: Mapping[str, int] = frame.values
-        if frame.ids != self._covering_ids:
-            # a frame of another layout: merge (the usual stream holds every key, and is shared as is)
-            merged = {**self._state.sensors, **frame.values.to_dict()}
-            if len(merged) == len(frame.values):
-                self._covering_ids = frame.ids
-            else:
-                sensors = MappingProxyType(merged)
-        times = self._frame_times
-        times.append(now)
-        while times and now - times[0] > _RATE_WINDOW_S:
-            times.popleft()
-        previous, self._last_frame_at = self._last_frame_at, now
-        pose = self._update_pose(frame.values, None if previous is None else now - previous)
-        old_mode = self._state.oi_mode
-        mode = old_mode
-        raw_mode = frame.values.get("oi_mode")
-        if raw_mode is not None:
-            try:
-                mode = OIMode(self.quirks.mode(raw_mode))
-            except ValueError:
-                mode = old_mode
-                if not self._warned_mode:
-                    self._warned_mode = True
-                    self.log.warning(
-                        "oi.mode.unknown",
-                        raw=raw_mode,
-                        hint="packet 35 above 3: this firmware reports the mode one too high; "
-                        "switch on the mode_plus_one quirk",
-                    )
-        state = RobotState(
-            model=self.model.name,
-            sensors=sensors,
-            pose=pose,
-            oi_mode=mode,
-            hold_mode=self._hold,
-            link=self._link_health(now),
-            firmware=self._firmware,
-            battery_line=self._battery,
-            updated_at=now,
-            reported_distance_mm=self._reported_distance,
-            reported_angle_deg=self._reported_angle,
-        )
+        old_mode = self._tracker.state.oi_mode
         with self._lock:
-            self._state = state
+            state = self._tracker.frame(frame, now, self._modes.hold)
+        mode = state.oi_mode
         if mode is not None and mode != old_mode:
             self.log.info(
                 "oi.mode.changed", old=old_mode.name if old_mode is not None else None, new=mode.name
             )
-            self._emit(ModeChanged(old_mode, mode, now))
-        self._emit(StateUpdated(state))
+            self._listeners.emit(ModeChanged(old_mode, mode, now))
+        self._listeners.emit(StateUpdated(state))
         if mode is not None:
-            self._hold_mode(mode, now)
+            reentry = self._modes.observe(mode, now)
+            if reentry is not None:
+                self._reenter(reentry, now)
 
-    def _max_step_mm(self, dt: float | None) -> float | None:
-        """The most a wheel can travel between two frames ``dt`` seconds apart (None: no bound known).
-
-        Generous (top speed x 1.5, plus 50 mm for frames that arrive bunched in one read), yet a frame
-        whose checksum passed by chance on a noisy line is almost always far outside it.
-        """
-        if dt is None:
-            return None
-        return self.model.max_velocity_mm_s * 1.5 * max(0.0, dt) + 50.0
-
-    def _update_pose(self, values: Mapping[str, int], dt: float | None = None) -> Pose:
-        limit = self._max_step_mm(dt)
-        distance = values.get("distance")
-        if distance is not None and limit is not None and abs(distance) > limit:
-            distance = None
-        angle = None if "angle" not in values else self.quirks.angle_degrees(values["angle"])
-        if (
-            angle is not None
-            and limit is not None
-            and abs(angle) > math.degrees(2 * limit / self.model.wheelbase_mm)
-        ):
-            angle = None
-        if (distance is None and "distance" in values) or (angle is None and "angle" in values):
-            self.log.debug(
-                "oi.odometry.implausible", distance=values.get("distance"), angle=values.get("angle")
-            )
-        if distance is not None:
-            self._reported_distance += distance
-        if angle is not None:
-            self._reported_angle += angle
-        if (
-            self.quirks.encoder_odometry
-            and "left_encoder_counts" in values
-            and "right_encoder_counts" in values
-        ):
-            self._encoders.wrap = self.quirks.encoder_wrap
-            rejected = self._encoders.rejected
-            pose = self._encoders.update(
-                values["left_encoder_counts"], values["right_encoder_counts"], max_step_mm=limit
-            )
-            if self._encoders.rejected != rejected:
-                log = self.log.warning if rejected == 0 else self.log.debug
-                log(
-                    "oi.odometry.implausible",
-                    left=values["left_encoder_counts"],
-                    right=values["right_encoder_counts"],
-                    max_step_mm=round(limit or 0.0, 1),
-                    rejected=self._encoders.rejected,
-                )
-            return pose
-        if distance is not None and angle is not None:
-            return self._deltas.update(distance, angle)
-        return self._encoders.pose
-
-    def _hold_mode(self, mode: OIMode, now: float) -> None:
-        hold = self._hold
-        if hold is None or mode == hold or (hold == OIMode.PASSIVE and mode != OIMode.OFF):
-            if hold is not None and mode == hold:
-                self._reentry_delay, self._reentry_attempts = 0.2, 0
-            return
-        if now < self._reentry_at:
-            return
-        self._reentry_attempts += 1
-        self._reentry_at = now + self._reentry_delay
-        self._reentry_delay = min(5.0, self._reentry_delay * 2)
-        log = self.log.info if self._reentry_attempts == 1 else self.log.debug
-        log("oi.mode.reenter", mode=hold.name, observed=mode.name, attempt=self._reentry_attempts)
+    def _reenter(self, reentry: ModeReentry, now: float) -> None:
+        log = self.log.info if reentry.attempt == 1 else self.log.debug
+        log(
+            "oi.mode.reenter", mode=reentry.mode.name, observed=reentry.observed.name, attempt=reentry.attempt
+        )
         try:
-            if mode == OIMode.OFF:
-                self._transport.write(codec.start())
-            self._transport.write(codec.enter_mode(hold))
+            for command in reentry.commands:
+                self._transport.write(command)
         except TransportError as exc:
             self._on_link_down(str(exc), now)
             return
-        self._emit(ModeReentry(hold, mode, self._reentry_attempts, now))
-
-    def _link_health(self, now: float) -> LinkHealth:
-        times = self._frame_times
-        span = now - times[0] if len(times) > 1 else 0.0
-        rate = (len(times) - 1) / span if span > 0 else 0.0
-        parser = self._parser
-        return LinkHealth(
-            port=self.port_url,
-            connected=self._connected,
-            frames_ok=parser.frames_ok,
-            frames_corrupt=parser.frames_corrupt,
-            frames_per_s=round(rate, 2),
-            bytes_discarded=parser.bytes_discarded,
-            text_lines=parser.text_lines,
-            reconnects=self._reconnects,
-            last_frame_age_s=None if self._last_frame_at is None else max(0.0, now - self._last_frame_at),
-        )
+        self._listeners.emit(reentry)
 
     def _publish_link(self, now: float) -> None:
         with self._lock:
-            self._state = replace(self._state, link=self._link_health(now))
+            self._tracker.link_changed(now)

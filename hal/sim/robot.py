@@ -6,9 +6,11 @@ UART; ``SimRobot.next_deadline(now)`` says when to call ``poll`` again. ``now`` 
 seconds (the server passes ``time.monotonic()``). No threads, sockets or sleeps, so the fleet simulator can
 run hundreds of these in one process, and tests can drive one byte by byte.
 
-Opcode data lengths, allowed modes and mode transitions come from ``hal.opcodes``; packet sizes, signedness
-and group members from ``hal.packets`` (the same tables the client codec uses). Serial-line timing (streams
-every 15 ms, replies, the reset banner) runs in real time; the physical world runs ``speed`` times faster.
+Opcode data lengths, allowed modes and mode transitions come from ``hal.opcodes``; packet bytes from
+:class:`~hal.sim.sensors.SensorEncoder` (over ``hal.packets``, the tables the client codec uses); the banner
+and battery text from :mod:`hal.sim.firmware`; control-socket requests go to :mod:`hal.sim.control`.
+Serial-line timing (streams every 15 ms, replies, the reset banner) runs in real time; the physical world
+runs ``speed`` times faster.
 """
 
 from __future__ import annotations
@@ -17,17 +19,58 @@ import math
 import random
 import struct
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hal.codec import ChargingState, frame_from_body
-from hal.odometry import unwrap16
 from hal.opcodes import OPCODES, OIMode, Op, data_length
-from hal.packets import PACKETS, members, pack
-from hal.quirks import ANGLE_BUG_FACTOR, Quirks, for_firmware
+from hal.packets import PACKETS
+from hal.quirks import Quirks, for_firmware
+from hal.sim.control import MAX_BUMP_S, ControlError, apply_control, snapshot
+from hal.sim.drive import STRAIGHT_RADII, direct_wheels, drive_wheels, motor_duties, pwm_duties, pwm_wheels
 from hal.sim.faults import BAUD_CODES, DEFAULT_BAUD, ByteNoise, PacedOutput
-from hal.sim.world import BUTTON_BITS, ROBOT_RADIUS_MM, WHEEL_BASE_MM, Mission, World
+from hal.sim.firmware import (
+    BANNER_DONE_S,
+    BOOT_BUSY_S,
+    BUILD_STAMP,
+    FIRMWARE,
+    FIRMWARE_VERSION,
+    QUIRKS,
+    RESET_BANNER,
+    battery_line,
+    reset_banner,
+    version_tuple,
+)
+from hal.sim.sensors import SensorEncoder
+from hal.sim.world import BUTTON_BITS, ROBOT_RADIUS_MM, Mission, World
+
+__all__ = [
+    "BANNER_DONE_S",
+    "BOOT_BUSY_S",
+    "BUILD_STAMP",
+    "FIRMWARE",
+    "FIRMWARE_VERSION",
+    "IDLE_WAKE_S",
+    "MAX_BUMP_S",
+    "MAX_CATCH_UP_S",
+    "MAX_SPEED",
+    "MISSION_OPCODES",
+    "QUIRKS",
+    "REPLY_LATENCY_S",
+    "RESET_BANNER",
+    "SLEEP_AFTER_S",
+    "STRAIGHT_RADII",
+    "STREAM_BACKLOG",
+    "TICK_S",
+    "WAKE_DELAY_S",
+    "CommandReceived",
+    "ControlError",
+    "ModeChanged",
+    "PowerEvent",
+    "SimEvent",
+    "SimRobot",
+    "reset_banner",
+]
 
 TICK_S = 0.015
 IDLE_WAKE_S = 0.25
@@ -36,45 +79,7 @@ SLEEP_AFTER_S = 300.0
 WAKE_DELAY_S = 0.5
 STREAM_BACKLOG = 512  # bytes the transmit queue may hold before stream frames are cut (spec: "corrupted")
 MAX_CATCH_UP_S = 30.0
-MAX_BUMP_S = 3600.0
 MAX_SPEED = 1000.0  # world seconds per real second; beyond this a 15 ms tick is a quarter hour of physics
-
-FIRMWARE_VERSION = "3.7.1"
-FIRMWARE = "r3-robot/tags/release-stm32-3.7.1:6174 CLEAN"
-BUILD_STAMP = "2015-12-18-1607-L   "
-QUIRKS = {
-    "mode_plus_one": "packet 35 reports the OI mode one too high (some Roomba 6xx)",
-    "angle_scale": "Angle (20) reports degrees x 0.324056 (firmware up to 3.4.0; on by default for those)",
-}
-
-
-def reset_banner(version: str = FIRMWARE_VERSION) -> tuple[tuple[float, bytes], ...]:
-    """The real Create 2 reset timeline (YARC's capture of firmware 3.7.1; the spec only says that a welcome
-    message with the firmware version follows 7 Reset)."""
-    firmware = f"r3-robot/tags/release-stm32-{version}:6174 CLEAN".encode()
-    stamp = BUILD_STAMP.encode()
-    return (
-        (0.015, b"Soft reset!\n"),
-        (1.0, b"\xfe"),
-        (3.0, b"Roomba by iRobot!\r\nstm32\r\n" + stamp + b"\r\nbattery-current-zero 254\r\n"),
-        (
-            4.0,
-            b"\r\n"
-            + stamp
-            + b"\r\n"
-            + firmware
-            + b"\r\n\r\nbootloader id: 3115 C200 0033 5860 \r\nassembly: 3.5-lite\r\nrevision: 8\r\n"
-            b"flash version: 10\r\nflash info crc passed: 1\r\n\r\nbattery-current-zero 252\r\n"
-            b"estimate-battery-level-from-voltage 2697 mAH 17734 mV\r\nstart-charge: "
-            + stamp
-            + b"\r\nDetermining battery type.\r\n",
-        ),
-    )
-
-
-RESET_BANNER = reset_banner()
-BOOT_BUSY_S = 3.0
-BANNER_DONE_S = 5.0
 
 MISSION_OPCODES = {
     Op.SPOT: Mission.SPOT,
@@ -82,7 +87,6 @@ MISSION_OPCODES = {
     Op.MAX: Mission.MAX,
     Op.SEEK_DOCK: Mission.SEEK_DOCK,
 }
-STRAIGHT_RADII = (-32768, 32767)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +120,6 @@ class PowerEvent:
 SimEvent = CommandReceived | ModeChanged | PowerEvent
 
 
-class ControlError(ValueError):
-    """A control-socket request that cannot be carried out; the message says what to send instead."""
-
-
 class SimRobot:
     """A Create 2 as seen from its serial port."""
 
@@ -146,7 +146,7 @@ class SimRobot:
         unknown = set(quirks) - set(QUIRKS)
         if unknown:
             raise ValueError(f"unknown quirk(s) {sorted(unknown)}; known: {', '.join(QUIRKS)}")
-        version = _version_tuple(firmware)
+        version = version_tuple(firmware)
         if version is None:
             raise ValueError(f"firmware must look like 3.7.1, got {firmware!r}")
         self.firmware = firmware
@@ -183,7 +183,7 @@ class SimRobot:
         self.digits_raw = (0, 0, 0, 0)
         self.songs: dict[int, tuple[tuple[int, int], ...]] = {}
         self.song_number = 0
-        self._song_until = -1.0
+        self.song_until = -1.0  # world time the current song or tone ends
         self.schedule: tuple[int, ...] = (0,) * 15
         self.day_time = (0, 0, 0)
         self.asleep = False
@@ -194,8 +194,7 @@ class SimRobot:
         self._next_bat_line = now + 1.0
         self.dropped_rx = 0
         self.frames_sent = 0
-        self._getters = self._build_getters()
-        self._layouts: dict[int, tuple[struct.Struct, tuple[Callable[[], int], ...], tuple[int, ...]]] = {}
+        self.sensors = SensorEncoder(self)
 
     # ------------------------------------------------------------------ sans-I/O surface
 
@@ -307,7 +306,7 @@ class SimRobot:
             self._set_mode(OIMode.PASSIVE, now, "Power")
             w.end_mission()
             self._stop_drive()
-            self._fall_asleep(now, "power")
+            self.fall_asleep(now, "power")
         elif opcode in MISSION_OPCODES:
             self._stop_drive()
             w.start_mission(MISSION_OPCODES[Op(opcode)])
@@ -318,19 +317,11 @@ class SimRobot:
             right, left = struct.unpack(">hh", args)
             self._drive_direct(right, left)
         elif opcode == Op.DRIVE_PWM:
-            right, left = struct.unpack(">hh", args)
-            right, left = max(-255, min(255, right)), max(-255, min(255, left))
-            w.set_wheels(left * 500.0 / 255.0, right * 500.0 / 255.0)
+            w.set_wheels(*pwm_wheels(*struct.unpack(">hh", args)))
         elif opcode == Op.MOTORS:
-            bits = args[0]
-            w.side_brush = (1.0 if bits & 0x01 else 0.0) * (-1.0 if bits & 0x08 else 1.0)
-            w.vacuum = 1.0 if bits & 0x02 else 0.0
-            w.main_brush = (1.0 if bits & 0x04 else 0.0) * (-1.0 if bits & 0x10 else 1.0)
+            w.main_brush, w.side_brush, w.vacuum = motor_duties(args[0])
         elif opcode == Op.PWM_MOTORS:
-            main, side, vac = struct.unpack(">bbb", args)
-            w.main_brush = max(-127, min(127, main)) / 127.0
-            w.side_brush = max(-127, min(127, side)) / 127.0
-            w.vacuum = max(0, min(127, vac)) / 127.0
+            w.main_brush, w.side_brush, w.vacuum = pwm_duties(*struct.unpack(">bbb", args))
         elif opcode == Op.LEDS:
             self.leds = (args[0], args[1], args[2])
         elif opcode == Op.SCHEDULING_LEDS:
@@ -353,12 +344,12 @@ class SimRobot:
         elif opcode == Op.SENSORS:
             if args[0] not in PACKETS:
                 return f"unknown packet id {args[0]}"
-            self._send(self._packet_data(args[0]), now, REPLY_LATENCY_S)
+            self._send(self.sensors.packet(args[0]), now, REPLY_LATENCY_S)
         elif opcode == Op.QUERY_LIST:
             ids = args[1:]
             unknown = [pid for pid in ids if pid not in PACKETS]
             self._send(
-                b"".join(self._packet_data(pid) for pid in ids if pid in PACKETS), now, REPLY_LATENCY_S
+                b"".join(self.sensors.packet(pid) for pid in ids if pid in PACKETS), now, REPLY_LATENCY_S
             )
             if unknown:
                 return f"unknown packet ids {unknown} skipped"
@@ -374,7 +365,7 @@ class SimRobot:
             self.stream_on = bool(args[0]) and bool(self.stream_ids)
         elif opcode == Op.BUTTONS:
             w.press_buttons_bits(args[0])
-            self._button_behaviour(args[0])
+            self.button_behaviour(args[0])
         elif opcode == Op.SCHEDULE:
             self.schedule = tuple(args)
         elif opcode == Op.SET_DAY_TIME:
@@ -390,28 +381,18 @@ class SimRobot:
 
     def _drive(self, velocity: int, radius: int) -> None:
         self.requested_velocity, self.requested_radius = velocity, radius
-        v = float(max(-500, min(500, velocity)))
-        if radius in STRAIGHT_RADII or radius == 0:  # the spec leaves 0 undefined: straight, never a crash
-            left = right = v
-        elif radius == -1:
-            left, right = v, -v
-        elif radius == 1:
-            left, right = -v, v
-        else:
-            r = float(max(-2000, min(2000, radius)))
-            left = v * (r - WHEEL_BASE_MM / 2) / r
-            right = v * (r + WHEEL_BASE_MM / 2) / r
-        self.world.set_wheels(left, right)
+        self.world.set_wheels(*drive_wheels(velocity, radius))
 
     def _drive_direct(self, right: int, left: int) -> None:
         self.requested_right, self.requested_left = right, left
-        self.world.set_wheels(max(-500, min(500, left)), max(-500, min(500, right)))
+        self.world.set_wheels(*direct_wheels(right, left))
 
     def _stop_drive(self) -> None:
         self.world.set_wheels(0.0, 0.0)
         self.world.main_brush = self.world.side_brush = self.world.vacuum = 0.0
 
-    def _button_behaviour(self, bits: int) -> None:
+    def button_behaviour(self, bits: int) -> None:
+        """A button press (or 165 Buttons) outside Safe/Full starts the firmware's own mission."""
         if self.mode in (OIMode.SAFE, OIMode.FULL):
             return
         if bits & BUTTON_BITS["clean"]:
@@ -422,7 +403,7 @@ class SimRobot:
             self.world.start_mission(Mission.SEEK_DOCK)
 
     def _play_tone(self, seconds: float) -> None:
-        self._song_until = self.world.time + seconds
+        self.song_until = self.world.time + seconds
 
     def _set_mode(self, new: OIMode, now: float, reason: str) -> None:
         old = self.mode
@@ -456,7 +437,8 @@ class SimRobot:
 
     # ------------------------------------------------------------------ sleep and wake
 
-    def _fall_asleep(self, now: float, why: str) -> None:
+    def fall_asleep(self, now: float, why: str) -> None:
+        """The robot sleeps: the stream stops, and only Start or a BRC pulse wakes it."""
         self.asleep = True
         self._asleep_since_world = self.world.time
         self.stream_on = False
@@ -497,7 +479,7 @@ class SimRobot:
         w = self.world
         w.step(self.tick_s * self.speed)
         if self.mode is OIMode.SAFE:
-            self._safety(t)
+            self.apply_safety(t)
         if (
             self.mode is OIMode.PASSIVE
             and not self.asleep
@@ -505,16 +487,18 @@ class SimRobot:
             and not w.docked
             and w.time - self._last_command_world > SLEEP_AFTER_S
         ):
-            self._fall_asleep(t, "five minutes in Passive without commands")
+            self.fall_asleep(t, "five minutes in Passive without commands")
         if self.stream_on and not self.asleep:
-            self._send(self._stream_frame(), t, limit=STREAM_BACKLOG)
+            self._send(self.sensors.frame(self.stream_ids), t, limit=STREAM_BACKLOG)
             self.frames_sent += 1
         if t >= self._next_bat_line:
             self._next_bat_line = t + 1.0
             if self.mode is OIMode.OFF and w.docked and not self.asleep and t >= self._boot_until:
-                self._send(self._bat_line(), t)
+                self._send(battery_line(w), t)
 
-    def _safety(self, t: float) -> None:
+    def apply_safety(self, t: float) -> None:
+        """Safe mode's rule (Create 2 OI spec, "Safe mode"): a wheel drop, a cliff while driving forward or
+        turning tightly backwards, or the charger stop the wheels and drop the OI to Passive."""
         w = self.world
         forward = w.cmd_left + w.cmd_right > 0
         tight_reverse = (
@@ -533,15 +517,6 @@ class SimRobot:
             self._stop_drive()
             self._set_mode(OIMode.PASSIVE, t, f"safety: {reason}")
 
-    def _bat_line(self) -> bytes:
-        w = self.world
-        secs = int(max(0.0, w.time - w.charge_started_at))
-        return (
-            f"bat: min {secs // 60} sec {secs % 60}  mV {w.voltage_mv}  mA {int(w.current_ma)}  "
-            f"tenths-deg-C {int(w.battery_temp_c * 10)}  mAH {int(w.battery_mah)}  "
-            f"state {int(w.charging_state)}  mode 8\r\n"
-        ).encode()
-
     # ------------------------------------------------------------------ output
 
     def _send(self, data: bytes, now: float, latency: float = 0.0, limit: int | None = None) -> None:
@@ -552,248 +527,17 @@ class SimRobot:
             t, text = self._scheduled.pop(0)
             self._send(text, t)
 
-    def _stream_frame(self) -> bytes:
-        body = bytearray()
-        for pid in self.stream_ids:
-            body.append(pid)
-            body += self._packet_data(pid)
-        return frame_from_body(body)
-
-    def _packet_data(self, pid: int) -> bytes:
-        layout = self._layouts.get(pid)
-        if layout is None:
-            ids = members(pid)
-            fmt = ">" + "".join(PACKETS[m].struct_format for m in ids)
-            layout = self._layouts[pid] = (struct.Struct(fmt), tuple(self._getters[m] for m in ids), ids)
-        packer, getters, ids = layout
-        values = [get() for get in getters]
-        try:
-            return packer.pack(*values)
-        except struct.error:  # a value outside its packet's width: wrap it as the firmware's counters do
-            return b"".join(pack(m, v, wrap=True) for m, v in zip(ids, values, strict=True))
-
-    def _take_angle(self) -> int:
-        if "angle_scale" not in self.quirks:
-            return self.world.take_angle()
-        w = self.world
-        raw = int(w.odo_angle_deg * ANGLE_BUG_FACTOR)
-        w.odo_angle_deg -= raw / ANGLE_BUG_FACTOR
-        return max(-32768, min(32767, raw))
-
     def sensor_value(self, pid: int) -> int:
         """A single packet's current value (reading 19/20 consumes them, as on the robot)."""
-        return self._getters[pid]()
-
-    def _build_getters(self) -> Mapping[int, Callable[[], int]]:
-        w = self.world
-
-        def const(value: int) -> Callable[[], int]:
-            return lambda: value
-
-        g: dict[int, Callable[[], int]] = {
-            7: lambda: w.bumps_wheel_drops,
-            8: lambda: 1 if w.light_bits & 0x20 else 0,
-            9: lambda: int(w.cliff[0]),
-            10: lambda: int(w.cliff[1]),
-            11: lambda: int(w.cliff[2]),
-            12: lambda: int(w.cliff[3]),
-            13: const(0),
-            14: lambda: w.overcurrents,
-            15: lambda: w.dirt,
-            16: const(0),
-            17: lambda: w.ir_omni,
-            18: lambda: w.buttons,
-            19: w.take_distance,
-            20: self._take_angle,
-            21: lambda: int(w.charging_state),
-            22: lambda: min(65535, w.voltage_mv),
-            23: lambda: max(-32768, min(32767, int(w.current_ma))),
-            24: lambda: max(-128, min(127, round(w.battery_temp_c))),
-            25: lambda: int(w.battery_mah),
-            26: lambda: int(w.battery_capacity_mah),
-            27: lambda: w.wall_signal,
-            28: lambda: w.cliff_signal[0],
-            29: lambda: w.cliff_signal[1],
-            30: lambda: w.cliff_signal[2],
-            31: lambda: w.cliff_signal[3],
-            32: const(0),
-            33: const(0),
-            34: lambda: w.charging_sources,
-            35: lambda: int(self.mode) + (1 if "mode_plus_one" in self.quirks and self.mode else 0),
-            36: lambda: self.song_number,
-            37: lambda: 1 if w.time < self._song_until else 0,
-            38: lambda: len(self.stream_ids),
-            39: lambda: self.requested_velocity,
-            40: lambda: self.requested_radius,
-            41: lambda: self.requested_right,
-            42: lambda: self.requested_left,
-            43: lambda: unwrap16(math.floor(w.enc_left)),
-            44: lambda: unwrap16(math.floor(w.enc_right)),
-            45: lambda: w.light_bits,
-            46: lambda: w.light_signal[0],
-            47: lambda: w.light_signal[1],
-            48: lambda: w.light_signal[2],
-            49: lambda: w.light_signal[3],
-            50: lambda: w.light_signal[4],
-            51: lambda: w.light_signal[5],
-            52: lambda: w.ir_left,
-            53: lambda: w.ir_right,
-            54: lambda: w.wheel_current[0],
-            55: lambda: w.wheel_current[1],
-            56: lambda: int(abs(w.main_brush) * 250),
-            57: lambda: int(abs(w.side_brush) * 100),
-            58: lambda: w.stasis,
-        }
-        return g
-
-    # ------------------------------------------------------------------ control (the test / operator side)
+        return self.sensors.value(pid)
 
     def control(self, request: Mapping[str, Any], now: float) -> dict[str, Any]:
         """Apply one control-socket request that concerns the robot itself (not the link).
 
         Raises :class:`ControlError` with an actionable message for a bad request.
         """
-        self.advance(now)
-        op = request.get("op")
-        w = self.world
-        if op == "state":
-            return self.state()
-        if op in ("cliff", "wheel_drop", "stuck"):
-            on = _flag(request)
-            if op == "cliff":
-                w.forced_cliff = on
-            elif op == "wheel_drop":
-                w.forced_wheel_drop = on
-            else:
-                w.stuck = on
-            w.place(w.x, w.y, w.theta)
-            if self.mode is OIMode.SAFE:
-                self._safety(now)
-            return {op: on}
-        if op == "bump":
-            side = str(request.get("side", "both"))
-            seconds = _number(request, "seconds", 0, MAX_BUMP_S, 0.2)
-            try:
-                w.bump(side, seconds * self.speed)
-            except ValueError as exc:
-                raise ControlError(str(exc)) from None
-            return {"bump": side}
-        if op == "dock":
-            w.end_mission()
-            w.dock_now()
-            if self.mode is OIMode.SAFE:
-                self._safety(now)
-            return {"docked": w.docked}
-        if op == "undock":
-            w.undock_now()
-            return {"docked": w.docked}
-        if op == "battery":
-            if "percent" in request:
-                w.set_battery_percent(_number(request, "percent", 0, 100))
-            if "fault" in request:
-                if not isinstance(request["fault"], bool):
-                    raise ControlError(f'"fault" must be true or false, got {request["fault"]!r}')
-                w.battery_fault = request["fault"]
-            return {"percent": round(w.battery_percent, 2), "fault": w.battery_fault}
-        if op == "noise":
-            try:
-                self.noise.configure(
-                    _number(request, "corrupt", 0, 1, self.noise.corrupt),
-                    _number(request, "drop", 0, 1, self.noise.drop),
-                )
-            except ValueError as exc:
-                raise ControlError(str(exc)) from None
-            return {"corrupt": self.noise.corrupt, "drop": self.noise.drop}
-        if op == "button":
-            name = str(request.get("name", ""))
-            if name not in BUTTON_BITS:
-                raise ControlError(f"button name must be one of {', '.join(BUTTON_BITS)}")
-            w.press_button(name)
-            self._button_behaviour(BUTTON_BITS[name])
-            return {"button": name}
-        if op == "wake":
-            return {"woke": self.wake(now)}
-        if op == "sleep":
-            if not self.asleep:
-                self._fall_asleep(now, "control")
-            return {"asleep": True}
-        if op == "pose":
-            x = _number(request, "x", 0, w.room.width, w.x)
-            y = _number(request, "y", 0, w.room.height, w.y)
-            theta = math.radians(_number(request, "theta_deg", -360, 360, math.degrees(w.theta)))
-            w.place(x, y, theta)
-            return {"x": w.x, "y": w.y}
-        raise ControlError(
-            f"unknown op {op!r}; ops: state, unplug, cliff, wheel_drop, bump, dock, undock, stuck, battery, "
-            "noise, button, wake, sleep, pose"
-        )
+        return apply_control(self, request, now)
 
     def state(self) -> dict[str, Any]:
         """A JSON-ready snapshot for the control socket and for tests."""
-        w = self.world
-        return {
-            "oi_mode": self.mode.name.lower(),
-            "firmware": self.firmware,
-            "quirks": sorted(self.quirks),
-            "asleep": self.asleep,
-            "mission": w.mission.value,
-            "pose": {"x": round(w.x, 1), "y": round(w.y, 1), "theta_deg": round(math.degrees(w.theta), 2)},
-            "world_time": round(w.time, 3),
-            "travelled_mm": round(w.travelled_mm, 1),
-            "wheels_mm_s": [round(w.cmd_left, 1), round(w.cmd_right, 1)],
-            "encoders": [math.floor(w.enc_left), math.floor(w.enc_right)],
-            "docked": w.docked,
-            "charging_state": ChargingState(w.charging_state).name.lower(),
-            "battery": {
-                "percent": round(w.battery_percent, 2),
-                "mah": int(w.battery_mah),
-                "mv": w.voltage_mv,
-                "ma": int(w.current_ma),
-                "temp_c": round(w.battery_temp_c, 1),
-            },
-            "bumps_wheel_drops": w.bumps_wheel_drops,
-            "cliff": list(w.cliff),
-            "stuck": w.stuck,
-            "stream": {"ids": list(self.stream_ids), "on": self.stream_on, "frames": self.frames_sent},
-            "leds": list(self.leds),
-            "digits": self.digits.decode("ascii", "replace"),
-            "songs": sorted(self.songs),
-            "baud": self.baud,
-            "noise": {
-                "corrupt": self.noise.corrupt,
-                "drop": self.noise.drop,
-                "corrupted": self.noise.corrupted,
-                "dropped": self.noise.dropped,
-            },
-            "tx": {
-                "sent": self.output.sent,
-                "overflowed": self.output.overflowed,
-                "queued": len(self.output),
-            },
-            "rx_dropped": self.dropped_rx,
-        }
-
-
-def _version_tuple(text: str) -> tuple[int, int, int] | None:
-    parts = text.strip().split(".")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        return None
-    return int(parts[0]), int(parts[1]), int(parts[2])
-
-
-def _flag(request: Mapping[str, Any]) -> bool:
-    on = request.get("on", True)
-    if not isinstance(on, bool):
-        raise ControlError(f'"on" must be true or false, got {on!r}')
-    return on
-
-
-def _number(
-    request: Mapping[str, Any], key: str, lo: float, hi: float, default: float | None = None
-) -> float:
-    value = request.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ControlError(f'"{key}" must be a number between {lo} and {hi}, got {value!r}')
-    if not lo <= value <= hi:
-        raise ControlError(f'"{key}" must be between {lo} and {hi}, got {value}')
-    return float(value)
+        return snapshot(self)

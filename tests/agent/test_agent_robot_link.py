@@ -8,7 +8,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,6 +16,7 @@ from agent.robot_link import FRAMES_PER_READ, RobotLink
 from hal.opcodes import OIMode
 from hal.robot import Robot
 from hal.sim.server import SimServer
+from hal.transport import SerialTransport
 
 
 @pytest.fixture
@@ -29,26 +29,27 @@ def sim() -> Iterator[SimServer]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _count_reads(robot: Robot) -> list[int]:
-    transport: Any = robot._transport
+def _counting_transport(url: str) -> tuple[SerialTransport, list[int]]:
+    """A real serial transport whose non-empty reads (the reader's wake-ups with data) are counted."""
+    transport = SerialTransport(url, 115200)
     real = transport.read
     reads = [0]
 
-    def read(*args: Any) -> bytes:
-        data: bytes = real(*args)
+    def read(size: int = 4096) -> bytes:
+        data = real(size)
         if data:
             reads[0] += 1
         return data
 
-    transport.read = read
-    return reads
+    transport.read = read  # type: ignore[method-assign]
+    return transport, reads
 
 
 def test_reader_batches_frames_and_loses_none(sim: SimServer) -> None:
     posted: list[Snapshot] = []
-    robot = Robot(sim.url, hold_mode=None, frames_per_read=FRAMES_PER_READ)
+    transport, reads = _counting_transport(sim.url)
+    robot = Robot(sim.url, hold_mode=None, frames_per_read=FRAMES_PER_READ, transport=transport)
     RobotLink(robot, posted.append, sample_s=0.2)
-    reads = _count_reads(robot)
     with robot:
         robot.wait_for(lambda s: s.link.frames_ok >= 5, timeout=10, what="the stream")
         first_frames, first_reads = robot.state.link.frames_ok, reads[0]
@@ -69,8 +70,8 @@ def test_reader_batches_frames_and_loses_none(sim: SimServer) -> None:
 
 def test_a_waiter_gets_every_frame(sim: SimServer) -> None:
     """While a wait_for waits, the reader stops batching so the waiter sees every frame."""
-    robot = Robot(sim.url, hold_mode=None, frames_per_read=FRAMES_PER_READ)
-    reads = _count_reads(robot)
+    transport, reads = _counting_transport(sim.url)
+    robot = Robot(sim.url, hold_mode=None, frames_per_read=FRAMES_PER_READ, transport=transport)
     with robot:
         robot.wait_for(lambda s: s.link.frames_ok >= 3, timeout=10, what="the stream")
         start_reads, start_frames = reads[0], robot.state.link.frames_ok

@@ -773,7 +773,7 @@ def test_old_firmware_has_the_angle_bug_and_says_its_version_in_the_banner() -> 
 def test_the_simulator_uses_the_hal_tables_not_copies() -> None:
     """One source of truth: geometry, charging codes, buttons, baud codes and quirk names come from hal/."""
     from hal import codec, models, quirks
-    from hal.sim import faults, robot, world
+    from hal.sim import faults, robot, sensors, world
 
     create2 = models.get_model("create2")
     assert create2.wheelbase_mm == world.WHEEL_BASE_MM
@@ -782,5 +782,5 @@ def test_the_simulator_uses_the_hal_tables_not_copies() -> None:
     assert {b.name.lower(): int(b) for b in codec.Buttons if b.name} == world.BUTTON_BITS
     assert {faults.BAUD_CODES[code]: code for code in range(12)} == codec.BAUD_CODES
     assert create2.baud == faults.DEFAULT_BAUD
-    assert robot.ANGLE_BUG_FACTOR == quirks.ANGLE_BUG_FACTOR
+    assert sensors.ANGLE_BUG_FACTOR == quirks.ANGLE_BUG_FACTOR
     assert set(robot.QUIRKS) <= set(quirks.QUIRK_HELP)
