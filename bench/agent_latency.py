@@ -32,13 +32,13 @@ def pct(values: list[float], p: float) -> float:
 
 
 def wait_until(pred: Any, timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise SystemExit(f"bench: timed out waiting for {what}")
+    """The shared poller, at the bench's 20 ms pace; a timeout ends the bench with its message."""
+    from base import testing
+
+    try:
+        return testing.wait_until(pred, timeout, what, interval=0.02)
+    except AssertionError as exc:
+        raise SystemExit(f"bench: {exc}") from None
 
 
 class Sim:

@@ -24,6 +24,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from base import testing
 from base.testing import tracebacks
 from fleet import cli as fleet_cli
 from fleet import shadow as fleet_shadow
@@ -139,13 +140,9 @@ def cloud() -> Iterator[LocalCloud]:
         yield c
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    """The shared poller at a 0.25 s pace: the predicates here ask the cloud for every robot's shadow."""
+    return testing.wait_until(predicate, timeout, what, interval=0.25)
 
 
 def send_mission(cloud: LocalCloud, things: list[str], command: dict[str, Any], attempts: int = 8) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import serial
 
+from base.testing import wait_until
 from hal.opcodes import OIMode, Op
 from hal.sim.cli import main as cli_main
 from hal.sim.server import SimServer, send_control
@@ -46,10 +47,7 @@ def read_frames(port: serial.Serial, count: int) -> list[bytes]:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
+    wait_until(predicate, timeout, "the condition", interval=0.02)
 
 
 def test_pty_link_with_a_plain_pyserial_client(sim_pty: SimServer) -> None:
