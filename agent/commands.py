@@ -15,6 +15,8 @@ from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from shadow.document import replacing_patch
+
 if TYPE_CHECKING:
     import jsonschema
 
@@ -183,6 +185,4 @@ def desired_command_patch(previous: Mapping[str, Any] | None, new: Mapping[str, 
     Shadow updates deep-merge, so writing a new command over an old one would keep the old arguments
     (``velocity_mm_s`` of an earlier drive under a new ``clean``). Keys the new command lacks are set to null.
     """
-    patch: dict[str, Any] = {k: None for k in (previous or {}) if k not in new}
-    patch.update(new)
-    return patch
+    return replacing_patch(previous, new)

@@ -45,6 +45,7 @@ from base.testing import wait_until
 from localcloud import cloud as fleet_cloud
 from localcloud.layout import OPERATOR_IDENTITY, SERVICE_IDENTITY, CloudDir
 from localcloud.opclient import shadow_request
+from shadow.document import replacing_patch
 from shadow.topics import events_topic, presence_topic, shadow_topic
 
 
@@ -362,10 +363,8 @@ class PahoOperator:
 
     def command(self, cmd: dict[str, Any]) -> None:
         """Replace desired.command the way the fleet must (docs/agent.md): old arguments nulled."""
-        from agent.commands import desired_command_patch
-
         previous = (self.get().get("desired") or {}).get("command")
-        self.update_desired({"command": desired_command_patch(previous, cmd)})
+        self.update_desired({"command": replacing_patch(previous, cmd)})
 
     def get(self, shadow: str | None = None, timeout: float = 30) -> dict[str, Any]:
         """Asked again every 2 s: after a broker restart the shadow service needs a moment to come back."""

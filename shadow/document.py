@@ -358,6 +358,18 @@ def merge_state(current: Mapping[str, Any] | None, patch: Mapping[str, Any] | No
     return _merge(dict(current) if current else None, None, patch, metadata_for(patch, 0))[0]
 
 
+def replacing_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """The update value that *replaces* the object ``previous`` with ``new`` rather than merging into it.
+
+    Shadow updates deep-merge, so writing ``new`` over ``previous`` would keep the keys ``new`` lacks; a
+    null deletes a key, so each of those is set to null (AWS IoT Core Developer Guide, "Device Shadow
+    service documents": deleting properties).
+    """
+    patch: dict[str, Any] = {k: None for k in (previous or {}) if k not in new}
+    patch.update(new)
+    return patch
+
+
 def _no_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 

@@ -228,3 +228,94 @@ def test_no_module_reaches_into_private_names(path: Path) -> None:
 def test_simulator_overrides_no_private_method_of_hal_or_agent(path: Path) -> None:
     violations = check_simulator_overrides(path)
     assert not violations, "\n".join(map(str, violations))
+
+
+# Who may import whom (package level). Each product depends only on the ones below it; nothing depends on
+# the CLI (fleet) and the robot's agent never depends on the cloud or the tools.
+ALLOWED_DEPENDENCIES: dict[str, frozenset[str]] = {
+    "base": frozenset(),
+    "hal": frozenset({"base"}),
+    "shadow": frozenset({"base"}),
+    "provisioning": frozenset({"base", "shadow"}),
+    "agent": frozenset({"base", "hal", "shadow", "provisioning"}),
+    "localcloud": frozenset({"base", "shadow", "provisioning"}),
+    "fleetsim": frozenset({"base", "hal", "shadow", "provisioning", "agent", "localcloud"}),
+    "fleet": frozenset({"base", "hal", "shadow", "provisioning", "agent", "localcloud", "fleetsim"}),
+}
+
+
+def imported_packages(path: Path) -> set[tuple[str, int]]:
+    """(project package, line) for every import in ``path``, at any depth (lazy imports count too)."""
+    out: set[tuple[str, int]] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        out.update((name.split(".")[0], node.lineno) for name in names if _is_project(name))
+    return out
+
+
+def test_every_package_has_a_dependency_rule() -> None:
+    assert set(ALLOWED_DEPENDENCIES) == set(PACKAGES)
+
+
+@pytest.mark.parametrize("path", source_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_packages_import_only_the_layers_below_them(path: Path) -> None:
+    own = path.relative_to(ROOT).parts[0]
+    allowed = ALLOWED_DEPENDENCIES[own] | {own}
+    wrong = sorted(
+        f"line {line}: imports {pkg}" for pkg, line in imported_packages(path) if pkg not in allowed
+    )
+    assert not wrong, f"{path.relative_to(ROOT)} ({own} may import {sorted(allowed)}): " + "; ".join(wrong)
+
+
+def module_import_graph() -> dict[str, set[str]]:
+    """Module -> project modules it imports at import time (module level, outside ``if TYPE_CHECKING``)."""
+    modules = {_module_name(p): p for p in source_files()}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for node in ast.parse(path.read_text(), filename=str(path)).body:
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            graph[name].update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            cycle = visit(nxt)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        cycle = visit(start)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_between_modules() -> None:
+    cycle = find_cycle(module_import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])

@@ -427,3 +427,16 @@ def test_size_limit_counts_utf8_bytes(chars: int, accepted: bool) -> None:
         with pytest.raises(ShadowError) as err:
             sd.apply_update(None, request, 1)
         assert err.value.code == 413
+
+
+def test_replacing_patch_nulls_what_the_new_value_lacks() -> None:
+    """A deep-merging update would keep an old drive's velocity under a new clean: the patch nulls it."""
+    old = {"id": "c1", "action": "drive", "velocity_mm_s": 200}
+    assert sd.replacing_patch(old, {"id": "c2", "action": "clean"}) == {
+        "velocity_mm_s": None,
+        "id": "c2",
+        "action": "clean",
+    }
+    assert sd.replacing_patch(None, {"id": "c1"}) == {"id": "c1"}
+    merged = sd.merge_state({"command": old}, {"command": sd.replacing_patch(old, {"id": "c2"})})
+    assert merged == {"command": {"id": "c2"}}
