@@ -27,10 +27,9 @@ from agent.model import (
 )
 from hal.errors import HalError
 from hal.opcodes import OIMode
-from hal.packets import PACKETS
+from hal.packets import KEY_TO_ID, PACKETS
 from hal.robot import LinkDown, LinkUp, ModeChanged, Robot, RobotEvent, RobotState, StateUpdated
 
-_ID_BY_KEY = {spec.key: pid for pid, spec in PACKETS.items() if not spec.is_group}
 _WATCH = [PACKETS[p].key for p in (P_BUMPS_DROPS, *P_CLIFFS, P_OVERCURRENTS, P_CHARGING_STATE, P_SOURCES)]
 _CHARGE, _CAPACITY = PACKETS[P_CHARGE].key, PACKETS[P_CAPACITY].key
 _SOURCES = PACKETS[P_SOURCES].key
@@ -43,7 +42,7 @@ LOCATE_NOTES = ((84, 8), (88, 8), (91, 8), (96, 16), (91, 8), (96, 24))
 
 
 def snapshot(state: RobotState) -> Snapshot:
-    sensors = {_ID_BY_KEY[k]: v for k, v in state.sensors.items() if k in _ID_BY_KEY}
+    sensors = {KEY_TO_ID[k]: v for k, v in state.sensors.items() if k in KEY_TO_ID}
     pose = state.pose
     return Snapshot(
         sensors=sensors,

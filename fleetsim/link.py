@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from hal.robot import Robot, reopen_backoff
+from hal.sim.cable import SimCable
 from hal.sim.robot import CommandReceived, SimRobot
 from hal.transport import MemoryTransport
 
@@ -49,31 +50,19 @@ class SimLink:
             clock=clock,
             reader_thread=False,
         )
+        self.cable = SimCable(self.sim, self.transport)
         self.opcodes: Counter[str] = Counter()
-        self._wakes_seen = 0
 
     def unplug(self, now: float) -> None:
-        """Pull the cable. Bytes already written reach the robot first: on a real line a command is through
-        in well under a millisecond, so only the ticker's batching would otherwise lose them."""
-        out = self.transport.take_for_robot()
-        if out:
-            self.sim.feed(out, now)
-        self.transport.unplug()
+        """Pull the cable (what the Robot wrote before still reaches the simulator)."""
+        self.cable.unplug(now)
 
     def plug(self) -> None:
-        self.transport.plug()
+        self.cable.plug()
 
     def step(self, now: float) -> None:
-        sim, transport = self.sim, self.transport
-        if transport.wake_requests != self._wakes_seen:
-            self._wakes_seen = transport.wake_requests
-            sim.wake(now)
-        out = transport.take_for_robot()
-        if out:
-            sim.feed(out, now)
-        data = sim.poll(now)
-        if data:
-            transport.deliver(data)
+        sim = self.sim
+        self.cable.carry(now)
         if sim.events:
             for event in sim.drain_events():
                 if isinstance(event, CommandReceived) and event.ignored is None:

@@ -21,6 +21,7 @@ from hal.errors import NoResponseError
 from hal.models import RobotModel
 from hal.opcodes import OIMode
 from hal.robot import Robot, RobotState, reopen_backoff
+from hal.sim.cable import SimCable
 from hal.sim.robot import TICK_S, SimRobot
 from hal.transport import MemoryTransport
 
@@ -70,7 +71,7 @@ class RobotPair:
             reader_thread=False,
             **robot_options,
         )
-        self._wakes_seen = 0
+        self.cable = SimCable(self.sim, self.transport)
         self.robot.start()
 
     def clock(self) -> float:
@@ -83,14 +84,7 @@ class RobotPair:
         if now < self.now:
             raise ValueError(f"the pair's clock runs forward: {now} is before {self.now}")
         self.now = now
-        sim, transport = self.sim, self.transport
-        if transport.wake_requests != self._wakes_seen:
-            self._wakes_seen = transport.wake_requests
-            sim.wake(now)
-        self._flush(now)
-        data = sim.poll(now)
-        if data:
-            transport.deliver(data)
+        self.cable.carry(now)
         self.robot.step(now)
 
     def advance(self, seconds: float, dt: float | None = None) -> RobotState:
@@ -127,24 +121,18 @@ class RobotPair:
 
     def unplug(self) -> None:
         """Pull the cable; what the Robot wrote before reaches the simulator (a real line is that fast)."""
-        self._flush(self.now)
-        self.transport.unplug()
+        self.cable.unplug(self.now)
 
     def plug(self) -> None:
-        self.transport.plug()
+        self.cable.plug()
 
     def close(self) -> None:
         """Close the Robot and let the simulator hear its goodbye (wheels stopped, stream paused, Passive)."""
         self.robot.close()
-        self._flush(self.now)
+        self.cable.flush(self.now)
 
     def __enter__(self) -> RobotPair:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _flush(self, now: float) -> None:
-        out = self.transport.take_for_robot()
-        if out:
-            self.sim.feed(out, now)

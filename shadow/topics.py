@@ -10,7 +10,7 @@ References: AWS IoT Core Developer Guide, "Device Shadow MQTT topics" and "Jobs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "AGENT_TOPICS",
@@ -120,16 +120,11 @@ class ShadowTopic:
     operation: str
     prefix: str  # everything before the operation, e.g. "$aws/things/T/shadow/name/S"
     response: str = ""  # "accepted", "rejected", "delta", "documents"; "" for a request
-    _replies: dict[str, str] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def reply(self, response: str) -> str:
         """The topic the service answers this operation on, e.g. ``.../update/accepted``: always under
-        the request's own prefix, so even an odd request (``.../name//get``) is answered where it asked.
-        Remembered per response: the service keeps parsed topics, and robots repeat theirs."""
-        topic = self._replies.get(response)
-        if topic is None:
-            topic = self._replies[response] = "/".join((self.prefix, self.operation, response))
-        return topic
+        the request's own prefix, so even an odd request (``.../name//get``) is answered where it asked."""
+        return f"{self.prefix}/{self.operation}/{response}"
 
 
 def parse_shadow_topic(topic: str) -> ShadowTopic | None:

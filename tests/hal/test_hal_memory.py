@@ -9,9 +9,11 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
+from hal import codec
 from hal.errors import NoResponseError, TransportError
 from hal.opcodes import OIMode
 from hal.robot import LinkDown, LinkUp, ModeReentry, Robot, RobotEvent, reopen_backoff
+from hal.sim.cable import SimCable
 from hal.sim.robot import SimRobot
 from hal.testing import RobotPair
 from hal.transport import MemoryTransport, SerialTransport, Transport
@@ -259,3 +261,21 @@ def test_pair_clock_only_runs_forward() -> None:
         pair.advance(0.1)
         with pytest.raises(ValueError, match="runs forward"):
             pair.step(0.05)
+
+
+def test_sim_cable_carries_bytes_both_ways_and_delivers_before_an_unplug() -> None:
+    """The one cable behind RobotPair and the fleet's SimLink: host bytes reach the simulator, its answer
+    reaches the host, and bytes written just before an unplug are not lost."""
+    sim = SimRobot(seed=3, now=0.0, pace=False)
+    transport = MemoryTransport("memory://cable")
+    transport.open()
+    cable = SimCable(sim, transport)
+    for t in (0.0, 3.0):  # past the simulated boot: the robot answers once it is up
+        cable.carry(t)
+    transport.read()
+    transport.write(codec.start() + codec.sensors(35))
+    cable.carry(3.1)
+    assert transport.read() == bytes([1])  # packet 35 in Passive
+    transport.write(codec.clean())
+    cable.unplug(3.2)
+    assert [e.name for e in sim.drain_events() if getattr(e, "name", None) == "Clean"] == ["Clean"]
