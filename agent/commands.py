@@ -2,7 +2,10 @@
 
 The fleet writes ``desired.command = {"id", "action", ...arguments}``; the robot answers in
 ``reported.command`` with the same fields plus ``status`` (and ``reason``), so ``desired`` becomes a subset of
-``reported`` and no delta lingers. Pure: no I/O beyond loading the schema files once.
+``reported`` and no delta lingers. Once a command's id is in the ledger the robot clears ``desired.command``
+(``agent.sync``), so the next command starts from an empty object; fields an earlier command left behind
+when that clear has not happened yet are recognised by their metadata timestamps (:func:`current_fields`).
+Pure: no I/O beyond loading the schema files once.
 """
 
 from __future__ import annotations
@@ -148,6 +151,46 @@ def _command_problems(raw: Mapping[str, Any]) -> dict[str, str]:
     return dict(problems)
 
 
+def _stamp(metadata: Any) -> int | None:
+    """The newest ``timestamp`` in a metadata subtree (a leaf ``{"timestamp": T}``, or objects and arrays
+    of them); None when there is none to read."""
+    if isinstance(metadata, Mapping):
+        ts = metadata.get("timestamp")
+        if isinstance(ts, int) and not isinstance(ts, bool):
+            return ts
+        stamps = [_stamp(v) for v in metadata.values()]
+    elif isinstance(metadata, list):
+        stamps = [_stamp(v) for v in metadata]
+    else:
+        return None
+    known = [t for t in stamps if t is not None]
+    return max(known) if known else None
+
+
+def current_fields(raw: Any, metadata: Any) -> tuple[Any, tuple[str, ...]]:
+    """``desired.command`` without the fields an earlier command left behind, and the names of those.
+
+    Shadow updates merge, so a raw ``{"id": "c2", "action": "clean"}`` written over a drive keeps the drive's
+    ``velocity_mm_s``. The shadow's metadata tells them apart: every field the new command sent carries that
+    update's timestamp, so a field whose timestamp is older than the ``id``'s belongs to an earlier command.
+    Timestamps are whole seconds (as AWS's), so leftovers of a command written in the same second stay (and
+    the command is then rejected, saying so). Without metadata nothing is dropped.
+    """
+    if not isinstance(raw, Mapping) or not isinstance(metadata, Mapping):
+        return raw, ()
+    id_stamp = _stamp(metadata.get("id"))
+    if id_stamp is None:
+        return raw, ()
+    stale = tuple(
+        key
+        for key in raw
+        if key != "id" and (stamp := _stamp(metadata.get(key))) is not None and stamp < id_stamp
+    )
+    if not stale:
+        return raw, ()
+    return {k: v for k, v in raw.items() if k not in stale}, stale
+
+
 def parse_command(raw: Any) -> Command | Rejected:
     if not isinstance(raw, Mapping):
         return Rejected(None, "command: must be an object with id and action", {})
@@ -157,8 +200,9 @@ def parse_command(raw: Any) -> Command | Rejected:
         extra = sorted(k for k in raw if k not in ("id", "action", *ACTION_ARGS.get(action, ())))
         if extra:
             problems["command"] = (
-                f"command: {', '.join(extra)} not allowed for action {action!r} (a new command must set the "
-                "previous command's other fields to null: shadow updates merge)"
+                f"command: {', '.join(extra)} not allowed for action {action!r} (left over from the previous "
+                "command, written in the same second: shadow updates merge, so send commands with "
+                "roomba-fleet command, which sets the previous command's other fields to null)"
             )
     cid = raw.get("id")
     good_id = isinstance(cid, str) and 0 < len(cid) <= 64

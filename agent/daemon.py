@@ -31,6 +31,7 @@ from agent.features.settings import Settings, initial_settings
 from agent.metrics import Metrics
 from agent.model import Snapshot, reported_state
 from agent.mqtt import (
+    DEFAULT_RECONNECT_MAX_MS,
     Connected,
     ConnectFailed,
     Disconnected,
@@ -40,14 +41,15 @@ from agent.mqtt import (
     MqttEvent,
     MqttFactory,
     set_tcp_nodelay,
+    user_requested,
 )
-from agent.parts import AgentLog, RobotSide
+from agent.parts import AgentLog, CloudLink, RobotSide
 from agent.pump import Pump
 from agent.robot_link import FRAMES_PER_READ, RobotLink, RobotWorker, Worker
 from agent.sdnotify import Notifier
 from agent.store import Ledger, Outbox, open_db
 from agent.sync import ShadowSync
-from base.backoff import Backoff
+from base.cli import Parser
 from base.logs import configure, get_logger
 from hal.robot import Robot
 from shadow.topics import presence_topic
@@ -82,7 +84,7 @@ class Hooks:
     watchdog: bool = False
     tcp_nodelay: bool = False
     durable: bool = True
-    reconnect_max_ms: int = 120000
+    reconnect_max_ms: int = DEFAULT_RECONNECT_MAX_MS
     on_stopping: Callable[[], None] | None = None
 
 
@@ -102,7 +104,7 @@ class Agent:
         self.started = time.monotonic()
         self.stopping = asyncio.Event()
         self._closed = False
-        self._restart: asyncio.Task[None] | None = None
+        self.cloud_link = CloudLink()
 
         self.db = open_db(config.state_dir)
         if not hooks.durable:
@@ -187,6 +189,7 @@ class Agent:
                 outbox=self.outbox,
                 health=self.health,
                 settings=settings,
+                cloud_link=self.cloud_link,
                 started=self.started,
                 metrics=self.metrics,
                 log=self.log,
@@ -233,8 +236,6 @@ class Agent:
         self.notifier.stopping("stopping: disconnecting")
         self.log.info("agent.stopping")
         await self.features.stop_all()
-        if self._restart is not None:
-            self._restart.cancel()
         goodbye = json.dumps({"state": "offline", "reason": "agent stopped", "at": round(time.time(), 3)})
         await self.mqtt.stop((presence_topic(self.config.thing_name), goodbye.encode()))
         await self._close(final_status=True)
@@ -288,49 +289,64 @@ class Agent:
             self.metrics.inc("connections")
             if self.hooks.tcp_nodelay:
                 self.metrics.set("tcp_nodelay_sockets", set_tcp_nodelay(self.config.port))
-            self.log.info("mqtt.connected", session_present=event.session_present)
+            link = self.cloud_link
+            outage = {}
+            if link.down_since is not None:
+                outage = {"failed_attempts": link.attempt, "down_s": round(time.time() - link.down_since, 1)}
+            self.log.info("mqtt.connected", session_present=event.session_present, **outage)
+            link.up()
             self.publish_presence("online")
             self.pump.execute(self.sync.on_connected(event.session_present, now))
             self.health.check_ready()
             self.events.send()
+            self._status_changed()
         elif isinstance(event, Disconnected):
             self.metrics.inc("disconnects")
             self.metrics.inc(f"disconnect_reason_{event.reason}")
-            quiet = self.stopping.is_set() or event.reason.endswith("user_requested_stop")
-            (self.log.info if quiet else self.log.warning)("mqtt.disconnected", reason=event.reason)
+            quiet = self.stopping.is_set() or user_requested(event.reason)
+            retry = {} if event.retry_in_s is None else {"retry_in_s": round(event.retry_in_s, 1)}
+            (self.log.info if quiet else self.log.warning)("mqtt.disconnected", reason=event.reason, **retry)
+            if event.retry_in_s is not None:
+                self.metrics.inc("connection_attempts")
+            self.cloud_link.down(event.reason, 0, event.retry_in_s, time.time())
             self.sync.on_disconnected()
             if event.fatal:
-                self.on_fatal(event.reason)
+                self.on_fatal(event.reason, event.retry_in_s)
+            self.health.check_ready()
+            self._status_changed()
         elif isinstance(event, ConnectFailed):
             self.metrics.inc("connection_failures")
             self.metrics.inc(f"connection_failure_{event.reason}")
-            self.metrics.inc("connection_attempts")
-            log = self.log.warning if self.metrics.counters["connection_failures"] == 1 else self.log.debug
-            log("mqtt.connect.failed", reason=event.reason)
+            if event.retry_in_s is not None:
+                self.metrics.inc("connection_attempts")  # the attempt the schedule just planned
+            # every failed attempt says why and when the next one is; the first of an outage as a warning
+            log = self.log.warning if event.attempt <= 1 else self.log.info
+            retry = {} if event.retry_in_s is None else {"retry_in_s": round(event.retry_in_s, 1)}
+            log("mqtt.connect.failed", reason=event.reason, attempt=event.attempt, **retry)
+            self.cloud_link.down(event.reason, event.attempt, event.retry_in_s, time.time())
             if event.fatal:
-                self.on_fatal(event.reason)
+                self.on_fatal(event.reason, event.retry_in_s)
+            self._status_changed()
         self.pump.pump()
 
-    def on_fatal(self, reason: str) -> None:
-        """Not authorized or session taken over: the CRT would retry hot; stop and come back much later."""
-        delay = Backoff(base_s=60, cap_s=300).next_delay(fatal=True) + 60
+    def _status_changed(self) -> None:
+        """The connection went up or down: ``roomba-agent status`` should not wait for the next rewrite."""
+        try:
+            self.reporting.write_status()
+        except OSError:
+            pass
+
+    def on_fatal(self, reason: str, retry_in_s: float | None) -> None:
+        """Not authorized or session taken over: retrying hot will not help, so the MQTT client's schedule
+        waits minutes (``agent.reconnect``); say so loudly."""
+        when = "" if retry_in_s is None else f"; retrying in {round(retry_in_s)} s"
         self.log.error(
             "mqtt.fatal",
             reason=reason,
-            retry_in_s=round(delay),
+            retry_in_s=None if retry_in_s is None else round(retry_in_s),
             hint="another device uses this thing name, or the policy denies it: roomba-agent doctor",
         )
-        self.notifier.status(f"MQTT refused ({reason}); retrying in {round(delay)} s")
-
-        async def restart() -> None:
-            await self.mqtt.stop(timeout=5)
-            await asyncio.sleep(delay)
-            if not self.stopping.is_set():
-                self.metrics.inc("connection_attempts")
-                self.mqtt.start()
-
-        if self._restart is None or self._restart.done():
-            self._restart = self.loop.create_task(restart())
+        self.notifier.status(f"MQTT refused ({reason}){when}")
 
     def publish_presence(self, state: str) -> None:
         body = {"state": state, "agent_version": AGENT_VERSION, "at": round(time.time(), 3)}
@@ -351,7 +367,7 @@ def refuse(log: AgentLog, notifier: Notifier, problems: Sequence[credentials.Cre
 async def run_agent(
     config: cfg.AgentConfig,
     notifier: Notifier,
-    reconnect_max_ms: int = 120000,
+    reconnect_max_ms: int = DEFAULT_RECONNECT_MAX_MS,
     credential_check: Callable[[], Sequence[credentials.CredentialProblem]] | None = None,
 ) -> int:
     """``roomba-agent run``'s agent: a process of its own, under systemd."""
@@ -368,9 +384,19 @@ async def run_agent(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="roomba-agent run", description="run the robot agent")
+    p = Parser(
+        prog="roomba-agent run",
+        description="Run the robot agent: shadow sync, commands, telemetry and events, until SIGTERM.",
+        epilog="environment: ROOMBA_AGENT_RECONNECT_MAX_MS caps the reconnect delay "
+        f"(default {DEFAULT_RECONNECT_MAX_MS} ms); ROOMBA_AGENT_LOG_LEVEL, ROOMBA_LOG_FORMAT=json|console",
+        exit_codes={
+            0: "stopped cleanly (SIGTERM or SIGINT)",
+            1: "the agent failed (a feature did not start, or an OS error)",
+            EX_CONFIG: "invalid configuration, or credentials refused (systemd does not restart it)",
+        },
+    )
     cfg.add_override_arguments(p)
-    p.add_argument("--log-level", default=None, help="debug, info, warning, error")
+    p.add_argument("--log-level", default=None, help="debug, info, warning or error")
     return p
 
 
@@ -388,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"roomba-agent: config problem: {problem}", file=sys.stderr)
         print(
-            f"  fix the above, then check: roomba-agent doctor --config {args.config or 'FILE'}",
+            f"  fix the above, then check: roomba-agent config check --config {cfg.resolve_path(args.config)[0]}",
             file=sys.stderr,
         )
         notifier.status("invalid configuration: " + "; ".join(exc.problems)[:200])
@@ -396,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(config.log_level)
     log = get_logger("agent", thing=config.thing_name)
     check = credentials.start_isolated_check(config.thing_name, config.cert, config.key)
-    reconnect_max = int(os.environ.get("ROOMBA_AGENT_RECONNECT_MAX_MS", "120000"))
+    reconnect_max = int(os.environ.get("ROOMBA_AGENT_RECONNECT_MAX_MS", str(DEFAULT_RECONNECT_MAX_MS)))
     # hand-offs between the HAL reader, CRT and loop threads wait for the GIL; 5 ms by default
     sys.setswitchinterval(0.0005)
     try:

@@ -5,11 +5,14 @@ checked, with the reason: usually an earlier stage failed). Stages that would di
 MQTT client id is the thing name; the serial port is its own) are checked through the running agent's
 status file instead. Exit code: 0 all passed, 1 something failed, 2 nothing failed but something could not
 be checked.
+
+The fixes fit the set-up: a local cloud (``local = true`` or a loopback endpoint) is told to start
+``roomba-fleet up --dir DIR`` (DIR found from where the config's files sit), never to open a firewall; a pty
+that is not there is a simulator to start; ``journalctl`` is suggested only for an agent systemd runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -25,9 +28,88 @@ from typing import Any
 from agent import config as cfg
 from agent import credentials
 from agent.status import STALE_AFTER_S
+from base.cli import Parser, add_json
 from base.process import pid_alive
 
 BUILD_YEAR = 2026
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+# fixes that fit the set-up (pure, apart from looking at paths) ---------------------------------------------
+def local_cloud_dir(config_path: str | None, config: cfg.AgentConfig) -> Path | None:
+    """The ``roomba-fleet up`` directory this robot belongs to, from where its files sit
+    (``DIR/robots/NAME.toml``, ``DIR/identities/NAME/device.crt``, ``DIR/state/NAME``), or None."""
+    candidates: list[Path] = []
+    if config_path:
+        candidates.append(Path(config_path).absolute().parent.parent)
+    candidates += [
+        Path(config.cert).absolute().parent.parent.parent,
+        Path(config.state_dir).absolute().parent.parent,
+    ]
+    for cand in candidates:
+        if (cand / "settings.json").is_file() or (cand / "ca" / "ca.crt").is_file():
+            return cand
+    return None
+
+
+def systemd_unit(cgroup_text: str) -> str | None:
+    """The agent's unit, from its ``/proc/PID/cgroup``: ``roomba-agent.service`` under the system manager,
+    ``--user roomba-agent.service`` under a user's, None outside a ``roomba-agent*`` unit (a terminal, a
+    container, a test runner's service: its output is not in that unit's journal)."""
+    for line in cgroup_text.splitlines():
+        hierarchy, _, path = line.partition(":")[2].partition(":")
+        if hierarchy not in ("", "name=systemd"):
+            continue
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        if last.startswith("roomba-agent") and last.endswith(".service"):
+            return f"--user {last}" if "/user@" in path else last
+    return None
+
+
+def unit_of(pid: Any) -> str | None:
+    """The systemd unit a running agent (``pid``, from its status file) runs in, or None."""
+    try:
+        return systemd_unit(Path(f"/proc/{int(pid)}/cgroup").read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def logs_hint(unit: str | None) -> str:
+    if unit is None:
+        return "see the agent's output (its terminal or log file) for the connection failure reason"
+    user, _, name = unit.rpartition(" ")
+    where = f"{user + ' ' if user else ''}-u {name.removesuffix('.service')}"
+    return f"journalctl {where} -e shows the connection failure reason"
+
+
+def last_failure(mqtt: dict[str, Any]) -> str:
+    """``; attempt 3 failed: <reason>`` from the status file's ``mqtt.reconnect``, or "" when it has none."""
+    found = mqtt.get("reconnect")
+    reconnect: dict[str, Any] = found if isinstance(found, dict) else {}
+    error = reconnect.get("last_error")
+    if not isinstance(error, str) or not error:
+        return ""
+    attempt = reconnect.get("attempt")
+    return f"; {f'attempt {attempt}' if attempt else 'last attempt'} failed: {error}"
+
+
+def serial_fix(port: str, error: str = "") -> str:
+    """What to do about a serial port that did not open: start the simulator for a pty or a local TCP
+    port, plug in the cable for a device, join dialout when permission is denied."""
+    if port.startswith("socket://"):
+        hostport = port.removeprefix("socket://").split("/", 1)[0]
+        if hostport.rsplit(":", 1)[0].strip("[]") in LOOPBACK:
+            return f"start the simulator: roomba-sim robot --tcp {hostport}"
+        return f"check the robot's serial bridge at {hostport} is up and reachable"
+    if "://" in port:
+        return f"check the serial server behind {port}"
+    if "ermission denied" in error or (os.path.exists(port) and not os.access(port, os.R_OK | os.W_OK)):
+        return f"add the user to group dialout (sudo usermod -aG dialout USER; ls -l {port})"
+    if not os.path.exists(port):
+        if port.startswith("/dev/"):
+            return f"plug in the robot's USB serial cable ({port} does not exist; dmesg shows USB devices)"
+        return f"start the simulator: roomba-sim robot --link {port}"
+    return "check the cable; the user must be in group dialout (ls -l /dev/ttyUSB0)"
 
 
 @dataclass(frozen=True)
@@ -36,6 +118,21 @@ class Check:
     status: str  # passed | failed | skipped
     detail: str
     fix: str | None = None
+
+
+def expiry_line(cert_path: str, now: dt.datetime | None = None) -> str | None:
+    """``expires 2027-12-07 (365 days left)`` for the device certificate, None if it cannot be read."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    end = cert.not_valid_after_utc
+    left = end - (now or dt.datetime.now(dt.UTC))
+    if left.total_seconds() <= 0:
+        return f"expired {end.date().isoformat()} ({int(-left.total_seconds() // 86400)} days ago)"
+    return f"expires {end.date().isoformat()} ({left.days} days left)"
 
 
 class Doctor:
@@ -47,6 +144,25 @@ class Doctor:
         self.results: list[Check] = []
         self.running: dict[str, Any] | None = None
         self.addresses: list[Any] = []
+        self.config_file, self.config_origin = cfg.resolve_path(config_path)
+        self.cloud_dir: Path | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.config is not None and (self.config.local or self.config.endpoint in LOOPBACK)
+
+    def start_cloud(self) -> str:
+        """The fix for a local cloud that does not answer."""
+        where = str(self.cloud_dir) if self.cloud_dir else "DIR (the directory that issued this identity)"
+        return f"start the local cloud: roomba-fleet up --dir {where}"
+
+    def readd_robot(self) -> str:
+        assert self.config is not None
+        where = f" --dir {self.cloud_dir}" if self.cloud_dir else ""
+        return (
+            "this identity is not from the local cloud answering there (a new cloud makes a new CA): "
+            f"roomba-fleet robot add {self.config.thing_name}{where} re-issues it"
+        )
 
     def add(self, name: str, status: str, detail: str, fix: str | None = None) -> Check:
         check = Check(name, status, detail, fix)
@@ -71,27 +187,53 @@ class Doctor:
         try:
             self.config = cfg.load(self.config_path, cli=self.overrides)
         except cfg.ConfigError as exc:
-            self.add(
-                "config",
-                "failed",
-                "; ".join(exc.problems),
-                f"edit {self.config_path or 'the config'}: {exc.problems[0]}",
-            )
+            if not os.path.exists(self.config_file):
+                fix = (
+                    f"write one: roomba-agent config init --out {self.config_file} (or pass --config FILE; "
+                    "roomba-fleet robot add NAME prints a local robot's)"
+                )
+            else:
+                fix = f"edit {self.config_file}: {exc.problems[0]} (roomba-agent config check lists all)"
+            detail = "; ".join(exc.problems)
+            if self.config_origin == "default" and os.path.exists(self.config_file):
+                detail = f"{self.config_file} (the default path): {detail}"
+            self.add("config", "failed", detail, fix)
             return
         c = self.config
+        if self.local:
+            self.cloud_dir = local_cloud_dir(self.config_file, c)
         self.add(
             "config",
             "passed",
-            f"thing {c.thing_name}, {c.endpoint}:{c.port}"
-            f"{' (ALPN x-amzn-mqtt-ca)' if c.alpn else ''}, serial {c.serial_port}",
+            f"{self.config_file}: thing {c.thing_name}, {c.endpoint}:{c.port}"
+            f"{' (ALPN x-amzn-mqtt-ca)' if c.alpn else ''}"
+            f"{f' (local cloud {self.cloud_dir})' if self.cloud_dir else ''}"
+            f"{' (local cloud)' if self.local and not self.cloud_dir else ''}"
+            f", serial {c.serial_port}",
         )
-        status = Path(c.state_dir) / "status.json"
+        self.running = self.read_running()
+
+    def read_running(self) -> dict[str, Any] | None:
+        """The running agent's status document, None if no agent runs (no file, stale, or its pid gone)."""
+        assert self.config is not None
         try:
-            doc = json.loads(status.read_text())
-            if time.time() - float(doc.get("written_at", 0)) < STALE_AFTER_S and pid_alive(doc.get("pid")):
-                self.running = doc
+            doc = json.loads((Path(self.config.state_dir) / "status.json").read_text())
         except (OSError, ValueError):
-            pass
+            return None
+        fresh = time.time() - float(doc.get("written_at", 0)) < STALE_AFTER_S
+        return doc if isinstance(doc, dict) and fresh and pid_alive(doc.get("pid")) else None
+
+    def running_shadow_rtt(self) -> dict[str, Any]:
+        """The running agent's shadow round-trip figures; a just-started agent gets up to ``timeout`` for its
+        first update (it reports right after connecting), so doctor beside a new agent does not skip."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            doc = self.running or {}
+            rtt: dict[str, Any] = doc.get("metrics", {}).get("shadow_rtt", {}) or {}
+            if rtt.get("n") or time.monotonic() >= deadline or not doc.get("mqtt", {}).get("connected"):
+                return rtt
+            time.sleep(0.2)
+            self.running = self.read_running() or self.running
 
     def check_file_modes(self) -> None:
         if self.skip_if("file modes", "config"):
@@ -136,23 +278,29 @@ class Doctor:
             findings = [f for f in findings if not f.code.startswith("chain.")]
         errors = [f for f in findings if f.is_error]
         warnings = [f.message for f in findings if not f.is_error]
+        expiry = expiry_line(c.cert)
         if errors:
             hint = {
                 "cn.mismatch": "use this robot's own certificate, or fix thing_name",
                 "cert.expired": "issue a new certificate (roomba-fleet robot add / roomba-provision)",
                 "key.mismatch": "pair device.crt with the device.key it was issued for",
             }
+            fix = hint.get(errors[0].code, "re-issue the identity (roomba-fleet robot add NAME)")
+            if self.local and errors[0].code.startswith("chain."):
+                fix = self.readd_robot()
             self.add(
                 "certificates",
                 "failed",
-                "; ".join(f.message for f in errors),
-                hint.get(errors[0].code, "re-issue the identity (roomba-fleet robot add NAME)"),
+                "; ".join(f.message for f in errors)
+                + (f"; {expiry}" if expiry and errors[0].code != "cert.expired" else ""),
+                fix,
             )
         else:
             self.add(
                 "certificates",
                 "passed",
                 "chain, validity, CN and key match"
+                + (f"; {expiry}" if expiry else "")
                 + (f" (warning: {'; '.join(warnings)})" if warnings else ""),
             )
 
@@ -180,7 +328,10 @@ class Doctor:
                 "dns",
                 "failed",
                 f"cannot resolve {c.endpoint}: {exc.strerror}",
-                "check /etc/resolv.conf and the network; the endpoint comes from `aws iot describe-endpoint`",
+                "set connection.endpoint to the host roomba-fleet up listens on (127.0.0.1)"
+                if self.local
+                else "check /etc/resolv.conf and the network; "
+                "the endpoint comes from: aws iot describe-endpoint --endpoint-type iot:Data-ATS",
             )
             return
         self.add("dns", "passed", f"{c.endpoint} -> {self.addresses[0][4][0]}")
@@ -194,13 +345,14 @@ class Doctor:
             with socket.create_connection((c.endpoint, c.port), timeout=self.timeout):
                 pass
         except OSError as exc:
-            self.add(
-                "tcp",
-                "failed",
-                f"cannot connect to {c.endpoint}:{c.port}: {exc.strerror or exc}",
-                "check the firewall allows outbound port "
-                f"{c.port}{'; try port 443 (ALPN) on networks that only allow HTTPS' if c.port != 443 else ''}",
-            )
+            if self.local:
+                fix = f"{self.start_cloud()} (nothing listens on {c.endpoint}:{c.port})"
+            else:
+                fix = (
+                    f"check the firewall allows outbound port {c.port}"
+                    f"{'; try port 443 (ALPN) on networks that only allow HTTPS' if c.port != 443 else ''}"
+                )
+            self.add("tcp", "failed", f"cannot connect to {c.endpoint}:{c.port}: {exc.strerror or exc}", fix)
             return
         self.add("tcp", "passed", f"{c.endpoint}:{c.port} accepts connections")
 
@@ -236,7 +388,9 @@ class Doctor:
                 "tls",
                 "failed",
                 f"server certificate not trusted: {exc.verify_message}",
-                "root_ca must be the CA of the server (Amazon Root CA 1 for AWS, root-ca.crt locally)",
+                self.readd_robot()
+                if self.local
+                else "root_ca must be the CA of the server (Amazon Root CA 1 for AWS)",
             )
             return
         except (ssl.SSLError, OSError) as exc:
@@ -244,7 +398,10 @@ class Doctor:
                 "tls",
                 "failed",
                 f"handshake failed: {exc}",
-                "the broker refused the device certificate: is it registered/active and signed by a known CA?",
+                self.readd_robot()
+                if self.local
+                else "the broker refused the device certificate: "
+                "is it registered/active and signed by a known CA?",
             )
             return
         self.add("tls", "passed", f"mutual TLS handshake ({version})")
@@ -254,20 +411,23 @@ class Doctor:
             mq = self.running.get("mqtt", {})
             if mq.get("connected"):
                 self.add("mqtt connect", "passed", "the running agent is connected (from its status file)")
-                rtt = self.running.get("metrics", {}).get("shadow_rtt", {})
+                figures = self.running_shadow_rtt()
                 self.add(
                     "shadow round trip",
-                    "passed" if rtt.get("n") else "skipped",
-                    f"running agent: p50 {rtt.get('p50_ms')} ms over {rtt.get('n')} updates"
-                    if rtt.get("n")
+                    "passed" if figures.get("n") else "skipped",
+                    f"running agent: p50 {figures.get('p50_ms')} ms over {figures.get('n')} updates"
+                    if figures.get("n")
                     else "could not check: the running agent has not updated its shadow yet",
                 )
             else:
+                unit = unit_of(self.running.get("pid"))
                 self.add(
                     "mqtt connect",
                     "failed",
-                    "the running agent is not connected (see roomba-agent status)",
-                    "journalctl -u roomba-agent -e shows the connection failure reason",
+                    "the running agent is not connected (see roomba-agent status)" + last_failure(mq),
+                    f"{self.start_cloud()} if it is not running; {logs_hint(unit)}"
+                    if self.local
+                    else logs_hint(unit),
                 )
                 self.add("shadow round trip", "skipped", "could not check: not connected")
             return
@@ -283,7 +443,10 @@ class Doctor:
                 "mqtt connect",
                 "failed",
                 detail,
-                "check the IoT policy allows iot:Connect for this client id (= thing name)",
+                f"is the local cloud up ({self.start_cloud().split(': ', 1)[1]})"
+                f" and the robot added to it (roomba-fleet robot add {self.config.thing_name})?"
+                if self.local
+                else "check the IoT policy allows iot:Connect for this client id (= thing name)",
             )
             self.add("shadow round trip", "skipped", "could not check: not connected")
             return
@@ -293,7 +456,10 @@ class Doctor:
                 "shadow round trip",
                 "failed",
                 detail,
-                "the policy must allow $aws/things/<thing>/shadow/* (publish, subscribe, receive)",
+                "the local cloud's shadow service does not answer: restart "
+                f"{self.start_cloud().split(': ', 1)[1]}"
+                if self.local
+                else "the policy must allow $aws/things/<thing>/shadow/* (publish, subscribe, receive)",
             )
         else:
             self.add("shadow round trip", "passed", f"{detail} in {1000 * (rtt or 0):.1f} ms")
@@ -310,7 +476,9 @@ class Doctor:
                 "serial port",
                 "passed" if ok else "failed",
                 f"running agent: link {'up' if ok else 'down'} on {robot.get('port')}",
-                None if ok else "check the cable / USB adapter; dmesg shows USB resets",
+                None
+                if ok
+                else serial_fix(str(robot.get("port") or (self.config.serial_port if self.config else ""))),
             )
             self.add(
                 "oi handshake",
@@ -322,19 +490,34 @@ class Doctor:
             else:
                 self.add("robot health", "skipped", "could not check: link down")
             return
-        import serial
+        from hal.errors import TransportError
+        from hal.transport import PortInUseError, SerialTransport
 
         c = self.config
         assert c is not None
+        transport = SerialTransport(c.serial_port, read_timeout=0.5)
         try:
-            port = serial.serial_for_url(c.serial_port, baudrate=115200, timeout=0.5)
-            port.close()
-        except (serial.SerialException, OSError, ValueError) as exc:
+            transport.open()  # the same exclusive open the agent and probe use
+            transport.close()
+        except PortInUseError as exc:
             self.add(
                 "serial port",
                 "failed",
-                f"cannot open {c.serial_port}: {exc}",
-                "check the cable; the user must be in group dialout (ls -l /dev/ttyUSB0)",
+                f"{c.serial_port} is held by {exc.holder or 'another process'}",
+                "one reader per port: stop that process (or, for a running agent, use roomba-agent status), "
+                "then run doctor again",
+            )
+            self.add("oi handshake", "skipped", "could not check: the port is held by another process")
+            self.add("robot health", "skipped", "could not check: the port is held by another process")
+            return
+        except (TransportError, OSError, ValueError) as exc:
+            self.add(
+                "serial port",
+                "failed",
+                f"{c.serial_port} does not exist"
+                if "://" not in c.serial_port and not os.path.exists(c.serial_port)
+                else f"cannot open {c.serial_port}: {exc}",
+                serial_fix(c.serial_port, str(exc)),
             )
             self.add("oi handshake", "skipped", "could not check: serial port did not open")
             self.add("robot health", "skipped", "could not check: serial port did not open")
@@ -408,12 +591,31 @@ def exit_code(results: Sequence[Check]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="roomba-agent doctor", description="staged checks, each with a fix")
+def build_parser() -> Parser:
+    p = Parser(
+        prog="roomba-agent doctor",
+        description="Staged checks from the config file to the robot's health, each passed, failed (with a "
+        "one-line fix) or skipped (with the reason). Beside a running agent, the MQTT and robot stages are "
+        "judged from its status file instead of taking its client id and serial port.",
+        exit_codes={
+            1: "some stage failed (each failure prints its fix)",
+            2: "nothing failed but some stages could not be checked (or a usage error)",
+        },
+    )
     cfg.add_override_arguments(p)
-    p.add_argument("--json", action="store_true", help="one JSON document instead of the table")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per network/robot stage")
-    args = p.parse_args(list(argv) if argv is not None else None)
+    add_json(p, "every stage (name, status, detail, fix), ok and exit_code")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds per network/robot stage (default 10)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     from base.logs import configure
 
     configure("error")

@@ -3,8 +3,11 @@
 CRT callbacks run on the CRT's event-loop threads, and blocking there (waiting on a future, taking a lock
 the loop holds) deadlocks the client; each one here only copies its data and hands it to
 ``loop.call_soon_threadsafe``. Futures from publish/subscribe are wrapped into asyncio futures the same way.
-The CRT reconnects by itself with capped, jittered exponential backoff; the agent resubscribes when a
-connection comes back without a session.
+The client owns its reconnect schedule (:class:`agent.reconnect.ReconnectSchedule`: capped, jittered
+exponential backoff) instead of the CRT's, whose delays it cannot see: after a failed attempt or a lost
+connection it stops the CRT client and starts it again when the delay is over, and every
+:class:`ConnectFailed` / :class:`Disconnected` it posts says which attempt failed and when the next one is.
+The agent resubscribes when a connection comes back without a session.
 
 The agent's features see only :class:`MqttConnection`; :class:`MqttClient` is the awscrt implementation.
 """
@@ -16,13 +19,14 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from awscrt import io, mqtt5
 from awsiot import mqtt5_client_builder
 
 from agent.config import AgentConfig
+from agent.reconnect import ReconnectSchedule
 from shadow.topics import presence_topic, shadow_topic
 
 
@@ -35,12 +39,15 @@ class Connected:
 class Disconnected:
     reason: str
     fatal: bool  # e.g. session taken over (duplicate client id): do not reconnect hot
+    retry_in_s: float | None = None  # when the next attempt is (None: none planned, e.g. a requested stop)
 
 
 @dataclass(frozen=True)
 class ConnectFailed:
     reason: str
     fatal: bool  # e.g. not authorized: retrying at full speed will not help
+    attempt: int = 0  # failed attempts since the connection was last up, this one included
+    retry_in_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,13 @@ class Stopped:
 MqttEvent = Connected | Disconnected | ConnectFailed | Message | Stopped
 FATAL_CONNACK = {"NOT_AUTHORIZED", "BAD_USERNAME_OR_PASSWORD", "CLIENT_IDENTIFIER_NOT_VALID", "BANNED"}
 FATAL_DISCONNECT = {"SESSION_TAKEN_OVER", "NOT_AUTHORIZED"}
+CRT_OWN_RETRY_MS = 3_600_000  # the CRT's own reconnect delay: never reached, since we stop it first
+DEFAULT_RECONNECT_MAX_MS = 60_000
+
+
+def user_requested(reason: str) -> bool:
+    """A disconnect or failure caused by our own stop (``drop``, ``stop``, or a planned restart)."""
+    return reason.endswith("user_requested_stop")
 
 
 class MqttConnection(Protocol):
@@ -146,7 +160,11 @@ class MqttClient:
     """The awscrt MQTT5 client behind :class:`MqttConnection`.
 
     The CRT client is built on the first :meth:`start` (it reads the key, or opens the PKCS#11 token), so
-    an agent can be wired before its credentials are checked. A stopped client can be started again.
+    an agent can be wired before its credentials are checked. A stopped client can be started again: the
+    CRT's own retries are pushed out of reach (``CRT_OWN_RETRY_MS``, no jitter) and this class restarts it
+    on its :class:`~agent.reconnect.ReconnectSchedule` (``reconnect_min_ms`` doubling up to
+    ``reconnect_max_ms``, full jitter). A CRT stop fails the QoS 1 publishes still queued; the agent's
+    senders (the outbox, the shadow requests) retry theirs.
     """
 
     def __init__(
@@ -156,15 +174,22 @@ class MqttClient:
         on_event: Callable[[MqttEvent], None],
         *,
         reconnect_min_ms: int = 1000,
-        reconnect_max_ms: int = 120000,
+        reconnect_max_ms: int = DEFAULT_RECONNECT_MAX_MS,
     ) -> None:
         self.config = config
         self.loop = loop
         self._on_event = on_event
         self._connected = False
         self._stopped = asyncio.Event()
-        self._reconnect = (reconnect_min_ms, reconnect_max_ms)
+        self.schedule = ReconnectSchedule(
+            base_s=reconnect_min_ms / 1000, cap_s=max(reconnect_min_ms, reconnect_max_ms) / 1000
+        )
         self._client: mqtt5.Client | None = None
+        self._wanted = False  # start() was called and neither stop() nor drop() since
+        self._running = False  # the CRT client is started and has not reported Stopped yet
+        self._stopping = False  # we asked the CRT client to stop and wait for its Stopped
+        self._retry_at: float | None = None  # loop time of the planned restart
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def connected(self) -> bool:
@@ -177,13 +202,73 @@ class MqttClient:
             pass  # loop already closed during shutdown
 
     def _dispatch(self, event: MqttEvent) -> None:
+        now = self.loop.time()
         if isinstance(event, Connected):
             self._connected = True
-        elif isinstance(event, Disconnected | Stopped):
+            self.schedule.connected(now)
+        elif isinstance(event, ConnectFailed):
+            event = self._plan_failed(event, now)
+        elif isinstance(event, Disconnected):
             self._connected = False
-            if isinstance(event, Stopped):
-                self._stopped.set()
+            event = self._plan_lost(event, now)
+        elif isinstance(event, Stopped):
+            self._connected = False
+            self._running = self._stopping = False
+            self._stopped.set()
+            self._arm()
         self._on_event(event)
+
+    # the reconnect schedule (loop thread) ---------------------------------------------------------------
+    def _retry_planned(self) -> bool:
+        return not self._wanted or self._retry_at is not None
+
+    def _plan_failed(self, event: ConnectFailed, now: float) -> ConnectFailed:
+        if user_requested(event.reason):
+            return event
+        if self._retry_planned():  # a late report of an outage already planned for, or not wanted
+            left = None if self._retry_at is None else max(0.0, self._retry_at - now)
+            return replace(event, attempt=self.schedule.failures, retry_in_s=left)
+        delay = self.schedule.failed(fatal=event.fatal)
+        self._restart_in(delay, now)
+        return replace(event, attempt=self.schedule.failures, retry_in_s=delay)
+
+    def _plan_lost(self, event: Disconnected, now: float) -> Disconnected:
+        if user_requested(event.reason) or self._retry_planned():
+            return event
+        delay = self.schedule.lost(now, fatal=event.fatal)
+        self._restart_in(delay, now)
+        return replace(event, retry_in_s=delay)
+
+    def _restart_in(self, delay: float, now: float) -> None:
+        """Stop the CRT client (its Stopped arms the timer) and start it again ``delay`` s from ``now``."""
+        self._retry_at = now + delay
+        if self._running:
+            self._stopping = True
+            self._crt().stop()
+        else:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._retry_at is None or not self._wanted or self._running or self._timer is not None:
+            return
+        self._timer = self.loop.call_later(max(0.0, self._retry_at - self.loop.time()), self._retry)
+
+    def _retry(self) -> None:
+        self._timer = None
+        self._retry_at = None
+        if self._wanted and not self._running:
+            self._start_crt()
+
+    def _cancel_retry(self) -> None:
+        self._retry_at = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _start_crt(self) -> None:
+        self._stopped.clear()
+        self._running = True
+        self._crt().start()
 
     # CRT-thread callbacks: copy, hand off, return ---------------------------------------------------------
     def _on_success(self, data: mqtt5.LifecycleConnectSuccessData) -> None:
@@ -215,7 +300,7 @@ class MqttClient:
         self._post(Message(packet.topic, bytes(payload) if payload is not None else b""))
 
     # construction ---------------------------------------------------------------------------------------
-    def _build(self, reconnect_min_ms: int, reconnect_max_ms: int) -> mqtt5.Client:
+    def _build(self) -> mqtt5.Client:
         c = self.config
         will = mqtt5.PublishPacket(
             topic=presence_topic(c.thing_name),
@@ -231,9 +316,10 @@ class MqttClient:
             session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_POST_SUCCESS,
             session_expiry_interval_sec=c.session_expiry_s,
             offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_NON_QOS1_PUBLISH_ON_DISCONNECT,
-            retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
-            min_reconnect_delay_ms=reconnect_min_ms,
-            max_reconnect_delay_ms=reconnect_max_ms,
+            # the CRT's own retries never come: after a failure we stop it and restart it on our schedule
+            retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.NONE,
+            min_reconnect_delay_ms=CRT_OWN_RETRY_MS,
+            max_reconnect_delay_ms=CRT_OWN_RETRY_MS,
             min_connected_time_to_reset_reconnect_delay_ms=30000,
             keep_alive_interval_sec=c.keep_alive_s,
             ping_timeout_ms=min(30000, (c.keep_alive_s - 1) * 1000),
@@ -267,21 +353,29 @@ class MqttClient:
     # operations (call from the loop thread) -------------------------------------------------------------
     def _crt(self) -> mqtt5.Client:
         if self._client is None:
-            self._client = self._build(*self._reconnect)
+            self._client = self._build()
         return self._client
 
     def start(self) -> None:
         """Connect, and keep reconnecting until :meth:`stop` or :meth:`drop`."""
-        self._stopped.clear()
-        self._crt().start()
+        self._wanted = True
+        self._cancel_retry()
+        if not self._running:
+            self._start_crt()
+        elif self._stopping:
+            self._retry_at = self.loop.time()  # started again while a stop is under way: once it is done
 
     def drop(self) -> None:
-        """Stop without a DISCONNECT packet: the broker sees the link die and publishes the will."""
-        if self._client is not None:
+        """Stop without a DISCONNECT packet: the broker sees the link die and publishes the will. No
+        reconnect until :meth:`resume`."""
+        self._wanted = False
+        self._cancel_retry()
+        if self._client is not None and self._running:
+            self._stopping = True
             self._client.stop()
 
     def resume(self) -> None:
-        """Reconnect after :meth:`drop` (the CRT's own backoff applies from here)."""
+        """Reconnect after :meth:`drop`, at once; the schedule applies if that attempt fails."""
         self.start()
 
     def _wrap(self, crt_future: Future[Any]) -> asyncio.Future[object]:
@@ -326,13 +420,16 @@ class MqttClient:
 
     async def stop(self, goodbye: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
         """Graceful: publish the retained goodbye (a clean DISCONNECT suppresses the will), then stop."""
-        if self._client is None:
+        self._wanted = False
+        self._cancel_retry()
+        if self._client is None or not self._running:
             return
         if goodbye is not None and self.connected:
             try:
                 await asyncio.wait_for(self.publish(goodbye[0], goodbye[1], 1, retain=True), timeout / 2)
             except Exception:
                 pass
+        self._stopping = True
         self._client.stop(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode.NORMAL_DISCONNECTION))
         try:
             await asyncio.wait_for(self._stopped.wait(), timeout)

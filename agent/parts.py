@@ -57,3 +57,37 @@ class RobotSide:
     @property
     def link_up(self) -> bool:
         return self.link.link_up
+
+
+@dataclass
+class CloudLink:
+    """The MQTT connection's story as ``status.json`` tells it: while it is down, which attempt failed
+    last, why, and when the next one is (wall-clock times: another process reads them)."""
+
+    connected: bool = False
+    attempt: int = 0
+    next_retry_at: float | None = None
+    last_error: str | None = None
+    down_since: float | None = None
+
+    def up(self) -> None:
+        self.connected = True
+        self.attempt = 0
+        self.next_retry_at = None
+        self.down_since = None
+
+    def down(self, reason: str, attempt: int, retry_in_s: float | None, now: float) -> None:
+        self.connected = False
+        self.attempt = attempt
+        self.last_error = reason
+        self.next_retry_at = None if retry_in_s is None else round(now + retry_in_s, 3)
+        if self.down_since is None:
+            self.down_since = round(now, 3)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "attempt": self.attempt,
+            "next_retry_at": self.next_retry_at,
+            "last_error": self.last_error,
+            "down_since": self.down_since,
+        }

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,37 +15,69 @@ from pathlib import Path
 from typing import Any
 
 from agent import config as cfg
+from base.cli import Parser, add_json
 from base.process import pid_alive
 
 STALE_AFTER_S = 15.0
+EXIT_NOT_WORKING = 1
+EXIT_NOT_RUNNING = 3
+EXIT_CODES = {
+    0: "running: MQTT connected and the serial link to the robot up",
+    EXIT_NOT_WORKING: "running but not working fully: MQTT (re)connecting, the serial link down, or starting",
+    EXIT_NOT_RUNNING: "not running (no status file, a stale one, or its process is gone)",
+}
 
 
 def _state_dir(args: argparse.Namespace) -> str:
     if args.state_dir:
         return str(args.state_dir)
-    if args.config:
-        try:
-            return cfg.load(args.config).state_dir
-        except cfg.ConfigError:
-            merged = cfg.merge_layers(cfg.load_toml(args.config), os.environ, {})
-            return str(merged.get("state_dir", cfg.DEFAULT_STATE_DIR))
-    return (
-        os.environ.get("ROOMBA_AGENT_STATE_DIR") or os.environ.get("STATE_DIRECTORY") or cfg.DEFAULT_STATE_DIR
-    )
+    return cfg.state_dir_for(args.config)
+
+
+def _schedule(reconnect: dict[str, Any], now: float) -> str:
+    """ "attempt 3, next in 4.2 s" from the status file's ``mqtt.reconnect`` ("" when it says nothing)."""
+    parts = []
+    attempt = reconnect.get("attempt") or 0
+    if attempt:
+        parts.append(f"attempt {attempt}")
+    next_at = reconnect.get("next_retry_at")
+    if isinstance(next_at, int | float):
+        left = next_at - now
+        parts.append(f"next in {left:.1f} s" if left > 0 else "connecting now")
+    return ", ".join(parts)
+
+
+def _retrying(reconnect: dict[str, Any], now: float) -> str:
+    """ " (attempt 3, next in 4.2 s): <last error>" """
+    schedule = _schedule(reconnect, now)
+    text = f" ({schedule})" if schedule else ""
+    error = reconnect.get("last_error")
+    return f"{text}: {error}" if error else text
 
 
 def assess(doc: dict[str, Any], now: float) -> tuple[str, int]:
-    """Pure: (one-line verdict, exit code). 0 running and ready, 1 running but not ready, 3 not running."""
+    """Pure: (one-line verdict, exit code). 0 running, connected and the robot linked; 1 running but MQTT is
+    not connected (reconnecting, or not yet) or the serial link is down; 3 not running.
+
+    ``ready`` latches once the agent first had both; what counts here is the connection *now*.
+    """
     age = now - float(doc.get("written_at", 0))
     if age > STALE_AFTER_S or not pid_alive(doc.get("pid")):
-        return f"not running (status file is {age:.0f} s old)", 3
-    if not doc.get("ready"):
-        waiting = []
-        if not doc.get("mqtt", {}).get("connected"):
-            waiting.append("MQTT")
-        if not doc.get("robot", {}).get("link_up"):
-            waiting.append("the serial link")
-        return "running, waiting for " + (" and ".join(waiting) or "start-up"), 1
+        return f"not running (status file is {age:.0f} s old)", EXIT_NOT_RUNNING
+    mqtt = doc.get("mqtt") or {}
+    reconnect = mqtt.get("reconnect") or {}
+    link_up = bool((doc.get("robot") or {}).get("link_up"))
+    serial = "" if link_up else "; the serial link to the robot is down"
+    connections = ((doc.get("metrics") or {}).get("counters") or {}).get("connections", 0)
+    if not mqtt.get("connected"):
+        if doc.get("ready") or connections:
+            return "running, reconnecting" + _retrying(reconnect, now) + serial, EXIT_NOT_WORKING
+        if reconnect.get("attempt"):
+            return "running, connecting to MQTT" + _retrying(reconnect, now) + serial, EXIT_NOT_WORKING
+        waiting = ["MQTT"] + ([] if link_up else ["the serial link"])
+        return "running, waiting for " + " and ".join(waiting), EXIT_NOT_WORKING
+    if not link_up:
+        return "running and connected, but the serial link to the robot is down", EXIT_NOT_WORKING
     return "running and connected", 0
 
 
@@ -63,6 +94,7 @@ def render(doc: dict[str, Any], verdict: str) -> str:
         f"  uptime      {doc.get('uptime_s')} s, pid {doc.get('pid')}",
         f"  mqtt        {doc.get('mqtt', {}).get('endpoint')} "
         f"{'connected' if doc.get('mqtt', {}).get('connected') else 'DISCONNECTED'}; "
+        f"attempts {c.get('connection_attempts', 0)}, "
         f"connects {c.get('connections', 0)}, failures {c.get('connection_failures', 0)}, "
         f"disconnects {c.get('disconnects', 0)}",
         f"  robot       {robot.get('port')} link {'up' if robot.get('link_up') else 'DOWN'}; "
@@ -77,6 +109,14 @@ def render(doc: dict[str, Any], verdict: str) -> str:
         f"rejected {c.get('commands_rejected', 0)}, failed {c.get('commands_failed', 0)}, "
         f"duplicates ignored {c.get('commands_duplicate', 0)}",
     ]
+    reconnect = doc.get("mqtt", {}).get("reconnect") or {}
+    if not doc.get("mqtt", {}).get("connected") and reconnect.get("last_error"):
+        since = reconnect.get("down_since")
+        down = f"down for {time.time() - since:.0f} s, " if isinstance(since, int | float) else ""
+        schedule = _schedule(reconnect, time.time())
+        lines.append(
+            f"  reconnect   {down}{schedule or 'no attempt planned'}; last error {reconnect['last_error']}"
+        )
     if cmd:
         reason = f" ({cmd.get('reason')})" if cmd.get("reason") else ""
         lines.append(f"  last cmd    {cmd.get('id')} {cmd.get('action')}: {cmd.get('status')}{reason}")
@@ -85,12 +125,25 @@ def render(doc: dict[str, Any], verdict: str) -> str:
     return "\n".join(lines)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="roomba-agent status",
+        description="What the running agent is doing, read from the status file it rewrites "
+        "(state_dir/status.json): it works when the daemon or the network is broken.",
+        exit_codes=EXIT_CODES,
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        help="agent TOML file, to find state_dir (default: $ROOMBA_AGENT_CONFIG, else /etc/roomba-agent/agent.toml)",
+    )
+    p.add_argument("--state-dir", help=f"the agent's state directory (default {cfg.DEFAULT_STATE_DIR})")
+    add_json(p, "the verdict and the status document")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="roomba-agent status", description=__doc__.splitlines()[0])
-    p.add_argument("--config", "-c", help="agent TOML file (to find state_dir)")
-    p.add_argument("--state-dir", help="the agent's state directory (default /var/lib/roomba-agent)")
-    p.add_argument("--json", action="store_true", help="print the status document as JSON")
-    args = p.parse_args(list(argv) if argv is not None else None)
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
     path = Path(_state_dir(args)) / "status.json"
     try:
         doc = json.loads(path.read_text())
@@ -100,10 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(check: systemctl status roomba-agent)",
             file=sys.stderr,
         )
-        return 3
+        return EXIT_NOT_RUNNING
     except (OSError, ValueError) as exc:
         print(f"roomba-agent status: cannot read {path}: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_NOT_RUNNING
     verdict, code = assess(doc, time.time())
     if args.json:
         print(json.dumps({"verdict": verdict, **doc}, indent=2))

@@ -4,7 +4,12 @@ The robot owns ``reported``, the fleet owns ``desired``. Desired is handled *lev
 desired document (from ``get/accepted`` or ``update/documents``, never the partial ``delta``) is reconciled
 key by key, and a key acts only when its value differs from the last one handled. Commands are
 additionally gated by the durable ledger, so an id runs at most once across redelivery, reconnects and
-restarts. Reported goes up as diffs against what the service acknowledged, coalesced and rate-limited.
+restarts. Once the ledger holds a command's id, the robot clears ``desired.command`` with an update guarded by
+the shadow version it knows (a newer command written meanwhile makes it fail with 409, never wiped), so the
+fleet's next command starts from an empty object; fields an earlier command left behind when the clear has
+not happened yet are told apart by the shadow's metadata timestamps (``agent.commands.current_fields``). A key
+that leaves desired takes its ``reported.errors`` entry with it. Reported goes up as diffs against what the
+service acknowledged, coalesced and rate-limited.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent.commands import Command, Rejected, parse_command, validate_sections
+from agent.commands import Command, Rejected, current_fields, parse_command, validate_sections
 from agent.metrics import Metrics
 from agent.model import diff
 from base.backoff import Backoff, TokenBucket
@@ -102,8 +107,26 @@ def prune(value: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _desired_metadata(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``metadata.desired`` of a full document (``get/accepted``, or ``update/documents``' ``current``)."""
+    metadata = doc.get("metadata")
+    desired = metadata.get("desired") if isinstance(metadata, Mapping) else None
+    return desired if isinstance(desired, Mapping) else {}
+
+
 def _fp(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class _Request:
+    """The one update in flight on a shadow: a reported ``patch``, or (``clears`` set) the clear of the
+    ``desired.command`` whose fingerprint ``clears`` is."""
+
+    token: str
+    patch: dict[str, Any]
+    sent: float
+    clears: str | None = None
 
 
 @dataclass
@@ -116,7 +139,7 @@ class _Side:
     acked: dict[str, Any] | None = None  # None: not known yet (before get)
     version: int = 0
     handled: dict[str, str] = field(default_factory=dict)
-    inflight: tuple[str, dict[str, Any], float] | None = None  # token, patch, sent_at
+    inflight: _Request | None = None
     get_token: tuple[str, float] | None = None
     synced: bool = False
     retry_at: float = 0.0
@@ -154,6 +177,7 @@ class ShadowSync:
         self._token_seq = 0
         self._boot = format(int(time.time() * 1000) % 0xFFFFFFFF, "x")
         self.active_commands: dict[str, Command] = {}
+        self.clear_command: str | None = None  # fingerprint of the desired.command to clear once recorded
         self.get_timeouts = 0  # consecutive: a connected client whose requests vanish is wedged
 
     # topics ------------------------------------------------------------------------------------------
@@ -246,18 +270,22 @@ class ShadowSync:
                 return self._on_get(side, {"state": {}, "version": 0}, now)
             return self._on_error(side, doc, now, "get")
         if op == "update/accepted":
-            if side.inflight is None or token != side.inflight[0]:
+            if side.inflight is None or token != side.inflight.token:
                 return []
-            _, patch, sent = side.inflight
-            side.inflight = None
-            side.acked = shadowdoc.merge_state(side.acked or {}, patch)
+            request, side.inflight = side.inflight, None
             side.version = max(side.version, int(doc.get("version") or 0))
-            self.metrics.observe_rtt(max(0.0, now - sent))
-            self.metrics.inc("shadow_update_accepted")
+            self.metrics.observe_rtt(max(0.0, now - request.sent))
             self.backoff.reset()
+            if request.clears is not None:
+                self.metrics.inc("command_cleared")
+                if self.clear_command == request.clears:
+                    self.clear_command = None
+                return []
+            side.acked = shadowdoc.merge_state(side.acked or {}, request.patch)
+            self.metrics.inc("shadow_update_accepted")
             return []
         if op == "update/rejected":
-            if side.inflight is None or token != side.inflight[0]:
+            if side.inflight is None or token != side.inflight.token:
                 return []
             return self._on_error(side, doc, now, "update")
         if op == "update/documents":
@@ -268,7 +296,7 @@ class ShadowSync:
                 return []
             side.version = version
             desired = (current.get("state") or {}).get("desired") or {}
-            return self._reconcile(side, desired, now)
+            return self._reconcile(side, desired, now, _desired_metadata(current))
         return []
 
     def _on_get(self, side: _Side, doc: Mapping[str, Any], now: float) -> list[Effect]:
@@ -279,14 +307,32 @@ class ShadowSync:
             # a health probe (or a retried get): catch up on desired, keep the acknowledged reported
             side.version = max(side.version, int(doc.get("version") or 0))
             self.metrics.inc("shadow_get_accepted")
-            return self._reconcile(side, state.get("desired") or {}, now)
+            return self._reconcile(side, state.get("desired") or {}, now, _desired_metadata(doc))
         side.acked = dict(state.get("reported") or {})
         side.version = int(doc.get("version") or 0)
         side.synced = True
+        if side is self.classic and "command" not in side.current:
+            self._adopt_last_answer(side.acked.get("command"))
         # publish the full current state on every (re)connect, not only the diff
         side.acked = {k: v for k, v in side.acked.items() if k not in side.current}
         self.metrics.inc("shadow_get_accepted")
-        return self._reconcile(side, state.get("desired") or {}, now)
+        return self._reconcile(side, state.get("desired") or {}, now, _desired_metadata(doc))
+
+    def _adopt_last_answer(self, last: Any) -> None:
+        """After a restart: keep answering the last command (its desired copy is cleared, so nothing else
+        would bring it back), with the ledger's outcome when the ledger still has it."""
+        if not isinstance(last, Mapping):
+            return
+        cid = last.get("id")
+        entry = self.ledger.get(cid) if isinstance(cid, str) and cid else None
+        if entry is None:
+            self.classic.current["command"] = dict(last)
+        else:
+            self.classic.current["command"] = {
+                **entry.document,
+                "status": entry.status,
+                "reason": entry.reason,
+            }
 
     def _on_error(self, side: _Side, doc: Mapping[str, Any], now: float, op: str) -> list[Effect]:
         """A rejected request, by its error code (AWS IoT Developer Guide, "Device Shadow error messages"):
@@ -298,8 +344,28 @@ class ShadowSync:
         if code == 429:
             self.metrics.inc("throttled")
             self.bucket.drain(now)
+        if op == "update" and side.inflight is not None and side.inflight.clears is not None:
+            side.inflight = None
+            if code == 409:
+                # the shadow moved on (a new command, or our own report): read it and decide again
+                effects.append(self._get(side, now))
+                then = "re-reading the shadow before clearing desired.command again"
+            elif code in (400, 403, 413):
+                self.clear_command = None  # the same request would be refused again: leave desired as it is
+                then = "leaving desired.command in place (the robot ignores what it has recorded)"
+            else:
+                side.retry_at = now + self.backoff.next_delay()
+                then = f"clearing desired.command again in {side.retry_at - now:.1f} s"
+            fields = (
+                ("shadow", "classic"),
+                ("code", code),
+                ("message", str(doc.get("message"))[:200]),
+                ("then", then),
+            )
+            event = "shadow.clear.conflict" if code == 409 else "shadow.clear.rejected"
+            return [*effects, Notice(event, fields)]
         if op == "update":
-            _, patch, _ = side.inflight or ("", {}, 0.0)
+            patch = side.inflight.patch if side.inflight is not None else {}
             side.inflight = None
             if code == 409:
                 effects.append(self._get(side, now))
@@ -337,8 +403,17 @@ class ShadowSync:
         else:
             side.current.pop("errors", None)
 
-    def _reconcile(self, side: _Side, desired: Mapping[str, Any], now: float) -> list[Effect]:
+    def _reconcile(
+        self, side: _Side, desired: Mapping[str, Any], now: float, metadata: Mapping[str, Any] | None = None
+    ) -> list[Effect]:
         effects: list[Effect] = []
+        # a key that left desired is forgotten, and so is its error: nothing is asked of it any more
+        errors = side.current.get("errors") or {}
+        for key in [k for k in (*side.handled, *errors) if k not in desired]:
+            side.handled.pop(key, None)
+            self._set_error(side, key, None)
+        if side.name is None and "command" not in desired:
+            self.clear_command = None
         schema = "desired" if side.name is None else "config"
         problems = validate_sections(schema, {k: v for k, v in desired.items() if k != "command"})
         for key, value in desired.items():
@@ -347,7 +422,8 @@ class ShadowSync:
                 continue
             side.handled[key] = fp
             if side.name is None and key == "command":
-                effects += self._on_command(value)
+                effects += self._on_command(value, (metadata or {}).get("command"))
+                self.clear_command = fp
             elif key in problems:
                 self._set_error(side, key, problems[key])
                 self.metrics.inc("desired_rejected")
@@ -356,7 +432,12 @@ class ShadowSync:
                 effects.append(ApplySetting(side.name, key, value))
         return effects
 
-    def _on_command(self, raw: Any) -> list[Effect]:
+    def _on_command(self, raw: Any, metadata: Any = None) -> list[Effect]:
+        """One new ``desired.command`` value. Whatever the outcome, its id (when it has a usable one) is in
+        the ledger when this returns, so the caller may ask for ``desired.command`` to be cleared."""
+        raw, stale = current_fields(raw, metadata)
+        if stale:
+            self.metrics.inc("command_stale_fields_ignored")
         parsed = parse_command(raw)
         side = self.classic
         cid = parsed.id
@@ -434,9 +515,9 @@ class ShadowSync:
                 if not any(isinstance(e, Subscribe) for e in effects):
                     effects.append(Subscribe(self.subscriptions()))
                 effects.append(self._get(side, now))
-            if side.inflight is not None and now - side.inflight[2] > REQUEST_TIMEOUT_S:
+            if side.inflight is not None and now - side.inflight.sent > REQUEST_TIMEOUT_S:
                 self.metrics.inc("shadow_update_timeout")
-                side.inflight = None
+                side.inflight = None  # a lost clear is sent again; if it did land, that one gets a 409
             if not side.synced or side.inflight is not None or now < side.retry_at:
                 continue
             if side is self.classic and now - side.last_publish >= self.heartbeat_s:
@@ -444,6 +525,7 @@ class ShadowSync:
             current = prune(side.current)
             patch = diff(side.acked or {}, current)
             if not patch:
+                effects += self._clear_request(side, now)
                 continue
             if "command" in patch and isinstance(current.get("command"), Mapping):
                 # the answer travels whole, so a watcher of update/accepted sees id and status together
@@ -454,12 +536,13 @@ class ShadowSync:
                 }
             urgent = side is self.config or bool(URGENT_KEYS & patch.keys()) or "heartbeat" in patch
             if not urgent and now - side.last_sensor_publish < self.report_min_s:
+                effects += self._clear_request(side, now)  # the clear goes in the gap between reports
                 continue
             if not self.bucket.take(now):
                 self.metrics.inc("shadow_rate_limited")
                 continue
             token = self._token()
-            side.inflight = (token, patch, now)
+            side.inflight = _Request(token, patch, now)
             side.last_publish = now
             side.last_sensor_publish = now
             body = {"state": {"reported": patch}, "clientToken": token}
@@ -469,12 +552,23 @@ class ShadowSync:
             self.metrics.inc("shadow_update_sent")
         return effects
 
+    def _clear_request(self, side: _Side, now: float) -> list[Effect]:
+        """``{"state":{"desired":{"command":null}},"version":V}`` once the command is recorded: guarded by the
+        version we know, so a command the fleet wrote since (which we have not seen yet) is never wiped."""
+        if side is not self.classic or self.clear_command is None or not self.bucket.take(now):
+            return []
+        token = self._token()
+        side.inflight = _Request(token, {}, now, clears=self.clear_command)
+        body = {"state": {"desired": {"command": None}}, "version": side.version, "clientToken": token}
+        self.metrics.inc("command_clear_sent")
+        return [Publish(f"{side.prefix}/update", json.dumps(body, separators=(",", ":")).encode(), self.qos)]
+
     def next_wakeup(self, now: float) -> float:
         """Seconds until ``flush`` may have something new to do (pending diff, retry, timeout, heartbeat)."""
         wake = self.heartbeat_s
         for side in (self.classic, self.config):
             if side.inflight is not None:
-                wake = min(wake, REQUEST_TIMEOUT_S - (now - side.inflight[2]))
+                wake = min(wake, REQUEST_TIMEOUT_S - (now - side.inflight.sent))
                 continue
             if side.get_token is not None:
                 wake = min(wake, REQUEST_TIMEOUT_S - (now - side.get_token[1]))
@@ -489,4 +583,8 @@ class ShadowSync:
                 wake = min(
                     wake, max(self.report_min_s - (now - side.last_sensor_publish), self.bucket.wait_s(now))
                 )
+                if side is self.classic and self.clear_command is not None:
+                    wake = min(wake, self.bucket.wait_s(now))
+            elif side is self.classic and self.clear_command is not None:
+                wake = min(wake, self.bucket.wait_s(now))
         return max(0.0, wake)

@@ -3,8 +3,10 @@
 :func:`summarize` is pure: it takes the rows ``fleet.watch.FleetView.to_json()`` produces (thing,
 connection, reported, desired) and returns counts an engineer trying a fleet feature wants to see move:
 connected robots, missions by state, the battery distribution, commands pending/applied/failed, and errors.
-:func:`render` turns that into a few terminal lines. Both are pure; ``fleet.watch`` runs them live on the
-watch connection.
+:func:`render` turns that into a few terminal lines. :func:`triage` ranks one robot's row for the live
+``watch`` table, problems first: offline, errors (settings, hazards, a dead serial link), failed or rejected
+commands, low battery; then the healthy; robots that never connected last. All are pure; ``fleet.watch``
+runs them live on the watch connection.
 """
 
 from __future__ import annotations
@@ -31,19 +33,66 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def _command_state(desired: Mapping[str, Any], reported: Mapping[str, Any]) -> str | None:
-    """pending (desired id not answered yet, or accepted and running), applied (done), failed, rejected."""
+    """pending (desired id not answered yet, or accepted and running), applied (done), failed, rejected.
+
+    The robot clears ``desired.command`` once it has recorded the command (docs/CONTRACTS.md), so a
+    command that is no longer desired is judged from ``reported.command`` alone.
+    """
     want = desired.get("command")
     have = reported.get("command")
-    if not isinstance(want, Mapping) or not want.get("id"):
+    if isinstance(want, Mapping) and want.get("id"):
+        if not isinstance(have, Mapping) or have.get("id") != want.get("id"):
+            return "pending"
+    elif not isinstance(have, Mapping) or not have.get("id"):
         return None
-    if not isinstance(have, Mapping) or have.get("id") != want.get("id"):
-        return "pending"
     status = have.get("status")
     if status == "done":
         return "applied"
     if status in ("failed", "rejected"):
         return str(status)
     return "pending"
+
+
+RANK_OFFLINE, RANK_ERROR, RANK_COMMAND, RANK_BATTERY, RANK_OK, RANK_NEVER = range(6)
+
+
+def triage(row: Mapping[str, Any]) -> tuple[int, list[str]]:
+    """(rank, problems) of one robot's row: the lowest rank is shown first; problems as short labels.
+
+    Rank: 0 offline (or an unknown presence), 1 errors (``reported.errors``, hazards, the serial link
+    down), 2 a failed or rejected command, 3 low battery, 4 healthy, 5 never connected. Never raises.
+    """
+    problems: list[str] = []
+    ranks = [RANK_OK]
+    conn = row.get("connection")
+    if conn == "never":
+        ranks.append(RANK_NEVER)
+    elif conn != "online":
+        ranks.append(RANK_OFFLINE)
+        problems.append("offline" if conn == "offline" else f"presence {conn}")
+    reported = _mapping(row.get("reported"))
+    errs = reported.get("errors")
+    errors = [f"error {k}" for k in errs] if isinstance(errs, Mapping) else []
+    hazards = reported.get("hazards")
+    errors += [k for k, v in hazards.items() if v is True] if isinstance(hazards, Mapping) else []
+    link = reported.get("link")
+    if isinstance(link, Mapping) and link.get("serial") == "down":
+        errors.append("serial down")
+    if errors:
+        ranks.append(RANK_ERROR)
+        problems += errors
+    state = _command_state(_mapping(row.get("desired")), reported)
+    have = reported.get("command")
+    status = have.get("status") if isinstance(have, Mapping) else None
+    if state in ("failed", "rejected") or status in ("failed", "rejected"):
+        ranks.append(RANK_COMMAND)
+        problems.append(f"command {state if state in ('failed', 'rejected') else status}")
+    percent = _mapping(reported.get("battery")).get("percent")
+    if isinstance(percent, int | float) and not isinstance(percent, bool) and percent < LOW_BATTERY_PCT:
+        ranks.append(RANK_BATTERY)
+        problems.append(f"battery {percent:g}%")
+    rank = min(r for r in ranks if r != RANK_NEVER) if problems else max(ranks)
+    return rank, problems
 
 
 def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

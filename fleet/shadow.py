@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from base import logs
-from localcloud.layout import CloudDir, SettingsError
+from base.cli import Parser, entry, subcommands
+from localcloud.layout import DIR_HELP, CloudDir, SettingsError
 from localcloud.opclient import CloudNotRunning, OperatorClient, ShadowAnswer, shadow_request
 
 EXIT_REJECTED = 1
@@ -34,7 +35,6 @@ EXIT_PARTIAL = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 2
 THING_PLACEHOLDER = "{thing}"
-DIR_HELP = "local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)"
 
 
 def select(known: Sequence[str], *, all_robots: bool, prefix: str | None) -> list[str]:
@@ -97,44 +97,96 @@ def render(results: Mapping[str, ShadowAnswer | None]) -> dict[str, Any]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="roomba-fleet shadow", description="operator access to shadows (JSON)")
-    sub = p.add_subparsers(dest="op", required=True)
-    for op, help_ in (
-        ("get", "print a shadow"),
-        ("update", "update a shadow"),
-        ("delete", "delete a shadow"),
+UPDATE_EXAMPLE = '{"state":{"desired":{"power":"on"}}}'
+EXAMPLES = {
+    "get": ["get r1", "get r1 --name config", "get --prefix sim-"],
+    "update": [
+        f"update r1 '{UPDATE_EXAMPLE}'",
+        """update --all '{"state":{"desired":{"command":{"id":"m1-{thing}","action":"clean"}}}}'""",
+    ],
+    "delete": ["delete r1"],
+}
+SINGLE_CODES = {
+    1: "the shadow service rejected the request (the rejection is printed)",
+    2: "usage error, or the local cloud is not running / not answering",
+}
+MANY_CODES = {
+    1: "rejected (the rejection is printed); with --all/--prefix: some robot rejected or did not answer",
+    2: "usage error (or no robot selected), or the local cloud is not running / not answering",
+}
+
+
+def build_parser() -> Parser:
+    """One parser for one robot (THING) and for many (--all, --prefix P)."""
+    p = Parser(
+        prog="roomba-fleet shadow",
+        description="Operator access to shadows over MQTT, as the privileged operator identity. The answer "
+        "is printed as JSON: the response document for one THING; for --all/--prefix one JSON object keyed "
+        "by thing name (the accepted document, or an error object).",
+        exit_codes=MANY_CODES,
+    )
+    sub = p.add_subparsers(dest="op", required=True, metavar="OP", title="operations")
+    for op, help_, codes in (
+        ("get", "print a shadow (one THING, or many robots with --all/--prefix)", MANY_CODES),
+        ("update", "update a shadow (one THING, or the same document to many robots)", MANY_CODES),
+        ("delete", "delete one THING's shadow", SINGLE_CODES),
     ):
-        sp = sub.add_parser(op, help=help_)
-        sp.add_argument("thing")
-        if op == "update":
+        many = op != "delete"
+        sp = sub.add_parser(
+            op,
+            help=help_,
+            description=f"{help_[0].upper()}{help_[1:]}.",
+            epilog="examples:\n" + "\n".join(f"  roomba-fleet shadow {e}" for e in EXAMPLES[op]),
+            exit_codes=codes,
+        )
+        if many:
             sp.add_argument(
-                "document", help='request document, e.g. \'{"state":{"desired":{"power":"on"}}}\''
+                "thing", nargs="?", metavar="THING", help="the robot's thing name (or use --all / --prefix)"
             )
-        sp.add_argument("--name", help="named shadow (default: the classic shadow)")
-        sp.add_argument("--dir", help=DIR_HELP)
-        sp.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
-    return p
-
-
-def build_fleet_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="roomba-fleet shadow", description="shadow get/update over many robots")
-    sub = p.add_subparsers(dest="op", required=True)
-    for op in ("get", "update"):
-        sp = sub.add_parser(op)
-        group = sp.add_mutually_exclusive_group(required=True)
-        group.add_argument("--all", action="store_true", help="every robot of DIR")
-        group.add_argument("--prefix", help="robots whose thing name starts with this")
+            group = sp.add_mutually_exclusive_group()
+            group.add_argument("--all", action="store_true", help="every robot of DIR (instead of THING)")
+            group.add_argument(
+                "--prefix",
+                metavar="P",
+                help="robots of DIR whose thing name starts with P (instead of THING)",
+            )
+        else:
+            sp.add_argument("thing", metavar="THING", help="the robot's thing name")
         if op == "update":
             sp.add_argument(
                 "document",
-                help='request document, e.g. \'{"state":{"desired":{"command":{"id":"m1-{thing}",'
-                '"action":"clean"}}}}\' ({thing} becomes each thing name)',
+                metavar="DOCUMENT",
+                help=f"request document, e.g. '{UPDATE_EXAMPLE}'; with --all/--prefix the text {{thing}} "
+                "anywhere in it becomes each thing name",
             )
         sp.add_argument("--name", help="named shadow (default: the classic shadow)")
         sp.add_argument("--dir", help=DIR_HELP)
-        sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for all answers")
+        sp.add_argument(
+            "--timeout",
+            type=float,
+            default=None,
+            help="seconds to wait for the answer(s) (default 5 for one THING, 10 for many)",
+        )
     return p
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Options and the positionals (THING, DOCUMENT) in any order, e.g. ``update r1 --dir D DOC``."""
+    parser = build_parser()
+    words = list(argv)
+    ops = subcommands(parser)
+    if not words or words[0] not in ops:
+        return parser.parse_args(words)  # help, version, or a usage error
+    op_parser = ops[words[0]]
+    args = op_parser.parse_intermixed_args(words[1:])
+    args.op = words[0]
+    many = bool(getattr(args, "all", False) or getattr(args, "prefix", None) is not None)
+    if many and args.thing is not None:
+        op_parser.error("give THING or --all/--prefix, not both")
+    if not many and args.thing is None:
+        op_parser.error("give THING, --all or --prefix P")
+    args.many = many
+    return args
 
 
 def _request_document(prog: str, text: str) -> dict[str, Any] | None:
@@ -151,11 +203,12 @@ def _request_document(prog: str, text: str) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv and any(a == "--all" or a.startswith("--prefix") for a in argv):
-        return fleet_main(argv)
-    args = build_parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     logs.configure("warning")
+    if args.many:
+        return _many(args)
     prog = f"roomba-fleet shadow {args.op}"
+    timeout = 5.0 if args.timeout is None else args.timeout
     for what, name in (("thing", args.thing), ("shadow", args.name)):
         if name is not None and (not name or any(c in name for c in "/+#\0")):
             print(
@@ -171,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_UNAVAILABLE
     try:
         accepted, doc = shadow_request(
-            CloudDir.at(args.dir), args.thing, args.op, body, name=args.name, timeout=args.timeout
+            CloudDir.at(args.dir), args.thing, args.op, body, name=args.name, timeout=timeout
         )
     except (CloudNotRunning, SettingsError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
@@ -183,11 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def fleet_main(argv: list[str] | None = None) -> int:
+def _many(args: argparse.Namespace) -> int:
     """``shadow get|update --all|--prefix P``."""
-    args = build_fleet_parser().parse_args(argv)
-    logs.configure("warning")
     prog = f"roomba-fleet shadow {args.op}"
+    timeout = 10.0 if args.timeout is None else args.timeout
     body: dict[str, Any] | None = None
     if args.op == "update":
         body = _request_document(prog, args.document)
@@ -204,7 +256,7 @@ def fleet_main(argv: list[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
-        results = fleet_request(cloud, things, args.op, body, name=args.name, timeout=args.timeout)
+        results = fleet_request(cloud, things, args.op, body, name=args.name, timeout=timeout)
     except (CloudNotRunning, SettingsError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -214,3 +266,7 @@ def fleet_main(argv: list[str] | None = None) -> int:
         print(f"{prog}: {len(bad)} of {len(things)} not accepted (first: {bad[0]})", file=sys.stderr)
         return EXIT_PARTIAL
     return 0
+
+
+if __name__ == "__main__":
+    entry(main)()

@@ -8,23 +8,48 @@ line; :mod:`fleetsim.runner` runs the fleet. Also ``python -m fleet.simulate``.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import json
 import sys
 import time
 
 from base import logs
+from base.cli import Parser, add_json, entry
 from fleetsim.faults import FaultSpecError, parse_faults
-from fleetsim.runner import RunOptions, connection_override, provision, robot_names, run_fleet
+from fleetsim.runner import (
+    RunOptions,
+    connection_override,
+    provision,
+    robot_names,
+    run_fleet,
+    status_path,
+)
 from fleetsim.shard import ConnectionOverride
-from localcloud.layout import CloudDir, SettingsError
+from localcloud.layout import DIR_HELP, CloudDir, SettingsError
 
 EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="roomba-fleet simulate", description=__doc__.splitlines()[0])
+def build_parser() -> Parser:
+    p = Parser(
+        prog="roomba-fleet simulate",
+        description="A fleet of simulated robots, each driven by the real agent, against the local cloud "
+        "(or --config's endpoint). Identities are provisioned in DIR once and reused; Ctrl-C or SIGTERM "
+        "stops every robot cleanly. The status is kept in DIR/run/simulate.json.",
+        epilog="output: progress lines on stderr; once every robot is connected, one line on stdout: "
+        "simulate ready robots=N connected=N seconds=T. With --json, stdout is instead one JSON document "
+        "printed when the fleet stops: the final status (robots, started, connected, ready, outbox_depth, "
+        "per_robot, elapsed_s, all_connected_s, processes, faults, broker_restarts, final), the same as "
+        "DIR/run/simulate.json.\n\n"
+        "example: roomba-fleet simulate --robots 100 --faults link_drop=0.01 --duration 60",
+        exit_codes={
+            0: "stopped cleanly (Ctrl-C, SIGTERM or --duration)",
+            1: "provisioning failed or a simulator process died",
+            EXIT_USAGE: "usage error, or the local cloud is not running",
+        },
+    )
     p.add_argument("--robots", type=int, required=True, help="number of simulated robots")
-    p.add_argument("--dir", help="local cloud directory (default: $ROOMBA_FLEET_DIR or ./var/local-cloud)")
+    p.add_argument("--dir", help=DIR_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed for the robots and the faults (default 0)")
     p.add_argument(
         "--faults",
@@ -43,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--durable", action="store_true", help="fsync every ledger/outbox commit (slow at scale)")
     p.add_argument("--log-level", default="warning", help="shard log level (logs in DIR/logs/)")
+    add_json(p, "the final status document when the fleet stops (stdout holds only that)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logs.configure("warning")
     prog = "roomba-fleet simulate"
 
@@ -110,8 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         faults_text=args.faults,
     )
-    return run_fleet(cloud, names, faults, options, override, say)
+    if not args.json:
+        return run_fleet(cloud, names, faults, options, override, say)
+    with contextlib.redirect_stdout(sys.stderr):  # the ready line too: stdout holds only the document
+        code = run_fleet(cloud, names, faults, options, override, say)
+    try:
+        final = json.loads(status_path(cloud.root).read_text())
+    except (OSError, ValueError) as exc:
+        say(f"cannot read the final status {status_path(cloud.root)}: {exc}")
+        return 1
+    print(json.dumps(final, indent=2))
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(main)()

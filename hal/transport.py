@@ -6,6 +6,13 @@ on purpose: open, read what is there, write, pulse BRC, close. Every failure sur
 it reopens with backoff. Ports without modem lines (a pty raises ENOTTY, a socket has none) still work:
 waking is then simply not possible and :meth:`SerialTransport.wake` says so.
 
+A local port (a device or a pty path) is opened exclusively (pyserial's ``exclusive=True``: ``flock`` on
+POSIX), so a second reader of the same port, say ``roomba-agent probe`` beside a running agent, is refused
+with :class:`PortInUseError`, which names the process holding the port, instead of both readers silently
+losing bytes to each other (each then sees corrupt frames). The lock is advisory: it stops our own tools,
+not ``screen`` or ``cat``. ``socket://`` and ``rfc2217://`` cannot be locked from the client side; the
+server decides whether a second client may connect.
+
 :class:`MemoryTransport` is a serial cable in memory, for the fleet simulator and tests: its host side is a
 :class:`Transport`, its robot side is a handful of methods a simulator calls. It lives here, beside the
 protocol and the serial port it stands in for, so its errors read like theirs and a change to the protocol
@@ -15,6 +22,7 @@ meets every implementation in one file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
@@ -22,6 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import serial
@@ -29,7 +38,56 @@ import serial
 from base.logs import get_logger
 from hal.errors import TransportError
 
-__all__ = ["MemoryTransport", "SerialTransport", "Transport"]
+__all__ = ["MemoryTransport", "PortInUseError", "SerialTransport", "Transport", "port_holder"]
+
+
+class PortInUseError(TransportError):
+    """Another process holds the port's exclusive lock (a running agent, another probe)."""
+
+    def __init__(self, url: str, holder: str | None) -> None:
+        self.url = url
+        self.holder = holder
+        super().__init__(f"cannot open {url}: it is in use by {holder or 'another process'}")
+
+
+def lockable(url: str) -> bool:
+    """A local port (device or pty path), which can be locked; not a pyserial URL such as socket://."""
+    return "://" not in url
+
+
+def port_holder(path: str) -> str | None:
+    """Who holds ``path``'s flock, as "pid N (command line)", from ``/proc/locks``; None if unknown."""
+    try:
+        st = os.stat(path)
+        locks = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in locks:
+        fields = line.split()
+        if "FLOCK" in fields and "->" not in fields and key in fields:
+            pid = fields[fields.index(key) - 1]
+            return describe_pid(int(pid)) if pid.isdigit() else None
+    return None
+
+
+def describe_pid(pid: int) -> str:
+    """ "pid N (its command line)", the command line cut to 80 characters; "pid N (this process)" for us."""
+    if pid == os.getpid():
+        return f"pid {pid} (this process)"
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return f"pid {pid}"
+    words = [w.decode(errors="replace") for w in raw.split(b"\0") if w]
+    if words and Path(words[0]).name.startswith("python") and len(words) > 1:
+        words = words[1:]  # "python -m fleet.cli ..." or a console script's interpreter line
+    if words:
+        words[0] = Path(words[0]).name
+    command = " ".join(words)
+    return (
+        f"pid {pid} ({command[:77] + '...' if len(command) > 80 else command})" if command else f"pid {pid}"
+    )
 
 
 @runtime_checkable
@@ -96,7 +154,11 @@ WRITE_TIMEOUT_S = 1.0
 
 
 class SerialTransport:
-    """A :class:`Transport` over a pyserial port (a device, a pty, ``socket://``, ``rfc2217://``)."""
+    """A :class:`Transport` over a pyserial port (a device, a pty, ``socket://``, ``rfc2217://``).
+
+    ``exclusive`` (the default) locks a local port while it is open, so a second opener gets
+    :class:`PortInUseError`; False opens it beside whoever holds it (``roomba-agent probe --force``).
+    """
 
     def __init__(
         self,
@@ -104,11 +166,13 @@ class SerialTransport:
         baud: int = 115200,
         *,
         read_timeout: float = 0.05,
+        exclusive: bool = True,
         open_fn: OpenFn = serial.serial_for_url,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = url
         self.baud = baud
+        self.exclusive = exclusive
         self.read_timeout = read_timeout
         self._open_fn = open_fn
         self._sleep = sleep
@@ -132,9 +196,14 @@ class SerialTransport:
             # pyserial's rfc2217:// raises NotImplementedError for a write timeout, and only after it has
             # connected and negotiated (leaving that connection open): do not ask it for one.
             options["write_timeout"] = WRITE_TIMEOUT_S
+        locking = self.exclusive and lockable(self.url)
+        if locking:
+            options["exclusive"] = True
         try:
             port = self._open_fn(self.url, **options)
         except Exception as exc:  # any failure to open is "cannot open", never a dead reader thread
+            if locking and getattr(exc, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise PortInUseError(self.url, port_holder(self.url)) from exc
             raise TransportError(f"cannot open {self.url}: {exc or type(exc).__name__}") from exc
         self._port = port
         self._fd = _nonblocking_fd(port)

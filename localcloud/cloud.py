@@ -2,12 +2,16 @@
 
 Everything is idempotent: the CA, the broker's server certificate and the service/operator identities are
 made with the provisioning API the first time and reused afterwards, so ``up`` and ``robot add`` can run in
-any order and a directory survives restarts with its identities intact.
+any order and a directory survives restarts with its identities intact. A new cloud is never made silently:
+whoever creates the CA says so on stderr ("creating a new local cloud in DIR"), so a ``robot add`` aimed at
+the wrong directory is seen at once instead of leaving a robot whose CA the running broker does not know.
+Every path written to a robot's configuration is absolute, so the agent may start from any directory.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from pathlib import Path
 
@@ -27,11 +31,25 @@ class RobotNameError(ValueError):
     """A robot name that cannot be a thing name, or is reserved for the local cloud itself."""
 
 
+def announce_new_cloud(cloud: CloudDir) -> None:
+    """The one line a user sees when a command creates a cloud (its CA) instead of using an existing one."""
+    print(f"roomba-fleet: creating a new local cloud in {cloud.root}", file=sys.stderr, flush=True)
+
+
 def ensure_ca(cloud: CloudDir) -> pca.CertificateAuthority:
-    if (cloud.ca_cert).exists():
+    if cloud.exists():
         return pca.load_ca(cloud.ca_dir)
+    announce_new_cloud(cloud)
     log.info("fleet.ca.created", dir=str(cloud.ca_dir))
     return pca.init_ca(cloud.ca_dir, common_name="Roomba Local Cloud CA")
+
+
+def absolute_serial_port(port: str) -> str:
+    """A device path made absolute against the current directory (a pty's symlink is kept, not resolved:
+    the simulator re-points it at each start); pyserial URLs (``socket://``, ``rfc2217://``, ...) as given."""
+    if "://" in port or not port:
+        return port
+    return str(Path(port).expanduser().absolute())
 
 
 def ensure_identity(cloud: CloudDir, ca: pca.CertificateAuthority, name: str) -> Path:
@@ -134,6 +152,7 @@ def add_robot(cloud: CloudDir, name: str, serial_port: str = DEFAULT_SERIAL_PORT
         cloud.save_settings(settings)
     with ensure_ca(cloud) as ca:
         identity = ensure_identity(cloud, ca, name)
+    serial_port = absolute_serial_port(serial_port)
     state_dir = cloud.robot_state_dir(name)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cloud.robots_dir.mkdir(parents=True, exist_ok=True)

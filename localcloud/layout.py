@@ -2,7 +2,9 @@
 
 Every ``roomba-fleet`` command takes ``--dir``; everything a local cloud needs (CA, broker files, identities,
 shadows, logs, settings) lives under that one directory, so several clouds can run side by side and a
-command finds the right port from the directory alone.
+command finds the right port from the directory alone. Without ``--dir`` every command, run from any
+directory, uses the same per-user cloud (:func:`default_dir`): a default relative to the working directory
+made ``robot add`` run elsewhere create a second cloud with a CA the broker does not trust.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from typing import Any
 DEFAULT_PORT = 8883
 DEFAULT_ENDPOINT = "127.0.0.1"
 ENV_DIR = "ROOMBA_FLEET_DIR"
-DEFAULT_DIR = Path("var/local-cloud")
+DEFAULT_SUBDIR = Path("roomba-fleet") / "local-cloud"
+DIR_HELP = (
+    "local cloud directory (default: $ROOMBA_FLEET_DIR, else "
+    "${XDG_STATE_HOME:-~/.local/state}/roomba-fleet/local-cloud)"
+)
 
 SERVICE_IDENTITY = "local-cloud-shadow-service"
 OPERATOR_IDENTITY = "local-cloud-operator"
@@ -26,8 +32,15 @@ LOCAL_TOPIC_ROOT = "local-cloud"  # topics of the local cloud itself (the operat
 
 
 def default_dir() -> Path:
-    """``$ROOMBA_FLEET_DIR`` or ``./var/local-cloud`` (one default shared by every command)."""
-    return Path(os.environ.get(ENV_DIR) or DEFAULT_DIR)
+    """``$ROOMBA_FLEET_DIR``, else ``${XDG_STATE_HOME:-~/.local/state}/roomba-fleet/local-cloud``: one
+    default per user, shared by every command wherever it runs (absolute, like every path written to a
+    robot's configuration). A relative ``$XDG_STATE_HOME`` is ignored, as the XDG specification says."""
+    explicit = os.environ.get(ENV_DIR)
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
+    return base / DEFAULT_SUBDIR
 
 
 @dataclass(frozen=True)
@@ -52,9 +65,18 @@ class CloudDir:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        # every path below ends up in agent configs and broker files read from other working directories
+        object.__setattr__(self, "root", Path(self.root).expanduser().absolute())
+
     @classmethod
     def at(cls, path: str | os.PathLike[str] | None) -> CloudDir:
-        return cls(Path(path if path is not None else default_dir()).absolute())
+        """``path`` (``None``: :func:`default_dir`), made absolute."""
+        return cls(Path(path) if path is not None else default_dir())
+
+    def exists(self) -> bool:
+        """A cloud lives here once its CA does (settings alone may have been written ahead of ``up``)."""
+        return self.ca_cert.exists()
 
     @property
     def settings_path(self) -> Path:

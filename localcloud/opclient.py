@@ -16,14 +16,14 @@ import json
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from localcloud import mqtt_lite as mq
 from localcloud.layout import LOCAL_TOPIC_ROOT, OPERATOR_IDENTITY, CloudDir
 from localcloud.tlsio import TlsClosed, TlsConnection
-from shadow.topics import ANY, SHADOW_RESPONSES, shadow_topic
+from shadow.topics import ANY, SHADOW_RESPONSES, parse_shadow_topic, shadow_topic
 
 
 class CloudNotRunning(Exception):
@@ -135,11 +135,13 @@ class OperatorClient:
         last_ping = time.monotonic()
         while deadline is None or time.monotonic() < deadline:
             wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-            for pkt in self._read(wait):
-                if pkt.type == mq.PUBLISH:
-                    if pkt.qos:
-                        self._send(mq.puback(pkt.packet_id))
-                    yield pkt
+            # queued first: a caller that stops iterating mid-batch finds the rest on its next call
+            self._backlog += [pkt for pkt in self._read(wait) if pkt.type == mq.PUBLISH]
+            while self._backlog:
+                pkt = self._backlog.pop(0)
+                if pkt.qos:
+                    self._send(mq.puback(pkt.packet_id))
+                yield pkt
             if time.monotonic() - last_ping > 30:
                 self._send(mq.PINGREQ_BYTES)
                 last_ping = time.monotonic()
@@ -222,3 +224,60 @@ def shadow_request(
             f"check {cloud.service_log} and the `roomba-fleet up` terminal"
         )
     return answer.accepted, answer.document
+
+
+# following shadows: send now, read the answers and events as they arrive ------------------------------------
+@dataclass(frozen=True)
+class ShadowMessage:
+    """One shadow response or event the operator received: ``response`` is ``accepted``, ``rejected``,
+    ``delta`` or ``documents``; ``shadow_name`` is "" for the classic shadow."""
+
+    thing: str
+    shadow_name: str
+    operation: str
+    response: str
+    document: dict[str, Any]
+
+
+WILDCARD_ABOVE = 200
+"""Above this many things, :func:`shadow_filters` subscribes with one wildcard filter, not one per thing."""
+
+
+def shadow_filters(
+    things: Sequence[str], responses: Sequence[str], *, op: str = "update", name: str | None = None
+) -> list[str]:
+    """Subscription filters for ``op``'s ``responses`` (e.g. ``accepted``, ``documents``) of ``things``:
+    one per thing, or ``+`` for the thing when there are more than :data:`WILDCARD_ABOVE` (a SUBSCRIBE
+    packet stays small; the caller drops the other things' messages)."""
+    which: Sequence[str] = (ANY,) if len(things) > WILDCARD_ABOVE else things
+    return [shadow_topic(thing, op, response, name=name) for thing in which for response in responses]
+
+
+def publish_shadow_requests(
+    client: OperatorClient, op: str, payloads: Mapping[str, Mapping[str, Any]], *, name: str | None = None
+) -> dict[str, str]:
+    """Publish one shadow ``op`` per thing without waiting; returns ``{clientToken: thing}`` to match the
+    answers (read them from :meth:`OperatorClient.messages` with :func:`shadow_message`, after subscribing
+    to :func:`shadow_filters`; each payload must carry its own string ``clientToken``)."""
+    tokens: dict[str, str] = {}
+    for thing, payload in payloads.items():
+        token = payload.get("clientToken")
+        if isinstance(token, str):
+            tokens[token] = thing
+        client.publish(shadow_topic(thing, op, name=name), json.dumps(payload).encode(), qos=1)
+    return tokens
+
+
+def shadow_message(pkt: mq.Packet) -> ShadowMessage | None:
+    """A received publication as a shadow response or event, or None (another topic, or a payload that is
+    not a JSON object)."""
+    parsed = parse_shadow_topic(pkt.topic)
+    if parsed is None or not parsed.response:
+        return None
+    try:
+        doc = json.loads(pkt.payload)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    return ShadowMessage(parsed.thing, parsed.shadow_name, parsed.operation, parsed.response, doc)

@@ -3,7 +3,8 @@
 :func:`run` prepares DIR (CA, certificates, broker configuration) with the provisioning API, starts Mosquitto
 with a raised open-file limit and the shadow service, prints where to connect, supervises both and stops
 both on Ctrl-C / SIGTERM. ``run/up.json`` in DIR tells other commands (and tests) the pids and port. The
-command line is parsed by ``fleet.up``.
+ready banner ends with a paste-ready ``mosquitto_sub`` line (the operator identity, absolute paths) and the
+line ``ready``; with ``as_json`` it is one JSON object instead. The command line is parsed by ``fleet.up``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -21,8 +23,9 @@ from types import FrameType
 from base import logs
 from base.process import pid_alive, process_cmdline, raise_nofile_limit
 from localcloud import broker, cloud
-from localcloud.layout import CloudDir, SettingsError
+from localcloud.layout import OPERATOR_IDENTITY, CloudDir, SettingsError
 from localcloud.supervisor import Child, Supervisor
+from provisioning import device as pdevice
 from provisioning.errors import ProvisioningError
 
 log = logs.get_logger("localcloud.up")
@@ -110,31 +113,80 @@ def clean_up_after_predecessor(cloud_dir: CloudDir) -> str | None:
     return None
 
 
-def run(cloud_dir: CloudDir, port: int | None = None) -> int:
+EXIT_CANNOT_START = 1
+ALL_SHADOWS = "$aws/things/+/shadow/#"
+
+
+def mosquitto_sub_argv(
+    cloud_dir: CloudDir, endpoint: str, port: int, topics: tuple[str, ...] = (ALL_SHADOWS,)
+) -> list[str]:
+    """A ``mosquitto_sub`` (package mosquitto-clients) that watches ``topics`` as the operator: the broker
+    wants a client certificate, and the operator's ACL reads every thing's topics."""
+    ident = cloud_dir.identity_dir(OPERATOR_IDENTITY)
+    argv = [
+        "mosquitto_sub",
+        "--cafile",
+        str(cloud_dir.ca_cert),
+        "--cert",
+        str(ident / pdevice.DEVICE_CERT),
+        "--key",
+        str(ident / pdevice.DEVICE_KEY),
+        "-h",
+        endpoint,
+        "-p",
+        str(port),
+        "-V",
+        "mqttv5",
+    ]
+    for topic in topics:
+        argv += ["-t", topic]
+    return [*argv, "-v"]
+
+
+def connection_info(cloud_dir: CloudDir, endpoint: str, port: int) -> dict[str, object]:
+    """What ``up --json`` prints once ready: where to connect, and as whom."""
+    ident = cloud_dir.identity_dir(OPERATOR_IDENTITY)
+    return {
+        "ready": True,
+        "dir": str(cloud_dir.root),
+        "endpoint": endpoint,
+        "port": port,
+        "ca": str(cloud_dir.ca_cert),
+        "operator": {
+            "cert": str(ident / pdevice.DEVICE_CERT),
+            "key": str(ident / pdevice.DEVICE_KEY),
+        },
+        "mosquitto_sub": shlex.join(mosquitto_sub_argv(cloud_dir, endpoint, port)),
+        "pid": os.getpid(),
+    }
+
+
+def run(cloud_dir: CloudDir, port: int | None = None, *, as_json: bool = False) -> int:
     """Serve the local cloud in ``cloud_dir`` until SIGTERM/SIGINT/SIGHUP; the exit status of ``up`` (1 when
-    it cannot start, with the reason on stderr). ``port`` replaces the saved one."""
+    it cannot start, with the reason on stderr). ``port`` replaces the saved one. ``as_json``: the ready
+    banner is one JSON line (:func:`connection_info`)."""
     try:
         mosquitto = broker.find_mosquitto()
     except broker.BrokerMissing as exc:
         print(f"roomba-fleet up: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_CANNOT_START
     # before prepare(): a running cloud's broker files and robot configs must not change under it
     problem = clean_up_after_predecessor(cloud_dir)
     if problem:
         print(f"roomba-fleet up: {problem}", file=sys.stderr)
-        return 1
+        return EXIT_CANNOT_START
     try:
         settings = cloud.prepare(cloud_dir, port)
     except (ProvisioningError, SettingsError) as exc:
         print(f"roomba-fleet up: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_CANNOT_START
     if port_open(settings.endpoint, settings.port):
         print(
             f"roomba-fleet up: {settings.endpoint}:{settings.port} is already in use (another local cloud?); "
             f"stop it or pass --port",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_CANNOT_START
     raise_nofile_limit()
     broker_ready = BrokerLogReady(cloud_dir.broker_log)
     broker_child = Child(
@@ -167,9 +219,12 @@ def run(cloud_dir: CloudDir, port: int | None = None) -> int:
             if path.exists():
                 for line in path.read_text(errors="replace").strip().splitlines()[-5:]:
                     print(f"  {line}", file=sys.stderr)
-        return 1
+        return EXIT_CANNOT_START
     _write_run_file(cloud_dir, sup, settings.port)
-    _print_ready(cloud_dir, settings.endpoint, settings.port)
+    if as_json:
+        print(json.dumps(connection_info(cloud_dir, settings.endpoint, settings.port)), flush=True)
+    else:
+        _print_ready(cloud_dir, settings.endpoint, settings.port)
     try:
         sup.run()
     finally:
@@ -186,8 +241,10 @@ def _print_ready(cloud_dir: CloudDir, endpoint: str, port: int) -> None:
         f"  endpoint: {endpoint}",
         f"  port:     {port}",
         f"  ca:       {cloud_dir.ca_cert}",
-        f"  add a robot:   roomba-fleet robot add NAME --dir {d}",
-        f"  watch robots:  roomba-fleet watch --dir {d}",
+        f"  add a robot:   roomba-fleet robot add NAME --dir {shlex.quote(d)}",
+        f"  watch robots:  roomba-fleet watch --dir {shlex.quote(d)}",
+        "  raw MQTT (every shadow topic, as the operator; package mosquitto-clients):",
+        f"    {shlex.join(mosquitto_sub_argv(cloud_dir, endpoint, port))}",
         "  stop:          Ctrl-C",
         "ready",
     ]

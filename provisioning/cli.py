@@ -14,9 +14,10 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 from base import logs
+from base.cli import Parser, add_completion, add_json, bash_completion, entry
 from provisioning import aws, certs, hsm
 from provisioning.batch import BatchStopped, PlannedThing, Progress, plan_count, plan_serials, run_batch
 from provisioning.ca import CA_CERT, init_ca, issue_server_cert, load_ca, read_certificate
@@ -24,6 +25,7 @@ from provisioning.device import (
     DEVICE_CERT,
     DEVICE_KEY,
     DEVICE_PKCS11,
+    Identity,
     create_identity,
     install_certificate,
     keygen,
@@ -34,33 +36,9 @@ from provisioning.verify import check_identity
 
 PROG = "roomba-provision"
 MAX_DAYS = certs.MAX_DAYS
-SECRET_FLAGS = ("--pin", "--user-pin", "--so-pin", "--password")
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors that never repeat what was typed after an unknown option.
-
-    argparse's own message for ``--pin 1234`` would print the PIN back to stderr (and so into CI logs or
-    the journal); we name the problem and point at the supported ways to pass a PIN instead.
-    """
-
-    def error(self, message: str) -> NoReturn:
-        if message.startswith("unrecognized arguments:"):
-            words = message.split(":", 1)[1].split()
-            secret = next((w for w in words if w.split("=", 1)[0] in SECRET_FLAGS), None)
-            if secret is not None:
-                message = (
-                    f"{secret.split('=', 1)[0]} is not accepted: a PIN never goes on the command line "
-                    "(use $ROOMBA_PKCS11_PIN or --pin-file FILE)"
-                )
-            else:
-                options = [w.split("=", 1)[0] for w in words if w.startswith("-")]
-                message = (
-                    f"unrecognized option(s): {' '.join(options)}"
-                    if options
-                    else f"{len(words)} unexpected argument(s)"
-                )
-        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+# every command: 0 done, 1 refused (the one error line says why and what to do), 2 usage error
+REFUSED = {1: "refused or failed: the error line on stderr says why and what to do"}
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -79,11 +57,25 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 DAYS = _int_in(1, MAX_DAYS)
 
 
+def _days(parser: argparse.ArgumentParser, default: int, what: str) -> None:
+    parser.add_argument(
+        "--days",
+        type=DAYS,
+        default=default,
+        help=f"{what} validity in days, 1..{MAX_DAYS} (default {default})",
+    )
+
+
 def _add_pkcs11(parser: argparse.ArgumentParser, *, key_label_default: str | None) -> None:
     group = parser.add_argument_group("PKCS#11 token (PIN from $ROOMBA_PKCS11_PIN or --pin-file)")
     group.add_argument("--pkcs11-module", metavar="SO", help=f"PKCS#11 module, e.g. {hsm.DEFAULT_MODULE}")
-    group.add_argument("--token", metavar="LABEL", help="token label")
-    group.add_argument("--key-label", metavar="LABEL", default=key_label_default, help="key object label")
+    group.add_argument("--token", metavar="LABEL", help="token label (the key is made inside this token)")
+    group.add_argument(
+        "--key-label",
+        metavar="LABEL",
+        default=key_label_default,
+        help="key object label" + (f" (default {key_label_default})" if key_label_default else ""),
+    )
     group.add_argument("--pin-file", metavar="FILE", help="file whose first line is the user PIN")
 
 
@@ -91,122 +83,219 @@ def _add_pin_file(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pin-file", metavar="FILE", help="PIN for a token CA (else $ROOMBA_PKCS11_PIN)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Provision Roomba robots for AWS IoT.", allow_abbrev=False)
-    parser.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+def _ca_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ca", required=True, type=Path, metavar="DIR", help="the CA directory (from ca init)"
+    )
 
-    ca = sub.add_parser("ca", allow_abbrev=False, help="manage the company CA").add_subparsers(
-        dest="ca_command", required=True, parser_class=_Parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=PROG,
+        description="Provision Roomba robots for AWS IoT: the CA, robot keys, station signing, factory "
+        "batches, identity checks and AWS artifacts.",
+        epilog=f"run `{PROG} COMMAND --help` for a command's options; `{PROG} completion bash` prints shell "
+        "completion. PINs come from $ROOMBA_PKCS11_PIN or --pin-file, never from the command line.",
+        exit_codes=REFUSED,
     )
+    parser.add_argument(
+        "--log-level", default="warning", help="debug, info, warning (default) or error; logs go to stderr"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+
+    ca_parser = sub.add_parser(
+        "ca", help="manage the company CA", description="Manage the company CA.", exit_codes=REFUSED
+    )
+    ca = ca_parser.add_subparsers(dest="ca_command", required=True, metavar="COMMAND", title="commands")
     init = ca.add_parser(
-        "init", allow_abbrev=False, help="create a CA (key file, or key inside a PKCS#11 token)"
+        "init",
+        help="create a CA (key file, or key inside a PKCS#11 token)",
+        description="Create a CA: DIR/ca.crt and its key (DIR/ca.key, or a key inside a PKCS#11 token).",
+        exit_codes={1: "refused: DIR already holds a CA, or the token/PIN is wrong (the error line says)"},
     )
-    init.add_argument("--dir", required=True, type=Path)
+    init.add_argument("--dir", required=True, type=Path, help="the new CA directory (made 0700)")
     init.add_argument(
         "--key-type", choices=("ec", "rsa"), default="ec", help="EC P-256 (default) or RSA 2048"
     )
     init.add_argument("--cn", default="Roomba Fleet Development CA", help="CA common name")
     init.add_argument("--org", default="Roomba Fleet", help="CA organisation")
-    init.add_argument("--days", type=DAYS, default=certs.DEFAULT_CA_DAYS)
-    init.add_argument("--path-length", type=_int_in(0, 8), default=0, help="0: issues devices directly")
+    _days(init, certs.DEFAULT_CA_DAYS, "CA certificate")
+    init.add_argument(
+        "--path-length",
+        type=_int_in(0, 8),
+        default=0,
+        help="CA path length, 0..8 (default 0: the CA issues devices directly)",
+    )
     _add_pkcs11(init, key_label_default="roomba-ca")
+    add_json(init, "where the CA is and its certificate id")
     verif = ca.add_parser(
         "verification-cert",
-        allow_abbrev=False,
         help="proof-of-possession certificate for AWS CA registration",
+        description="Issue the verification certificate AWS IoT asks for when registering this CA.",
+        exit_codes=REFUSED,
     )
-    verif.add_argument("--ca", required=True, type=Path)
-    verif.add_argument("--registration-code", required=True)
-    verif.add_argument("--out", required=True, type=Path)
+    _ca_arg(verif)
+    verif.add_argument(
+        "--registration-code",
+        required=True,
+        help="from aws iot get-registration-code (ASCII letters, digits)",
+    )
+    verif.add_argument("--out", required=True, type=Path, help="file for the verification certificate (PEM)")
     _add_pin_file(verif)
+    add_json(verif, "the file written")
     server = ca.add_parser(
-        "server-cert", allow_abbrev=False, help="TLS server certificate (e.g. for the local Mosquitto broker)"
+        "server-cert",
+        help="TLS server certificate (e.g. for the local Mosquitto broker)",
+        description="Issue a TLS server certificate and key signed by the CA.",
+        exit_codes=REFUSED,
     )
-    server.add_argument("--ca", required=True, type=Path)
+    _ca_arg(server)
     server.add_argument("--out", required=True, type=Path, help="directory for server.crt and server.key")
     server.add_argument("--hostname", action="append", default=[], help="DNS SAN (repeatable)")
     server.add_argument("--ip", action="append", default=[], help="IP SAN (repeatable)")
-    server.add_argument("--days", type=DAYS, default=certs.DEFAULT_SERVER_DAYS)
+    _days(server, certs.DEFAULT_SERVER_DAYS, "server certificate")
     server.add_argument("--replace", action="store_true", help="rotate an existing server certificate")
     _add_pin_file(server)
+    add_json(server, "the files written")
 
-    device = sub.add_parser("device", allow_abbrev=False, help="device keys and identities").add_subparsers(
-        dest="device_command", required=True, parser_class=_Parser
+    device_parser = sub.add_parser(
+        "device",
+        help="device keys and identities",
+        description="Device keys and identities.",
+        exit_codes=REFUSED,
     )
-    kg = device.add_parser("keygen", allow_abbrev=False, help="on the robot: make the device key and a CSR")
-    kg.add_argument("--thing", required=True)
-    kg.add_argument("--out", required=True, type=Path)
-    kg.add_argument("--key-type", choices=("ec", "rsa"), default="ec")
+    device = device_parser.add_subparsers(
+        dest="device_command", required=True, metavar="COMMAND", title="commands"
+    )
+    kg = device.add_parser(
+        "keygen",
+        help="on the robot: make the device key and a CSR",
+        description="On the robot: make the device key (file or token) and a CSR to carry to the station.",
+        exit_codes={1: "refused: a key is already there (never overwritten), or the token/PIN is wrong"},
+    )
+    kg.add_argument("--thing", required=True, help="thing name (1-128 of [a-zA-Z0-9:_-]), the CSR's CN")
+    kg.add_argument("--out", required=True, type=Path, help="identity directory for the key and device.csr")
+    kg.add_argument("--key-type", choices=("ec", "rsa"), default="ec", help="EC P-256 (default) or RSA 2048")
     _add_pkcs11(kg, key_label_default=None)
+    add_json(kg, "where the key and CSR are")
     install = device.add_parser(
-        "install", allow_abbrev=False, help="on the robot: install the signed certificate"
+        "install",
+        help="on the robot: install the signed certificate",
+        description="On the robot: install the certificate the station signed, beside its key.",
+        exit_codes={1: "refused: the certificate does not match the key, or one is installed (see --force)"},
     )
     install.add_argument("--dir", required=True, type=Path, help="identity directory made by keygen")
-    install.add_argument("--cert", required=True, type=Path, help="certificate from `roomba-provision sign`")
+    install.add_argument("--cert", required=True, type=Path, help="certificate from roomba-provision sign")
     install.add_argument("--root-ca", type=Path, help="server root CA (AmazonRootCA1.pem for AWS)")
     install.add_argument("--force", action="store_true", help="replace an installed certificate")
+    add_json(install, "the installed identity")
     create = device.add_parser(
-        "create", allow_abbrev=False, help="keygen and sign in one step (simulation, development)"
+        "create",
+        help="keygen and sign in one step (simulation, development)",
+        description="Key, CSR and signed certificate in one step (simulation and development).",
+        exit_codes=REFUSED,
     )
-    create.add_argument("--ca", required=True, type=Path)
-    create.add_argument("--thing", required=True)
-    create.add_argument("--out", required=True, type=Path)
-    create.add_argument("--days", type=DAYS, default=certs.DEFAULT_DEVICE_DAYS)
+    _ca_arg(create)
+    create.add_argument("--thing", required=True, help="thing name (1-128 of [a-zA-Z0-9:_-])")
+    create.add_argument("--out", required=True, type=Path, help="the new identity directory")
+    _days(create, certs.DEFAULT_DEVICE_DAYS, "device certificate")
     create.add_argument("--root-ca", type=Path, help="server root for root-ca.crt (default: this CA)")
     create.add_argument("--chain", action="store_true", help="device.crt = certificate + CA certificate")
     _add_pin_file(create)
+    add_json(create, "the new identity")
 
     sign = sub.add_parser(
-        "sign", allow_abbrev=False, help="at the station: check a CSR and issue a client certificate"
+        "sign",
+        help="at the station: check a CSR and issue a client certificate",
+        description="At the station: check a robot's CSR and issue its client certificate.",
+        exit_codes={1: "refused: the CSR is invalid, or --out exists (see --force)"},
     )
-    sign.add_argument("--ca", required=True, type=Path)
-    sign.add_argument("--csr", required=True, type=Path)
-    sign.add_argument("--out", required=True, type=Path)
-    sign.add_argument("--days", type=DAYS, default=certs.DEFAULT_DEVICE_DAYS)
+    _ca_arg(sign)
+    sign.add_argument("--csr", required=True, type=Path, help="the robot's CSR (device.csr from keygen)")
+    sign.add_argument("--out", required=True, type=Path, help="file for the certificate (PEM)")
+    _days(sign, certs.DEFAULT_DEVICE_DAYS, "device certificate")
     sign.add_argument(
         "--chain", action="store_true", help="append the CA certificate (AWS JITP first connect)"
     )
     sign.add_argument("--force", action="store_true", help="replace an existing certificate file")
     _add_pin_file(sign)
+    add_json(sign, "the certificate issued")
 
     batch = sub.add_parser(
-        "batch", allow_abbrev=False, help="a factory batch of identities plus a manifest (resumable)"
+        "batch",
+        help="a factory batch of identities plus a manifest (resumable)",
+        description="A factory batch of identities plus a manifest; rerun the same command to resume. "
+        "Prints one JSON summary line (total, created, skipped, recovered, manifest, per_s).",
+        exit_codes={
+            1: "refused: bad serials, or another batch holds --out",
+            130: "interrupted (Ctrl-C) between two identities: rerun to resume",
+            143: "stopped by SIGTERM between two identities: rerun to resume",
+        },
     )
-    batch.add_argument("--ca", required=True, type=Path)
+    _ca_arg(batch)
     what = batch.add_mutually_exclusive_group(required=True)
-    what.add_argument("--count", type=_int_in(1, 1_000_000))
+    what.add_argument(
+        "--count", type=_int_in(1, 1_000_000), help="this many identities, PREFIX001 and on (1..1000000)"
+    )
     what.add_argument("--serials", type=Path, help="file with one serial number per line")
-    batch.add_argument("--prefix", default="robot-")
-    batch.add_argument("--out", required=True, type=Path)
-    batch.add_argument("--days", type=DAYS, default=certs.DEFAULT_DEVICE_DAYS)
+    batch.add_argument("--prefix", default="robot-", help="thing name prefix (default robot-)")
+    batch.add_argument("--out", required=True, type=Path, help="directory for the identities and manifest")
+    _days(batch, certs.DEFAULT_DEVICE_DAYS, "device certificate")
     batch.add_argument("--root-ca", type=Path, help="server root for root-ca.crt (default: this CA)")
-    batch.add_argument("--chain", action="store_true")
+    batch.add_argument("--chain", action="store_true", help="device.crt = certificate + CA certificate")
     _add_pin_file(batch)
 
     verify = sub.add_parser(
-        "verify", allow_abbrev=False, help="check an installed identity the way the agent will"
+        "verify",
+        help="check an installed identity the way the agent will",
+        description="Check an installed identity the way the agent will: files and modes, key match, "
+        "chain to the CA, thing name, expiry. Each finding is one line on stderr.",
+        exit_codes={1: "the identity has an error (each finding is printed)"},
     )
-    verify.add_argument("--dir", required=True, type=Path)
+    verify.add_argument("--dir", required=True, type=Path, help="the identity directory")
     verify.add_argument("--ca", required=True, type=Path, help="CA directory or CA certificate file")
     verify.add_argument("--thing", help="expected thing name (default: only check the CN is legal)")
-    verify.add_argument("--warn-days", type=_int_in(0, MAX_DAYS), default=30)
-
-    awsp = sub.add_parser("aws", allow_abbrev=False, help="AWS IoT artifacts").add_subparsers(
-        dest="aws_command", required=True, parser_class=_Parser
+    verify.add_argument(
+        "--warn-days",
+        type=_int_in(0, MAX_DAYS),
+        default=30,
+        help="warn when the certificate expires within this many days (default 30)",
     )
-    policy = awsp.add_parser("policy", allow_abbrev=False, help="least-privilege device policy JSON")
-    policy.add_argument("--partition", choices=aws.PARTITIONS, default="aws")
+    add_json(verify, "the verdict, expiry and findings")
+
+    awsp_parser = sub.add_parser(
+        "aws", help="AWS IoT artifacts", description="AWS IoT artifacts (JSON on stdout).", exit_codes=REFUSED
+    )
+    awsp = awsp_parser.add_subparsers(dest="aws_command", required=True, metavar="COMMAND", title="commands")
+    policy = awsp.add_parser(
+        "policy",
+        help="least-privilege device policy JSON",
+        description="Print the least-privilege AWS IoT policy for robots (JSON).",
+        exit_codes={1: "the policy would exceed AWS IoT's size limit (the error line says what to drop)"},
+    )
+    policy.add_argument(
+        "--partition", choices=aws.PARTITIONS, default="aws", help="AWS partition (default aws)"
+    )
     policy.add_argument("--region", default="*", help="default '*': the policy's own region")
     policy.add_argument("--account", default="*", help="default '*': the policy's own account")
     policy.add_argument("--shadow", action="append", default=[], help="pin named shadows (default: any)")
     jitp = awsp.add_parser(
-        "jitp-template", allow_abbrev=False, help="just-in-time provisioning template JSON"
+        "jitp-template",
+        help="just-in-time provisioning template JSON",
+        description="Print the just-in-time provisioning template (JSON).",
     )
-    jitp.add_argument("--policy-name", default="roomba-agent")
-    jitp.add_argument("--thing-type")
+    jitp.add_argument(
+        "--policy-name", default="roomba-agent", help="the policy attached to each new certificate"
+    )
+    jitp.add_argument("--thing-type", help="thing type for the things created (default: none)")
     jitp.add_argument("--role-arn", help="wrap as --registration-config {templateBody, roleArn}")
+    add_completion(sub, PROG)
     return parser
+
+
+def _emit(out: TextIO, json_mode: bool, doc: dict[str, Any], text: str) -> None:
+    """The result: ``doc`` as one JSON document with --json, else the lines people read."""
+    print(json.dumps(doc, indent=2) if json_mode else text, file=out)
 
 
 def _write_output(path: Path, data: bytes, *, force: bool = False) -> None:
@@ -237,8 +326,18 @@ def cmd_ca_init(args: argparse.Namespace, out: TextIO) -> int:
     )
     with ca:
         where = "in token " + repr(args.token) if ca.in_token else f"in {args.dir / 'ca.key'}"
-        print(f"CA created: {ca.cert_path} (key {where})", file=out)
-        print(f"certificate id: {certs.certificate_id(ca.certificate)}", file=out)
+        cert = ca.certificate
+        doc = {
+            "ca_dir": str(args.dir),
+            "certificate": str(ca.cert_path),
+            "key": None if ca.in_token else str(args.dir / "ca.key"),
+            "token": args.token if ca.in_token else None,
+            "key_label": args.key_label if ca.in_token else None,
+            "certificate_id": certs.certificate_id(cert),
+            "not_after": cert.not_valid_after_utc.isoformat(),
+        }
+        text = f"CA created: {ca.cert_path} (key {where})\ncertificate id: {doc['certificate_id']}"
+    _emit(out, args.json, doc, text)
     return 0
 
 
@@ -249,7 +348,9 @@ def cmd_verification_cert(args: argparse.Namespace, out: TextIO) -> int:
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
     _write_output(args.out, certs.cert_pem(cert))
-    print(f"verification certificate: {args.out}", file=out)
+    _emit(
+        out, args.json, {"verification_certificate": str(args.out)}, f"verification certificate: {args.out}"
+    )
     return 0
 
 
@@ -263,7 +364,12 @@ def cmd_server_cert(args: argparse.Namespace, out: TextIO) -> int:
             )
         except ValueError as exc:
             raise InvalidInput(f"bad --hostname/--ip: {exc}") from None
-    print(f"server certificate: {cert_path}\nserver key: {key_path}", file=out)
+    _emit(
+        out,
+        args.json,
+        {"certificate": str(cert_path), "key": str(key_path)},
+        f"server certificate: {cert_path}\nserver key: {key_path}",
+    )
     return 0
 
 
@@ -276,8 +382,27 @@ def cmd_keygen(args: argparse.Namespace, out: TextIO) -> int:
         if result.token_key
         else str(result.key_path)
     )
-    print(f"device key: {where}\nCSR: {result.csr_path}", file=out)
+    doc = {
+        "thing": result.thing,
+        "dir": str(result.dir),
+        "csr": str(result.csr_path),
+        "key": str(result.key_path) if result.key_path else None,
+        "token": result.token_key.token_label if result.token_key else None,
+        "key_label": result.token_key.key_label if result.token_key else None,
+    }
+    _emit(out, args.json, doc, f"device key: {where}\nCSR: {result.csr_path}")
     return 0
+
+
+def _identity_doc(ident: Identity) -> dict[str, Any]:
+    return {
+        "thing": ident.thing,
+        "dir": str(ident.dir),
+        "certificate": str(ident.cert_path),
+        "key": str(ident.key_path) if ident.key_path else None,
+        "root_ca": str(ident.ca_path),
+        "certificate_id": ident.certificate_id,
+    }
 
 
 def cmd_device_install(args: argparse.Namespace, out: TextIO) -> int:
@@ -286,9 +411,11 @@ def cmd_device_install(args: argparse.Namespace, out: TextIO) -> int:
     except OSError as exc:
         raise InvalidInput(f"cannot read certificate {args.cert}: {exc.strerror}") from None
     ident = install_certificate(args.dir, pem, root_ca=args.root_ca, force=args.force)
-    print(
+    _emit(
+        out,
+        args.json,
+        _identity_doc(ident),
         f"installed: {ident.cert_path}\nthing: {ident.thing}\ncertificate id: {ident.certificate_id}",
-        file=out,
     )
     return 0
 
@@ -296,7 +423,12 @@ def cmd_device_install(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_device_create(args: argparse.Namespace, out: TextIO) -> int:
     with load_ca(args.ca, pin_file=args.pin_file) as ca:
         ident = create_identity(ca, args.thing, args.out, args.days, root_ca=args.root_ca, chain=args.chain)
-    print(f"identity: {ident.dir}\ncertificate id: {ident.certificate_id}", file=out)
+    _emit(
+        out,
+        args.json,
+        _identity_doc(ident),
+        f"identity: {ident.dir}\ncertificate id: {ident.certificate_id}",
+    )
     return 0
 
 
@@ -313,10 +445,20 @@ def cmd_sign(args: argparse.Namespace, out: TextIO) -> int:
         cert = ca.sign_csr(csr, days=args.days)
         pem = certs.cert_pem(cert) + (ca.certificate_pem if args.chain else b"")
     _write_output(args.out, pem, force=args.force)
-    print(
+    doc = {
+        "certificate": str(args.out),
+        "thing": info.thing,
+        "key": info.key_description,
+        "certificate_id": certs.certificate_id(cert),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "chain": bool(args.chain),
+    }
+    _emit(
+        out,
+        args.json,
+        doc,
         f"certificate: {args.out}\nthing: {info.thing}\nkey: {info.key_description}\n"
-        f"certificate id: {certs.certificate_id(cert)}",
-        file=out,
+        f"certificate id: {doc['certificate_id']}",
     )
     return 0
 
@@ -405,15 +547,28 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     )
     for finding in findings:
         print(f"{PROG}: {finding.severity}: {finding.code}: {finding.message}", file=sys.stderr)
-    if any(f.is_error for f in findings):
+    doc: dict[str, Any] = {
+        "ok": not any(f.is_error for f in findings),
+        "dir": str(args.dir),
+        "thing": args.thing,
+        "not_after": None,
+        "days_left": None,
+        "findings": [{"severity": f.severity, "code": f.code, "message": f.message} for f in findings],
+    }
+    if not doc["ok"]:
+        if args.json:
+            print(json.dumps(doc, indent=2), file=out)
         return 1
     cert = read_certificate(args.dir / DEVICE_CERT)
-    thing = args.thing or certs.common_name(cert.subject)
-    left = (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).days
-    print(
-        f"ok: {args.dir} is a valid identity for {thing} "
-        f"(expires {cert.not_valid_after_utc.date()}, in {left} days)",
-        file=out,
+    doc["thing"] = args.thing or certs.common_name(cert.subject)
+    doc["not_after"] = cert.not_valid_after_utc.isoformat()
+    doc["days_left"] = (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).days
+    _emit(
+        out,
+        args.json,
+        doc,
+        f"ok: {args.dir} is a valid identity for {doc['thing']} "
+        f"(expires {cert.not_valid_after_utc.date()}, in {doc['days_left']} days)",
     )
     return 0
 
@@ -460,6 +615,9 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(bash_completion(PROG, {"": parser}))
+        return 0
     logs.configure(args.log_level)
     try:
         return _dispatch(args, sys.stdout)
@@ -486,5 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+console = entry(lambda: main(sys.argv[1:]))
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -6,12 +6,14 @@
 #   3. a small in-process fleet (roomba-fleet simulate) of robots running the same agent code,
 #   4. a fleet-wide clean mission sent through the shadows, and the live view showing it take effect.
 # Ctrl-C stops everything. DEMO_SECONDS=N stops by itself after N seconds (used by the tests).
+# DEMO_PORT=N (`make run PORT=N`): the local cloud's MQTT port (default: the one saved in the directory, 8883).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 DIR=${ROOMBA_FLEET_DIR:-$PWD/var/demo}
 THING=${THING:-robot-001}
 FLEET=${FLEET:-4}
+DEMO_PORT=${DEMO_PORT:-}
 mkdir -p "$DIR/logs"
 pids=()
 cleanup() {
@@ -27,10 +29,22 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     exit 1
 }
 
-echo "demo: starting the local cloud in $DIR (logs in $DIR/logs)"
-roomba-fleet up --dir "$DIR" >"$DIR/logs/cloud.out" 2>"$DIR/logs/cloud.err" &
-pids+=($!)
-wait_for 30 "the local cloud" grep -qx ready "$DIR/logs/cloud.out"
+echo "demo: starting the local cloud in $DIR${DEMO_PORT:+ on port $DEMO_PORT} (logs in $DIR/logs)"
+roomba-fleet up --dir "$DIR" ${DEMO_PORT:+--port "$DEMO_PORT"} >"$DIR/logs/cloud.out" 2>"$DIR/logs/cloud.err" &
+cloud_pid=$!
+pids+=($cloud_pid)
+cloud_ready() {  # fails the demo at once, with up's reason, if up exited
+    grep -qx ready "$DIR/logs/cloud.out" && return 0
+    if ! kill -0 "$cloud_pid" 2>/dev/null; then
+        grep -v '^{' "$DIR/logs/cloud.err" >&2 || true
+        echo "demo: the local cloud did not start; if its port is taken, pick another: make run PORT=N" >&2
+        exit 1
+    fi
+    return 1
+}
+for _ in $(seq 1 300); do cloud_ready && break; sleep 0.1; done
+cloud_ready || { echo "demo: gave up waiting for the local cloud; logs are in $DIR/logs" >&2; exit 1; }
+echo "demo: raw MQTT as the operator: $(sed -n 's/^ *\(mosquitto_sub .*\)$/\1/p' "$DIR/logs/cloud.out")"
 
 echo "demo: starting a simulated robot on the pty $DIR/$THING.tty"
 roomba-sim robot --link "$DIR/$THING.tty" --control "$DIR/$THING.ctl" --seed 1 --docked \

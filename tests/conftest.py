@@ -5,6 +5,8 @@ them too."""
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,13 @@ import pytest
 import structlog
 
 from localcloud.testing import LocalCloud, PahoRobot, tls_refused
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test reaches a developer's real per-user local cloud (the default ``--dir``): state goes to a
+    throwaway directory unless a test sets its own."""
+    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="roomba-test-state-")
+    os.environ.pop("ROOMBA_FLEET_DIR", None)
 
 
 @pytest.fixture(autouse=True)

@@ -82,6 +82,10 @@ class Events:
                 self._retry.reset()
                 self.metrics.set("outbox_depth", self.outbox.depth())
                 self.send()
+            elif not self.mqtt.connected:
+                # the connection went down under it (a reconnect fails what was queued): the next connect
+                # sends it again; not worth a warning about the policy
+                self.metrics.inc("events_publish_failed_disconnected")
             else:
                 self.metrics.inc(f"events_publish_failed_{why}")
                 delay = self._retry.next_delay()

@@ -3,7 +3,8 @@
 Telemetry (raw figures, QoS 0, never in the shadow) and metrics go to ``roomba/<thing>/telemetry`` and
 ``roomba/<thing>/metrics`` every ``telemetry_s`` and ``metrics_s`` (settings the ``config`` shadow may
 change). The status file is what ``roomba-agent status`` reads, so it works when the daemon or the network
-is broken; it is rewritten every ``intervals.status_s`` and once more at exit.
+is broken; it is rewritten every ``intervals.status_s``, whenever the MQTT connection goes up or down (with
+the reconnect state: last failed attempt, its error, when the next one is) and once more at exit.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from agent.features.health import Health
 from agent.metrics import Metrics
 from agent.model import reported_state, telemetry
 from agent.mqtt import MqttConnection
-from agent.parts import AgentLog, RobotSide
+from agent.parts import AgentLog, CloudLink, RobotSide
 from agent.store import Outbox
 from agent.sync import ShadowSync
 from shadow.topics import metrics_topic, telemetry_topic
@@ -54,6 +55,7 @@ class Reporting:
         metrics: Metrics,
         log: AgentLog,
         started: float,
+        cloud_link: CloudLink | None = None,
     ) -> None:
         self.config = config
         self.robot = robot
@@ -65,6 +67,7 @@ class Reporting:
         self.metrics = metrics
         self.log = log
         self.started = started
+        self.cloud_link = cloud_link or CloudLink()
         self.status_path = Path(config.state_dir) / STATUS_FILE
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -113,6 +116,7 @@ class Reporting:
             "mqtt": {
                 "endpoint": f"{self.config.endpoint}:{self.config.port}",
                 "connected": self.mqtt.connected,
+                "reconnect": self.cloud_link.to_json(),
             },
             "robot": {
                 "port": self.config.serial_port,

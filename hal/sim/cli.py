@@ -1,5 +1,7 @@
 """``roomba-sim``: run a simulated Create 2 on a pty or TCP port, or send it a control request.
 
+Also ``python -m hal.sim``.
+
 roomba-sim robot --link /tmp/roomba [--control /tmp/roomba.ctl] [--seed 1] [--speed 10] [--record cmds.jsonl]
 roomba-sim robot --tcp 127.0.0.1:0 --control /tmp/roomba.ctl
 roomba-sim ctl /tmp/roomba.ctl '{"op": "state"}'
@@ -15,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from base.cli import Parser, add_completion, bash_completion, entry
 from base.logs import configure, get_logger
 from hal.sim.robot import MAX_SPEED, QUIRKS
 from hal.sim.server import SimServer, send_control
@@ -54,14 +57,31 @@ def _firmware(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="roomba-sim", description="Simulated iRobot Create 2 (Open Interface)"
+    parser = Parser(
+        prog="roomba-sim",
+        description="Simulated iRobot Create 2 (Open Interface) on a pty or a TCP port.",
+        epilog="run `roomba-sim COMMAND --help` for a command's options; `roomba-sim completion bash` "
+        "prints shell completion",
+        exit_codes={1: "the command failed (each command's --help lists its own codes)"},
     )
     parser.add_argument("--log-level", default="info", help="debug shows every command received")
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)  # not a command: the options robot and ctl share
     common.add_argument("--log-level", default=argparse.SUPPRESS, help="debug shows every command received")
-    sub = parser.add_subparsers(dest="command", required=True)
-    robot = sub.add_parser("robot", help="serve one simulated robot", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    robot = sub.add_parser(
+        "robot",
+        help="serve one simulated robot",
+        description="Serve one simulated robot until SIGTERM or Ctrl-C. Prints one ready line (where to "
+        "connect) on stdout once it listens.",
+        epilog="examples:\n"
+        "  roomba-sim robot --link /tmp/roomba --control /tmp/roomba.ctl --seed 1\n"
+        "  roomba-sim robot --tcp 127.0.0.1:0 --control /tmp/roomba.ctl",
+        exit_codes={
+            0: "stopped by SIGTERM or Ctrl-C",
+            2: "usage error, or cannot start (path or port taken)",
+        },
+        parents=[common],
+    )
     where = robot.add_mutually_exclusive_group(required=True)
     where.add_argument("--link", help="path of a symlink to the pty slave (open it like /dev/ttyUSB0)")
     where.add_argument(
@@ -89,10 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(QUIRKS),
         help="emulate a firmware quirk (repeatable): " + "; ".join(f"{k}: {v}" for k, v in QUIRKS.items()),
     )
-    ctl = sub.add_parser("ctl", help="send one control request to a running simulator", parents=[common])
+    ctl = sub.add_parser(
+        "ctl",
+        help="send one control request to a running simulator",
+        description="Send one control request to a running simulator; its JSON answer goes to stdout.",
+        epilog='example: roomba-sim ctl /tmp/roomba.ctl \'{"op": "state"}\'',
+        exit_codes={
+            0: "the simulator answered ok",
+            1: "no answer, or the answer is not ok",
+            2: "usage error, or the request is not a JSON object",
+        },
+        parents=[common],
+    )
     ctl.add_argument("socket", help="the --control socket path")
     ctl.add_argument("request", help='a JSON object, e.g. \'{"op": "state"}\'')
     ctl.add_argument("--timeout", type=_positive, default=5.0, help="seconds to wait for the answer")
+    add_completion(sub, "roomba-sim")
     return parser
 
 
@@ -152,12 +184,18 @@ def _run_ctl(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(bash_completion("roomba-sim", {"": parser}))
+        return 0
     configure(args.log_level)
     if args.command == "robot":
         return _run_robot(args)
     return _run_ctl(args)
 
 
+console = entry(lambda: main(sys.argv[1:]))
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

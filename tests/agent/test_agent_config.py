@@ -150,3 +150,172 @@ def test_intervals_validated() -> None:
     _, problems = cfg.validate(doc)
     assert any(p.startswith("intervals.report_min_s") for p in problems)
     assert any(p.startswith("intervals.heartbeat_s") for p in problems)
+
+
+# the published schema: unknown keys at any depth, wrong types, the one source of keys and defaults ---------
+def problems_of_file(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(write(tmp_path, text), env={})
+    return err.value.problems
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (('model = "create2"', 'modle = "create2"'), "robot.modle: unknown key (did you mean model?)"),
+        (("port = 8883", 'port = "28892"'), 'connection.port: must be an integer, not a string ("28892")'),
+        (("[robot]", "[robott]"), "robott: unknown section (did you mean robot?)"),
+        (("[connection]", "[conection]"), "conection: unknown section (did you mean connection?)"),
+        (("local = true", "local = true\nkeepalive_s = 30"), "connection.keepalive_s: unknown key"),
+        (("local = true", 'local = "yes"'), "connection.local: must be true or false, not a string"),
+        (
+            ('state_dir = "/var/lib/roomba-agent"', "state_dir = 5"),
+            "state_dir: must be a string, not an integer",
+        ),
+        (
+            ('thing_name = "robot-001"', 'thing_name = "robot-001"\nport = 8883'),
+            "port: unknown key (did you mean connection.port?)",
+        ),
+    ],
+    ids=[
+        "typo_at_depth",
+        "string_port",
+        "unknown_section",
+        "unknown_section_typo",
+        "unknown_key_in_table",
+        "string_bool",
+        "int_for_string",
+        "key_in_wrong_table",
+    ],
+)
+def test_config_traps_rejected_with_their_path(tmp_path: Path, edit: tuple[str, str], expected: str) -> None:
+    """Each trap passed the old hand-written checks silently (or with no path); now each is one line
+    naming the dotted path, with a "did you mean" where a known key is close."""
+    old, new = edit
+    assert old in GOOD
+    problems = problems_of_file(tmp_path, GOOD.replace(old, new, 1))
+    assert any(p.startswith(expected) for p in problems), problems
+    assert all("\n" not in p for p in problems)
+
+
+def test_string_port_says_how_to_fix_it(tmp_path: Path) -> None:
+    problems = problems_of_file(tmp_path, GOOD.replace("port = 8883", 'port = "28892"'))
+    assert problems == [
+        'connection.port: must be an integer, not a string ("28892"); write 28892 without quotes'
+    ]
+
+
+def test_typo_in_pkcs11_table_and_intervals(tmp_path: Path) -> None:
+    """Depth 3 (connection.pkcs11) and the intervals table are closed too."""
+    text = GOOD.replace('key = "/etc/roomba-agent/device.key"\n', "") + (
+        '\n[connection.pkcs11]\nmodule = "/m.so"\ntoken_label = "t"\nkey_lable = "k"\npin_file = "/p"\n'
+        "\n[intervals]\nheartbeat = 60\n"
+    )
+    problems = problems_of_file(tmp_path, text)
+    assert "connection.pkcs11.key_lable: unknown key (did you mean key_label?)" in problems
+    assert any(p.startswith("connection.pkcs11.key_label: missing") for p in problems)
+    assert "intervals.heartbeat: unknown key (did you mean heartbeat_s?)" in problems
+
+
+def test_environment_text_is_converted_and_bad_text_names_its_variable(tmp_path: Path) -> None:
+    """Environment values are text: converted to the schema's type, and a bad one names its variable."""
+    path = write(tmp_path, GOOD)
+    c = cfg.load(
+        path, env={"ROOMBA_AGENT_PORT": "443", "ROOMBA_AGENT_LOCAL": "off", "ROOMBA_AGENT_LOG_LEVEL": "DEBUG"}
+    )
+    assert (c.port, c.local, c.log_level) == (443, False, "debug")
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(path, env={"ROOMBA_AGENT_PORT": "88x3"})
+    assert err.value.problems == [
+        'connection.port: must be an integer, not a string ("88x3") (from $ROOMBA_AGENT_PORT)'
+    ]
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(path, env={}, cli={"port": "70000"})
+    assert err.value.problems == ["connection.port: 70000 is out of range 1..65535 (from --port)"]
+
+
+def _schema_defaults(node: dict, prefix: str = "") -> dict[str, object]:
+    return {p: sub["default"] for p, sub in cfg.walk(node) if "default" in sub}
+
+
+def test_schema_and_dataclasses_agree() -> None:
+    """Every key of the schema is a field of AgentConfig (or Intervals / Pkcs11Key) and back, with the same
+    default, so the dataclass cannot drift from the published schema."""
+    from dataclasses import MISSING, fields
+
+    leaves = {p for p, sub in cfg.walk() if sub.get("type") != "object" or p == "connection.pkcs11"}
+    mapped = {dotted for name, dotted in cfg.FIELDS.items() if name != "intervals"}
+    mapped |= {f"intervals.{f.name}" for f in fields(cfg.Intervals)}
+    mapped |= {f"connection.pkcs11.{f.name}" for f in fields(cfg.Pkcs11Key)}
+    leaves |= {p for p, _ in cfg.walk() if p.startswith("connection.pkcs11.")}
+    assert leaves == mapped
+    assert set(cfg.FIELDS) == {f.name for f in fields(cfg.AgentConfig)}
+    defaults = _schema_defaults(cfg.schema())
+    for f in fields(cfg.AgentConfig):
+        if f.name == "intervals":
+            continue
+        dotted = cfg.FIELDS[f.name]
+        if f.default is not MISSING and f.default is not None:  # a required field may have a schema default
+            assert defaults[dotted] == f.default, dotted
+    for f in fields(cfg.Intervals):
+        assert defaults[f"intervals.{f.name}"] == f.default, f.name
+    assert defaults["state_dir"] == cfg.DEFAULT_STATE_DIR
+    assert tuple(cfg.schema()["properties"]["log_level"]["enum"]) == cfg.LOG_LEVELS
+
+
+def test_schema_rules_match_the_libraries() -> None:
+    """The schema's model list is hal.models', its thing-name pattern is shadow.names' rule."""
+    import re
+
+    from hal.models import MODELS
+    from shadow.names import is_thing_name
+
+    assert cfg.schema_at("robot.model")["enum"] == list(MODELS)  # type: ignore[index]
+    pattern = re.compile(cfg.schema_at("thing_name")["pattern"])  # type: ignore[index]
+    for name in ["robot-001", "a", "x" * 128, "x" * 129, "bad name!", "a:b_c-d", "", "é", "a/b"]:
+        assert bool(pattern.search(name)) == is_thing_name(name), name
+
+
+def test_overrides_come_from_the_schema() -> None:
+    """Each environment variable and option the schema names is an override, and reaches its key."""
+    assert cfg.OVERRIDES["port"] == "connection.port"
+    assert cfg.OVERRIDES["serial_port"] == "robot.serial_port"
+    assert cfg.OVERRIDES["local"] == "connection.local"
+    for name, dotted in cfg.OVERRIDES.items():
+        assert cfg.schema_at(dotted) is not None, name
+
+
+def test_default_config_path(tmp_path: Path) -> None:
+    """Without --config: $ROOMBA_AGENT_CONFIG, else the systemd unit's path; errors name the path tried."""
+    unit = (Path(__file__).parents[2] / "systemd" / "roomba-agent.service").read_text()
+    assert f"--config {cfg.DEFAULT_CONFIG_PATH}" in unit
+    assert cfg.resolve_path(None, {}) == (cfg.DEFAULT_CONFIG_PATH, "default")
+    path = write(tmp_path, GOOD)
+    assert cfg.load(None, env={"ROOMBA_AGENT_CONFIG": str(path)}).thing_name == "robot-001"
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load(None, env={"ROOMBA_AGENT_CONFIG": str(tmp_path / "nope.toml")})
+    assert err.value.problems == [f"file {tmp_path / 'nope.toml'} does not exist (from $ROOMBA_AGENT_CONFIG)"]
+    if not Path(cfg.DEFAULT_CONFIG_PATH).exists():
+        with pytest.raises(cfg.ConfigError) as err:
+            cfg.load(None, env={})
+        assert err.value.problems[0].startswith(
+            f"file {cfg.DEFAULT_CONFIG_PATH} does not exist (the default path"
+        )
+    # the environment and options alone, with an empty file
+    env = {
+        "ROOMBA_AGENT_THING_NAME": "t",
+        "ROOMBA_AGENT_ENDPOINT": "127.0.0.1",
+        "ROOMBA_AGENT_ROOT_CA": "/r",
+        "ROOMBA_AGENT_CERT": "/c",
+        "ROOMBA_AGENT_KEY": "/k",
+        "ROOMBA_AGENT_SERIAL_PORT": "/dev/ttyUSB0",
+    }
+    assert cfg.load("/dev/null", env=env).endpoint == "127.0.0.1"
+
+
+def test_state_dir_for_a_broken_config(tmp_path: Path) -> None:
+    """status needs the state directory even when the file has other problems."""
+    path = write(tmp_path, 'state_dir = "/srv/agent"\n[robot]\nmodle = 1\n')
+    assert cfg.state_dir_for(str(path), env={}) == "/srv/agent"
+    assert cfg.state_dir_for(None, env={"ROOMBA_AGENT_CONFIG": str(path)}) == "/srv/agent"
+    assert cfg.state_dir_for(str(tmp_path / "missing.toml"), env={"STATE_DIRECTORY": "/x"}) == "/x"

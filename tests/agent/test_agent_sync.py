@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -27,6 +28,8 @@ class Cloud:
         self.reject_next: list[int] = []
         self.reject_gets: list[int] = []
         self.updates: list[dict[str, Any]] = []
+        self.before_clear: list[dict[str, Any]] = []  # fleet writes that land just before the robot's clear
+        self.lose_clears = False  # the robot's clear never reaches the service (a crash right before it)
 
     def handle(self, pub: Publish) -> list[tuple[str, bytes]]:
         prefix, _, op = pub.topic.rpartition("/")
@@ -43,6 +46,11 @@ class Cloud:
             doc = shadowdoc.get_document(self.shadows[name], self.now, token)
             return [(prefix + "/get/accepted", json.dumps(doc).encode())]
         assert op == "update"
+        if is_clear(body):
+            if self.lose_clears:
+                return []
+            while self.before_clear:
+                self.fleet_desired(self.before_clear.pop(0))  # its documents are lost: a re-read finds it
         self.updates.append(body)
         if self.reject_next:
             code = self.reject_next.pop(0)
@@ -53,7 +61,11 @@ class Cloud:
         return self._apply(prefix, name, body)
 
     def _apply(self, prefix: str, name: str, body: Any) -> list[tuple[str, bytes]]:
-        result = shadowdoc.apply_update(self.shadows.get(name), shadowdoc.parse_update(body), self.now)
+        try:
+            result = shadowdoc.apply_update(self.shadows.get(name), shadowdoc.parse_update(body), self.now)
+        except shadowdoc.ShadowError as err:
+            doc = shadowdoc.error_document(err, self.now)
+            return [(prefix + "/update/rejected", json.dumps(doc).encode())]
         self.shadows[name] = result.shadow
         return [
             (prefix + "/update/accepted", json.dumps(result.accepted).encode()),
@@ -127,6 +139,14 @@ def reported(cloud: Cloud, name: str = "classic") -> dict[str, Any]:
     return cloud.state(name).get("reported", {})
 
 
+def is_clear(body: dict[str, Any]) -> bool:
+    return "command" in (body.get("state", {}).get("desired") or {})
+
+
+def desired(cloud: Cloud) -> dict[str, Any]:
+    return dict(cloud.state().get("desired") or {})
+
+
 def test_first_connect_creates_shadow_and_subscribes(tmp_path: Path) -> None:
     """The first connect subscribes once and reports; a resumed session does not resubscribe."""
     h = Harness(tmp_path)
@@ -145,7 +165,8 @@ def test_command_runs_once_and_delta_clears(tmp_path: Path) -> None:
     h.deliver(h.cloud.fleet_desired({"command": {"id": "c1", "action": "clean"}}))
     assert h.ran == ["c1"]
     assert reported(h.cloud)["command"] == {"id": "c1", "action": "clean", "status": "done"}
-    assert shadowdoc.delta(h.cloud.state()["desired"], reported(h.cloud)) is None
+    assert "command" not in desired(h.cloud)  # recorded, so cleared: the next command starts from nothing
+    assert shadowdoc.delta(h.cloud.state().get("desired"), reported(h.cloud)) is None
     assert [(log.command_id, log.status) for log in h.logs] == [("c1", "done")]
     # robot state changes later: documents arrive again with the same desired, nothing re-fires
     h.sync.set_robot_state({"mission": "docked"})
@@ -325,7 +346,9 @@ def test_health_probe_catches_a_missed_document(tmp_path: Path) -> None:
     n = len(h.cloud.updates)
     h.run(h.sync.probe(h.now))
     assert h.ran == ["lost"] and h.sync.metrics.counters["health_probes"] == 1
-    assert len(h.cloud.updates) == n + 1  # only the command answer, not a full re-publish
+    answers = [u for u in h.cloud.updates[n:] if not is_clear(u)]
+    assert len(answers) == 1  # only the command answer, not a full re-publish (and the clear after it)
+    assert [is_clear(u) for u in h.cloud.updates[n:]] == [False, True]
     assert h.sync.get_timeouts == 0
 
 
@@ -336,3 +359,185 @@ def test_consecutive_get_timeouts_counted(tmp_path: Path) -> None:
     for i in range(3):
         h.sync.flush(h.now + 11 * (i + 1))
     assert h.sync.get_timeouts == 3
+
+
+# the command contract: the robot clears desired.command; stale fields are told apart by metadata -----------
+DRIVE = {"id": "c1", "action": "drive", "velocity_mm_s": 100, "duration_ms": 500}
+
+
+def test_second_raw_command_after_a_drive_runs(tmp_path: Path) -> None:
+    """The trap of issue 10: after a drive, a raw {"id","action"} (no nulls) used to be rejected. The robot
+    clears desired.command once it has recorded c1, so c2 lands on an empty object and runs."""
+    h = Harness(tmp_path)
+    h.connect()
+    h.deliver(h.cloud.fleet_desired({"command": DRIVE}))
+    assert h.ran == ["c1"] and "command" not in desired(h.cloud)
+    clears = [u for u in h.cloud.updates if is_clear(u)]
+    assert clears == [
+        {"state": {"desired": {"command": None}}, "version": clears[0]["version"], "clientToken": ANY}
+    ]
+    h.deliver(h.cloud.fleet_desired({"command": {"id": "c2", "action": "clean"}}))  # same second, raw
+    assert h.ran == ["c1", "c2"]
+    assert reported(h.cloud)["command"] == {"id": "c2", "action": "clean", "status": "done"}
+    assert "command" not in desired(h.cloud) and h.sync.metrics.counters["commands_rejected"] == 0
+
+
+def test_offline_leftovers_are_recognised_by_metadata(tmp_path: Path) -> None:
+    """Two commands written while the robot was offline (no clear in between): the drive's arguments are
+    older than c2's id in the shadow's metadata, so they are ignored, not an error; c1 was replaced unseen."""
+    h = Harness(tmp_path)
+    h.cloud.fleet_desired({"command": DRIVE})
+    h.cloud.now += 1
+    h.cloud.fleet_desired({"command": {"id": "c2", "action": "clean"}})
+    assert desired(h.cloud)["command"] == {**DRIVE, "id": "c2", "action": "clean"}
+    h.connect()
+    assert h.ran == ["c2"] and h.sync.metrics.counters["command_stale_fields_ignored"] == 1
+    assert reported(h.cloud)["command"] == {"id": "c2", "action": "clean", "status": "done"}
+    assert "command" not in desired(h.cloud)
+    assert shadowdoc.delta(h.cloud.state().get("desired"), reported(h.cloud)) is None
+
+
+def test_same_second_leftovers_are_rejected_with_the_remedy(tmp_path: Path) -> None:
+    """Timestamps are whole seconds: leftovers written in the id's second cannot be told apart. Rejected, and
+    the reason says what to use; the command is recorded and cleared like any other."""
+    h = Harness(tmp_path)
+    h.cloud.fleet_desired({"command": DRIVE})
+    h.cloud.fleet_desired({"command": {"id": "c2", "action": "clean"}})
+    h.connect()
+    cmd = reported(h.cloud)["command"]
+    assert h.ran == [] and cmd["status"] == "rejected" and cmd["id"] == "c2"
+    assert "velocity_mm_s" in cmd["reason"] and "roomba-fleet command" in cmd["reason"]
+    assert "command" not in desired(h.cloud)
+    h.deliver(h.cloud.fleet_desired({"command": {"id": "c3", "action": "clean"}}))
+    assert h.ran == ["c3"]
+
+
+def test_clear_never_wipes_a_newer_command(tmp_path: Path) -> None:
+    """The fleet writes c2 after the robot recorded c1 but before its clear lands: the clear carries the
+    version the robot knew, gets 409, the robot re-reads the shadow, runs c2, then clears c2."""
+    h = Harness(tmp_path)
+    h.connect()
+    h.cloud.before_clear = [{"command": {"id": "c2", "action": "dock"}}]
+    h.deliver(h.cloud.fleet_desired({"command": {"id": "c1", "action": "clean"}}))
+    assert h.sync.metrics.counters["shadow_update_rejected_409"] == 1
+    assert [n.event for n in h.notices] == ["shadow.clear.conflict"]
+    assert h.ran == ["c1", "c2"]
+    assert reported(h.cloud)["command"] == {"id": "c2", "action": "dock", "status": "done"}
+    assert "command" not in desired(h.cloud)
+
+
+def test_restart_between_record_and_clear(tmp_path: Path) -> None:
+    """The robot records c1 and dies before its clear: after the restart c1 is a duplicate (never rerun),
+    its recorded answer is reported, and desired.command is cleared then."""
+    h = Harness(tmp_path)
+    h.connect()
+    h.cloud.lose_clears = True
+    h.deliver(h.cloud.fleet_desired({"command": {"id": "c1", "action": "clean"}}))
+    assert h.ran == ["c1"] and desired(h.cloud)["command"]["id"] == "c1"
+    h.cloud.lose_clears = False
+    h2 = Harness(tmp_path, cloud=h.cloud)
+    h2.connect()
+    assert h2.ran == [] and h2.sync.metrics.counters["commands_duplicate"] == 1
+    assert reported(h.cloud)["command"] == {"id": "c1", "action": "clean", "status": "done"}
+    assert "command" not in desired(h.cloud)
+
+
+def test_restart_after_the_clear_keeps_the_answer(tmp_path: Path) -> None:
+    """desired.command is gone, so a restarted robot keeps reported.command as the ledger has it (its full
+    first report must not delete it)."""
+    h = Harness(tmp_path)
+    h.connect()
+    h.deliver(h.cloud.fleet_desired({"command": {"id": "c1", "action": "spot"}}))
+    h2 = Harness(tmp_path, cloud=h.cloud)
+    h2.connect()
+    h2.advance(2)
+    assert h2.ran == [] and reported(h.cloud)["command"] == {"id": "c1", "action": "spot", "status": "done"}
+
+
+def test_clear_and_answer_in_exact_json(tmp_path: Path) -> None:
+    """JSON-exact, as the local cloud's engine (and AWS) sends them: a get/accepted whose command carries an
+    older drive's fields, the command it becomes, the answer, and the version-guarded clear."""
+    sync = ShadowSync(THING, Ledger(open_db(tmp_path)), Metrics(), qos=1)
+    gets = [e for e in sync.on_connected(False, 10.0) if isinstance(e, Publish) and e.topic == f"{BASE}/get"]
+    token = json.loads(gets[0].payload)["clientToken"]
+    get_accepted = (
+        '{"state":{"desired":{"command":{"id":"c2","action":"clean","velocity_mm_s":100,"duration_ms":500}},'
+        '"delta":{"command":{"id":"c2","action":"clean","velocity_mm_s":100,"duration_ms":500}}},'
+        '"metadata":{"desired":{"command":{"id":{"timestamp":1005},"action":{"timestamp":1005},'
+        '"velocity_mm_s":{"timestamp":1000},"duration_ms":{"timestamp":1000}}}},"version":2,"timestamp":1006,'
+        f'"clientToken":"{token}"}}'
+    ).encode()
+    effects = sync.on_message(f"{BASE}/get/accepted", get_accepted, 10.0)
+    assert [e.command.document for e in effects if isinstance(e, RunCommand)] == [
+        {"id": "c2", "action": "clean"}
+    ]
+    sync.command_finished("c2", "done")
+    (answer,) = [e for e in sync.flush(10.0) if isinstance(e, Publish) and e.topic == f"{BASE}/update"]
+    body = json.loads(answer.payload)
+    assert body["state"]["reported"]["command"] == {"id": "c2", "action": "clean", "status": "done"}
+    accepted = json.dumps(
+        {"state": body["state"], "version": 3, "timestamp": 1007, "clientToken": body["clientToken"]}
+    )
+    assert sync.on_message(f"{BASE}/update/accepted", accepted.encode(), 10.1) == []
+    (clear,) = [e for e in sync.flush(10.1) if isinstance(e, Publish) and e.topic == f"{BASE}/update"]
+    token = json.loads(clear.payload)["clientToken"]
+    assert (
+        clear.payload
+        == f'{{"state":{{"desired":{{"command":null}}}},"version":3,"clientToken":"{token}"}}'.encode()
+    )
+    assert clear.qos == 1
+    documents = (
+        '{"previous":null,"current":{"state":{"reported":{"command":{"id":"c2","action":"clean",'
+        '"status":"done"}}},"metadata":{"reported":{"command":{"id":{"timestamp":1007},"action":'
+        '{"timestamp":1007},"status":{"timestamp":1007}}}},"version":4},"timestamp":1008,'
+        f'"clientToken":"{token}"}}'
+    ).encode()
+    assert sync.on_message(f"{BASE}/update/documents", documents, 10.2) == []
+    assert sync.clear_command is None and sync.flush(10.3) == []
+
+
+def test_error_of_a_key_that_left_desired_is_cleared(tmp_path: Path) -> None:
+    """reported.errors.<key> goes once <key> leaves desired (it stayed forever before)."""
+    h = Harness(tmp_path)
+    h.connect()
+    h.deliver(h.cloud.fleet_desired({"mode": "clean", "schedule": {"mon": {"hour": 25, "minute": 0}}}))
+    errors = reported(h.cloud)["errors"]
+    assert "unknown setting" in errors["mode"] and "schedule.mon.hour" in errors["schedule"]
+    h.deliver(h.cloud.fleet_desired({"mode": None}))
+    assert list(reported(h.cloud)["errors"]) == ["schedule"]
+    h.deliver(h.cloud.fleet_desired({"schedule": None}))
+    assert "errors" not in reported(h.cloud)
+    # the config shadow follows the same rule
+    h.deliver(h.cloud.fleet_desired({"telemetry_s": 0.01}, name="config"))
+    assert "telemetry_s" in reported(h.cloud, "config")["errors"]
+    h.deliver(h.cloud.fleet_desired({"telemetry_s": None}, name="config"))
+    assert "errors" not in reported(h.cloud, "config")
+
+
+@pytest.mark.parametrize(
+    ("raw", "metadata", "expect"),
+    [
+        (
+            {"id": "c", "action": "clean", "x": 1},
+            {"id": {"timestamp": 5}, "action": {"timestamp": 5}, "x": {"timestamp": 4}},
+            ({"id": "c", "action": "clean"}, ("x",)),
+        ),
+        (
+            {"id": "c", "action": "clean", "x": 1},
+            {"id": {"timestamp": 5}, "action": {"timestamp": 5}, "x": {"timestamp": 5}},
+            ({"id": "c", "action": "clean", "x": 1}, ()),
+        ),
+        ({"id": "c", "action": "clean", "x": 1}, {}, ({"id": "c", "action": "clean", "x": 1}, ())),
+        (
+            {"id": "c", "action": "clean", "x": [1]},
+            {"id": {"timestamp": 5}, "x": [{"timestamp": 3}]},
+            ({"id": "c", "action": "clean"}, ("x",)),
+        ),
+        ("clean", {"timestamp": 5}, ("clean", ())),
+    ],
+    ids=["older_dropped", "same_second_kept", "no_metadata", "array_leaf", "not_an_object"],
+)
+def test_current_fields(raw: Any, metadata: Any, expect: Any) -> None:
+    from agent.commands import current_fields
+
+    assert current_fields(raw, metadata) == expect

@@ -219,3 +219,64 @@ def test_a_feature_that_cannot_start_stops_the_agent_before_mqtt_and_is_named(
     assert code == 1 and started == []
     assert brokers[0].starts == 0
     assert "feature 'reporting' failed to start" in capsys.readouterr().err
+
+
+def test_reconnect_state_reaches_the_log_and_the_status_file(tmp_path: Path) -> None:
+    """What the MQTT connection says about its schedule (a lost connection, failed attempts, the next
+    delay) is logged once per attempt and written to status.json at once; `roomba-agent status` then says
+    "reconnecting" with exit 1 although `ready` stays latched, and "connected" (exit 0) once it is back."""
+    from structlog.testing import capture_logs
+
+    from agent import status
+    from agent.mqtt import ConnectFailed
+
+    config = make_config(tmp_path)
+    brokers: list[FakeBroker] = []
+    path = Path(config.state_dir) / "status.json"
+
+    def verdict() -> tuple[str, int]:
+        return status.assess(json.loads(path.read_text()), time.time())
+
+    async def scenario() -> list[tuple[str, int]]:
+        pair = RobotPair(seed=1, pace=False, start=time.monotonic())
+        ticker = asyncio.get_running_loop().create_task(tick(pair, Counter()))
+        agent = Agent(config, Hooks(robot=lambda: pair.robot, mqtt=broker_factory(brokers)))
+        running = asyncio.get_running_loop().create_task(agent.run())
+        await until("ready", lambda: agent.ready)
+        await until("status file", lambda: path.exists() and verdict()[1] == 0)
+        seen = [verdict()]
+        broker = brokers[0]
+        broker.connected = False
+        agent.on_mqtt_event(Disconnected("aws_io_socket_closed", False, retry_in_s=0.4))
+        agent.on_mqtt_event(
+            ConnectFailed("aws_io_socket_connection_refused", False, attempt=1, retry_in_s=0.8)
+        )
+        agent.on_mqtt_event(
+            ConnectFailed("aws_io_socket_connection_refused", False, attempt=2, retry_in_s=30)
+        )
+        seen.append(verdict())
+        broker.start()
+        await until("reconnected", lambda: agent.metrics.counters["connections"] == 2)
+        seen.append(verdict())
+        agent.stopping.set()
+        await running
+        ticker.cancel()
+        return seen
+
+    with capture_logs() as logs:
+        seen = asyncio.run(scenario())
+    ok, down, back = seen
+    assert ok == ("running and connected", 0) and back == ("running and connected", 0)
+    assert down[1] == 1 and down[0].startswith(
+        ("running, reconnecting (attempt 2, next in 29.", "running, reconnecting (attempt 2, next in 30.0")
+    )
+    assert down[0].endswith("s): aws_io_socket_connection_refused")
+    failed = [e for e in logs if e["event"] == "mqtt.connect.failed"]
+    assert [(e["attempt"], e["retry_in_s"], e["log_level"]) for e in failed] == [
+        (1, 0.8, "warning"),
+        (2, 30, "info"),
+    ]
+    lost = [e for e in logs if e["event"] == "mqtt.disconnected"]
+    assert lost[0]["retry_in_s"] == 0.4
+    connected = [e for e in logs if e["event"] == "mqtt.connected"]
+    assert connected[-1]["failed_attempts"] == 2

@@ -51,6 +51,28 @@ def test_robot_add_writes_contract_config_and_prints_its_path_last(
     assert os.stat(conn["key"]).st_mode & 0o777 == 0o600
 
 
+def test_robot_add_json_names_the_identity_and_config(
+    local_cloud: LocalCloud,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--json`` prints one document; a relative serial path is stored absolute; the cloud is not new."""
+    monkeypatch.chdir(tmp_path)
+    code, out, _err = run_cli(
+        capsys, "robot", "add", "json-robot", *local_cloud.cli_args, "--serial-port", "tty-json", "--json"
+    )
+    assert code == 0
+    doc = json.loads(out)
+    config = tomllib.loads(Path(doc["config"]).read_text())
+    assert doc["thing"] == config["thing_name"] == "json-robot"
+    assert doc["identity_dir"] == str(local_cloud.dir.identity_dir("json-robot"))
+    assert doc["state_dir"] == config["state_dir"]
+    assert (doc["endpoint"], doc["port"]) == ("127.0.0.1", local_cloud.port)
+    assert doc["serial_port"] == config["robot"]["serial_port"] == str(tmp_path / "tty-json")
+    assert (doc["cloud_dir"], doc["new_cloud"]) == (str(local_cloud.dir.root), False)
+
+
 @pytest.mark.parametrize("name", ["bad name", "local-cloud-operator", "x" * 129])
 def test_robot_add_refuses_bad_names(
     local_cloud: LocalCloud, capsys: pytest.CaptureFixture[str], name: str

@@ -60,3 +60,28 @@ def test_one_robot_usage_errors_are_found_before_connecting(
     assert "roomba-fleet shadow update: the document is not valid JSON" in err
     assert "roomba-fleet shadow update: the document must be a JSON object" in err
     assert "shadow name 'a+b' cannot be part of an MQTT topic" in err
+
+
+def test_one_parser_shows_both_forms_and_takes_positionals_in_any_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``shadow get --help`` shows THING, --all and --prefix (once two parsers, the help hid the fleet one)."""
+    with pytest.raises(SystemExit) as exc:
+        fleet_shadow.main(["get", "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert "[--all | --prefix P]" in out and "THING" in out and "exit codes:" in out
+    args = fleet_shadow.parse(["update", "r1", "--name", "cfg", "{}", "--dir", "D"])
+    assert (args.thing, args.document, args.name, args.many) == ("r1", "{}", "cfg", False)
+    args = fleet_shadow.parse(["update", "--prefix", "m-", "{}"])
+    assert (args.thing, args.prefix, args.document, args.many) == (None, "m-", "{}", True)
+    for argv, message in (
+        (["get"], "give THING, --all or --prefix P"),
+        (["get", "r1", "--all"], "give THING or --all/--prefix, not both"),
+        (["get", "--all", "--prefix", "x"], "not allowed with argument"),
+        (["delete", "--all"], "the following arguments are required: THING"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            fleet_shadow.parse(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err

@@ -1,12 +1,17 @@
-"""The watch view without a cloud: ``FleetView`` fed publications by hand, its table, and the pure fleet
-summary of ``watch --fleet`` (:mod:`fleet.fleetview`)."""
+"""The watch view without a cloud: ``FleetView`` fed publications by hand, its table, the pure fleet
+summary of ``watch --fleet`` (:mod:`fleet.fleetview`), the problems-first triage, and the live views drawn
+at a fixed terminal size. The live views in a real pty against a real cloud: ``test_watch_live.py``."""
 
 from __future__ import annotations
 
+import io
 import json
+import time
 
-from fleet.fleetview import render, summarize
-from fleet.watch import DOCUMENTS, GET_RESPONSES, PRESENCE, FleetView
+from rich.console import Console
+
+from fleet.fleetview import RANK_NEVER, RANK_OK, render, summarize, triage
+from fleet.watch import DOCUMENTS, GET_RESPONSES, PRESENCE, FleetView, Link, fleet_view, table_view
 
 
 def test_watch_table_shows_the_agent_state_as_columns_and_survives_odd_documents() -> None:
@@ -119,3 +124,65 @@ def test_summary_never_raises_on_junk() -> None:
     render(s)
     many = summarize([_row(f"r{i}", battery={"percent": 1}) for i in range(20)])
     assert "(+12 more)" in render(many)
+
+
+# --- the live table: problems first, never taller than the terminal ---------------------------------------
+
+
+def test_triage_ranks_offline_errors_commands_battery_then_healthy_then_never() -> None:
+    rows = {
+        "ok": _row("ok", battery={"percent": 80}),
+        "never": _row("never", "never"),
+        "offline": _row("offline", "offline"),
+        "error": _row("error", errors={"mode": "unknown setting"}),
+        "serial": _row("serial", link={"serial": "down"}),
+        "rejected": _row("rejected", command={"id": "c2", "status": "rejected"}),
+        "low": _row("low", battery={"percent": 9}),
+    }
+    ranks = {name: triage(row) for name, row in rows.items()}
+    order = sorted(rows, key=lambda n: (ranks[n][0], n))
+    assert order == ["offline", "error", "serial", "rejected", "low", "ok", "never"]
+    assert ranks["offline"][1] == ["offline"] and ranks["error"][1] == ["error mode"]
+    assert ranks["serial"][1] == ["serial down"] and ranks["rejected"][1] == ["command rejected"]
+    assert (
+        ranks["low"][1] == ["battery 9%"] and ranks["ok"] == (RANK_OK, []) and ranks["never"][0] == RANK_NEVER
+    )
+    assert triage({}) == (0, ["presence None"]) and triage({"connection": "online", "reported": "x"}) == (
+        RANK_OK,
+        [],
+    )
+
+
+def _draw(renderable: object, height: int, width: int = 120) -> list[str]:
+    console = Console(file=io.StringIO(), width=width, height=height, color_system=None)
+    console.print(renderable)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    return str(out).rstrip("\n").split("\n")
+
+
+def test_table_view_fits_the_height_and_counts_the_rest() -> None:
+    view = FleetView([f"r{i:02d}" for i in range(30)])
+    view.apply("roomba/r17/presence", b'{"state": "offline"}', 0.0)
+    for i in range(30):
+        if i != 17:
+            view.apply(f"roomba/r{i:02d}/presence", b'{"state": "online"}', 0.0)
+    link = Link(address="127.0.0.1:8883", state="connected", data_at=time.time())
+    lines = _draw(table_view(view, link, 10), 10)
+    assert len(lines) == 9, lines  # the terminal's last row stays free
+    assert "roomba-fleet watch" in lines[0] and "30 robots" in lines[0] and "127.0.0.1:8883" in lines[0]
+    assert lines[1].split()[0] == "THING" and lines[2].startswith("r17")
+    assert lines[-1].startswith("… 24 more (no problems)")
+    assert len(_draw(table_view(view, link, 40), 40)) == 1 + 1 + 30  # everything fits: no "more" line
+    link.state, link.attempt, link.reason, link.retry_at = "reconnecting", 3, "refused", time.time() + 2
+    lines = _draw(table_view(view, link, 10), 10)
+    assert len(lines) == 9 and "not connected" in lines[0]
+    assert lines[1].startswith("reconnecting to 127.0.0.1:8883 (attempt 3, next try in ")
+    assert lines[-1].startswith("… 25 more")
+
+
+def test_fleet_view_fits_the_height() -> None:
+    view = FleetView([f"r{i}" for i in range(5)])
+    link = Link(address="127.0.0.1:8883", state="connected")
+    lines = _draw(fleet_view(view, link, 6, 100), 6)
+    assert len(lines) == 5 and "watch --fleet" in lines[0] and "no data yet" in lines[0]
+    assert lines[-1].startswith("… ") and lines[-1].endswith("more lines")

@@ -178,7 +178,7 @@ def commands_done(cloud: LocalCloud, things: list[str], command_for: Any) -> lis
         if (
             reported.get("id") != want["id"]
             or reported.get("status") != "done"
-            or desired.get("id") != want["id"]
+            or desired.get("id") not in (None, want["id"])
             or "command" in (state.get("delta") or {})
         ):
             lagging.append(thing)

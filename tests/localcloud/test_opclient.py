@@ -53,3 +53,23 @@ def test_one_request_nobody_answers_says_so(local_cloud: LocalCloud) -> None:
         shadow_request(local_cloud.dir, "op-untokened", "get", {"clientToken": 7}, timeout=1.0)
     accepted, doc = shadow_request(local_cloud.dir, "op-untokened", "get", {"clientToken": None})
     assert not accepted and isinstance(doc["clientToken"], str), "a null token is replaced by our own"
+
+
+def test_a_caller_that_stops_mid_batch_loses_nothing(local_cloud: LocalCloud) -> None:
+    """Publications read in one batch and not yet handed out stay queued when the caller stops iterating
+    (``watch`` takes its snapshot in slices; the live update right after a broker restart was lost)."""
+    topic = "$aws/things/op-batch/shadow/update"
+    with OperatorClient(local_cloud.dir) as client:
+        client.subscribe(["$aws/things/op-batch/shadow/update/accepted"])
+        for i in range(5):
+            client.publish(topic, f'{{"state":{{"reported":{{"n":{i}}}}},"clientToken":"b-{i}"}}'.encode())
+        time.sleep(0.5)  # let all five answers arrive, so one read returns several
+        got: list[bytes] = []
+        for pkt in client.messages(timeout=5):
+            got.append(pkt.payload)
+            break
+        for pkt in client.messages(timeout=5):
+            got.append(pkt.payload)
+            if len(got) == 5:
+                break
+    assert [int(p.split(b'"clientToken":"b-')[1][:1]) for p in got] == [0, 1, 2, 3, 4]

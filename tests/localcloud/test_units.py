@@ -285,6 +285,94 @@ def test_a_new_port_is_saved_and_robot_configs_follow(tmp_path: Path) -> None:
     assert prepare(cloud).port == 18002
 
 
+def test_the_default_directory_is_per_user_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relative to the cwd, ``robot add`` run elsewhere made a second cloud with another CA."""
+    from localcloud.layout import CloudDir, default_dir
+
+    monkeypatch.delenv("ROOMBA_FLEET_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    per_user = tmp_path / "state" / "roomba-fleet" / "local-cloud"
+    for cwd in (tmp_path / "a", tmp_path / "b"):
+        cwd.mkdir()
+        monkeypatch.chdir(cwd)
+        assert default_dir() == per_user
+        assert CloudDir.at(None).root == per_user
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")  # not absolute: ignored, as the XDG spec says
+    assert default_dir() == tmp_path / "home" / ".local" / "state" / "roomba-fleet" / "local-cloud"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert default_dir() == tmp_path / "home" / ".local" / "state" / "roomba-fleet" / "local-cloud"
+    monkeypatch.setenv("ROOMBA_FLEET_DIR", "mine")
+    assert default_dir() == tmp_path / "b" / "mine"
+    assert CloudDir(Path("rel")).root == tmp_path / "b" / "rel"
+
+
+def test_every_path_in_a_robot_config_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``robot add --serial-port rel/path`` stored the relative path: an agent started elsewhere opened
+    another file (or none)."""
+    from localcloud.cloud import add_robot
+    from localcloud.layout import CloudDir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ttys").mkdir()
+    (tmp_path / "ttys" / "robot.link").symlink_to("/dev/null")
+    cloud = CloudDir.at("rel-cloud")
+    config = tomllib.loads(add_robot(cloud, "abs", "ttys/robot.tty").read_text())
+    assert config["robot"]["serial_port"] == str(tmp_path / "ttys" / "robot.tty")
+    paths = [config["state_dir"], *(config["connection"][k] for k in ("root_ca", "cert", "key"))]
+    assert all(Path(p).is_absolute() and str(p).startswith(str(tmp_path / "rel-cloud")) for p in paths), paths
+    # a pty's symlink is kept, not resolved (the simulator re-points it); pyserial URLs are not paths
+    linked = tomllib.loads(add_robot(cloud, "linked", "ttys/robot.link").read_text())
+    assert linked["robot"]["serial_port"] == str(tmp_path / "ttys" / "robot.link")
+    monkeypatch.chdir("/")
+    assert all(Path(p).exists() for p in paths)
+    url = tomllib.loads(add_robot(cloud, "url", "socket://127.0.0.1:7001").read_text())
+    assert url["robot"]["serial_port"] == "socket://127.0.0.1:7001"
+
+
+def test_a_new_cloud_is_announced_and_an_existing_one_is_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from localcloud.cloud import add_robot, prepare
+    from localcloud.layout import CloudDir
+
+    first = CloudDir.at(tmp_path / "first")
+    first.update_settings(port=18003)  # settings written ahead of `up` (as the tests do) are not a cloud
+    add_robot(first, "newcomer")
+    assert f"creating a new local cloud in {first.root}\n" in capsys.readouterr().err
+    add_robot(first, "second")
+    prepare(first)
+    assert "creating a new local cloud" not in capsys.readouterr().err
+    second = CloudDir.at(tmp_path / "second")
+    prepare(second)
+    assert f"creating a new local cloud in {second.root}\n" in capsys.readouterr().err
+
+
+def test_the_mosquitto_sub_line_is_the_operator_with_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shlex
+
+    from localcloud.layout import CloudDir
+    from localcloud.up import connection_info, mosquitto_sub_argv
+
+    monkeypatch.chdir(tmp_path)
+    cloud = CloudDir.at("c")
+    argv = mosquitto_sub_argv(cloud, "127.0.0.1", 18004)
+    operator = tmp_path / "c" / "identities" / "local-cloud-operator"
+    assert argv == [
+        "mosquitto_sub",
+        *("--cafile", str(tmp_path / "c" / "ca" / "ca.crt")),
+        *("--cert", str(operator / "device.crt"), "--key", str(operator / "device.key")),
+        *("-h", "127.0.0.1", "-p", "18004", "-V", "mqttv5", "-t", "$aws/things/+/shadow/#", "-v"),
+    ]
+    info = connection_info(cloud, "127.0.0.1", 18004)
+    assert shlex.split(str(info["mosquitto_sub"])) == argv
+    assert info["operator"] == {"cert": str(operator / "device.crt"), "key": str(operator / "device.key")}
+
+
 # --- package boundaries ------------------------------------------------------------------------------------------
 
 

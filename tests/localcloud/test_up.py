@@ -1,14 +1,19 @@
-"""``roomba-fleet up`` as a process: its ready banner, supervision of the broker and the shadow service
-(restart after a crash, nothing left running after a stop or a SIGKILL), shadows persisting across restarts,
-a predecessor's leftovers, and the clear error when mosquitto is missing."""
+"""``roomba-fleet up`` as a process: its ready banner (and its paste-ready ``mosquitto_sub`` line, run for real;
+``--json``), supervision of the broker and the shadow service (restart after a crash, nothing left running
+after a stop or a SIGKILL), shadows persisting across restarts, a predecessor's leftovers, and the clear error
+when mosquitto is missing."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,7 @@ import pytest
 from base.process import pid_alive
 from base.testing import wait_until
 from localcloud.opclient import CloudNotRunning, shadow_request
-from localcloud.testing import LocalCloud
+from localcloud.testing import LocalCloud, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +44,91 @@ def test_up_prints_endpoint_port_and_ca_when_ready(local_cloud: LocalCloud) -> N
     assert f"ca:       {local_cloud.ca_path}" in banner
     assert local_cloud.output[-1] == "ready"
     assert local_cloud.ca_path.is_file()
+    assert any(line.strip().startswith("mosquitto_sub ") for line in local_cloud.output), banner
+
+
+def _printed_mosquitto_sub(cloud: LocalCloud) -> str:
+    (line,) = [x.strip() for x in cloud.output if x.strip().startswith("mosquitto_sub ")]
+    return line
+
+
+def test_the_printed_mosquitto_sub_line_shows_what_a_robot_publishes(
+    local_cloud: LocalCloud, paho_robot: Any
+) -> None:
+    """Pasted as printed into a shell (the real mosquitto_sub of mosquitto-clients), it connects as the
+    operator and shows a robot's shadow update and the service's answer."""
+    assert shutil.which("mosquitto_sub"), "mosquitto-clients is missing: run make setup"
+    line = _printed_mosquitto_sub(local_cloud)
+    argv = shlex.split(line)
+    assert argv[argv.index("-p") + 1] == str(local_cloud.port) and argv[argv.index("-h") + 1] == "127.0.0.1"
+    assert all(Path(argv[argv.index(o) + 1]).is_absolute() for o in ("--cafile", "--cert", "--key"))
+    sub = subprocess.Popen(
+        ["bash", "-c", line],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    seen: list[str] = []
+
+    def read() -> None:
+        assert sub.stdout is not None
+        for out in sub.stdout:
+            seen.append(out)
+
+    threading.Thread(target=read, daemon=True).start()
+    thing = f"subbed-{uuid.uuid4().hex[:6]}"
+    token = uuid.uuid4().hex
+    robot = paho_robot(local_cloud, thing)
+    update = {"state": {"reported": {"watched": token}}, "clientToken": token}
+
+    def seen_both() -> bool:
+        assert sub.poll() is None, sub.stderr.read() if sub.stderr else ""
+        topics = {x.split(" ", 1)[0] for x in seen if token in x}
+        if f"$aws/things/{thing}/shadow/update" not in topics:
+            robot.publish(f"$aws/things/{thing}/shadow/update", update)  # again: the subscription may be late
+            return False
+        return f"$aws/things/{thing}/shadow/update/accepted" in topics
+
+    try:
+        wait_until(seen_both, 20, "the robot's update and its acceptance in mosquitto_sub's output", 0.2)
+    finally:
+        os.killpg(sub.pid, signal.SIGTERM)
+        sub.wait(10)
+
+
+def test_up_json_prints_the_connection_details_once_ready(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleet.cli",
+            "up",
+            "--json",
+            "--dir",
+            str(tmp_path / "c"),
+            "--port",
+            f"{port}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    cloud = LocalCloud(tmp_path / "c", port, proc, owns_dir=False)  # type: ignore[arg-type]
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert info["ready"] is True and info["port"] == port and info["endpoint"] == "127.0.0.1"
+        assert info["dir"] == str(tmp_path / "c") and info["pid"] == proc.pid
+        assert Path(info["ca"]) == cloud.ca_path and cloud.ca_path.is_file()
+        assert Path(info["operator"]["cert"]).is_file() and Path(info["operator"]["key"]).is_file()
+        assert f"-p {port}" in info["mosquitto_sub"]
+        assert cloud.get_shadow("nobody-yet")[1]["code"] == 404, "not ready when it said so"
+    finally:
+        cloud.stop()
 
 
 def test_up_without_mosquitto_explains_how_to_install(tmp_path: Path) -> None:
@@ -52,6 +142,20 @@ def test_up_without_mosquitto_explains_how_to_install(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "apt-get install -y mosquitto" in proc.stderr and "make setup" in proc.stderr
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "mqtt"])
+def test_up_refuses_a_port_that_is_not_one_before_touching_the_directory(tmp_path: Path, port: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fleet.cli", "up", "--dir", str(tmp_path / "c"), "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()[-1:]
+    assert "not a port number" in line and "see roomba-fleet up --help" in line
+    assert not (tmp_path / "c").exists()
 
 
 def test_broker_runs_with_a_raised_open_file_limit_and_logs_to_a_file(local_cloud: LocalCloud) -> None:

@@ -370,3 +370,121 @@ def test_server_cert_rejects_bad_names(run_cli, tmp_path: Path, ca_dir: Path) ->
     assert not (tmp_path / "srv" / "server.key").exists()
     result = run_cli(*base, "--hostname", "broker.local", "--hostname", "*.fleet.example", "--ip", "::1")
     assert result.returncode == 0, result.stderr
+
+
+def test_json_output_of_ca_init_sign_verify_and_the_device_commands(run_cli, tmp_path: Path) -> None:
+    """``--json`` prints one document with the same facts as the text (paths, thing, certificate id, expiry)."""
+    import json
+
+    ca = tmp_path / "ca"
+    result = run_cli("ca", "init", "--dir", str(ca), "--days", "400", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["certificate"] == str(ca / "ca.crt") and doc["key"] == str(ca / "ca.key")
+    assert doc["token"] is None and re.fullmatch(r"[0-9a-f]{64}", doc["certificate_id"])
+    issued = x509.load_pem_x509_certificate((ca / "ca.crt").read_bytes())
+    assert doc["not_after"] == issued.not_valid_after_utc.isoformat()
+
+    robot = tmp_path / "robot"
+    doc = json.loads(run_cli("device", "keygen", "--thing", "json-1", "--out", str(robot), "--json").stdout)
+    assert doc == {
+        "thing": "json-1",
+        "dir": str(robot),
+        "csr": str(robot / "device.csr"),
+        "key": str(robot / "device.key"),
+        "token": None,
+        "key_label": None,
+    }
+    out = tmp_path / "json-1.crt"
+    result = run_cli(
+        "sign",
+        "--ca",
+        str(ca),
+        "--csr",
+        str(robot / "device.csr"),
+        "--out",
+        str(out),
+        "--days",
+        "30",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    cert = x509.load_pem_x509_certificate(out.read_bytes())
+    assert (doc["certificate"], doc["thing"], doc["chain"]) == (str(out), "json-1", False)
+    assert doc["key"].startswith("EC") and doc["not_after"] == cert.not_valid_after_utc.isoformat()
+
+    result = run_cli(
+        "device",
+        "install",
+        "--dir",
+        str(robot),
+        "--cert",
+        str(out),
+        "--root-ca",
+        str(ca / "ca.crt"),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    installed = json.loads(result.stdout)
+    assert installed["thing"] == "json-1" and installed["certificate_id"] == doc["certificate_id"]
+
+    result = run_cli("verify", "--dir", str(robot), "--ca", str(ca), "--thing", "json-1", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["ok"], doc["thing"], doc["dir"]) == (True, "json-1", str(robot))
+    assert doc["days_left"] in (29, 30) and doc["not_after"] == cert.not_valid_after_utc.isoformat()
+    assert [f["code"] for f in doc["findings"]] == ["cert.expires_soon"]
+
+    result = run_cli("verify", "--dir", str(robot), "--ca", str(ca), "--thing", "json-2", "--json")
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and doc["days_left"] is None
+    assert any(f["severity"] == "error" for f in doc["findings"])
+
+    created = tmp_path / "created"
+    result = run_cli(
+        "device", "create", "--ca", str(ca), "--thing", "json-3", "--out", str(created), "--json"
+    )
+    doc = json.loads(result.stdout)
+    assert (doc["thing"], doc["dir"], doc["certificate"]) == (
+        "json-3",
+        str(created),
+        str(created / "device.crt"),
+    )
+
+    result = run_cli(
+        "ca", "server-cert", "--ca", str(ca), "--out", str(tmp_path / "srv"), "--ip", "127.0.0.1", "--json"
+    )
+    assert json.loads(result.stdout) == {
+        "certificate": str(tmp_path / "srv" / "server.crt"),
+        "key": str(tmp_path / "srv" / "server.key"),
+    }
+    vpem = tmp_path / "verification.pem"
+    result = run_cli(
+        "ca",
+        "verification-cert",
+        "--ca",
+        str(ca),
+        "--registration-code",
+        "abc123",
+        "--out",
+        str(vpem),
+        "--json",
+    )
+    assert json.loads(result.stdout) == {"verification_certificate": str(vpem)}
+
+
+def test_completion_and_version(run_cli) -> None:
+    """``completion bash`` prints the script for every sub-command; ``--version`` works at every level."""
+    from base import __version__
+
+    result = run_cli("completion", "bash")
+    assert (
+        result.returncode == 0
+        and "complete -o default -F _roomba_provision roomba-provision" in result.stdout
+    )
+    assert '"ca") words="--help --version init server-cert verification-cert" ;;' in result.stdout
+    for argv in (["--version"], ["ca", "init", "--version"], ["aws", "policy", "--version"]):
+        result = run_cli(*argv)
+        assert (result.returncode, result.stdout) == (0, f"roomba-provision {__version__}\n")

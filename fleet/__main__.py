@@ -1,0 +1,5 @@
+"""``python -m fleet``: the same as ``roomba-fleet``."""
+
+from fleet.cli import console
+
+console()

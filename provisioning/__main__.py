@@ -1,0 +1,5 @@
+"""``python -m provisioning``: the same as ``roomba-provision``."""
+
+from provisioning.cli import console
+
+console()
