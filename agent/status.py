@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError:
         print(
             f"roomba-agent status: no status file at {path}: the agent has not run with this state_dir "
-            "(check: systemctl status roomba-agent)",
+            "(is it running? under systemd: systemctl status roomba-agent; else start it: roomba-agent run --config FILE)",
             file=sys.stderr,
         )
         return EXIT_NOT_RUNNING

@@ -53,6 +53,13 @@ def _fill(text: str) -> str:
     )
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Option help wrapped without breaking paths and names at their hyphens (``/var/lib/roomba-agent``)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the project's conventions.
 
@@ -73,7 +80,7 @@ class Parser(argparse.ArgumentParser):
         kwargs["epilog"] = f"{_fill(epilog)}\n\n{codes}" if epilog else codes
         if kwargs.get("description"):
             kwargs["description"] = _fill(kwargs["description"])
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("formatter_class", _Formatter)
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         if version and self.add_help:

@@ -76,10 +76,13 @@ class Commands:
 
     def run(self, eff: RunCommand) -> None:
         cmd = eff.command
+        superseding = False
         if self.driving is not None and self._drive_timer is not None:
-            # any new command supersedes a manual drive: stop the wheels first (same worker queue, in order)
+            # any new command supersedes a manual drive: stop the wheels first; the new command then goes
+            # through the same worker queue, so the robot gets the stop before it (never after a Clean)
             self._drive_timer.cancel()
             self._finish_drive(self.driving, "superseded by command " + cmd.id)
+            superseding = True
         link = self.robot.link
         if not link.link_up:
             self.finish(cmd.id, "failed", "serial link to the robot is down")
@@ -89,7 +92,7 @@ class Commands:
             self.loop.call_soon_threadsafe(self._ran, cmd, exc)
 
         self.pump.hold()
-        if cmd.action in INLINE_ACTIONS:
+        if cmd.action in INLINE_ACTIONS and not superseding:
             # one short serial write: run it right here, no thread hop
             try:
                 link.run(cmd)

@@ -12,7 +12,7 @@ import pytest
 
 from base.testing import wait_until
 
-CLEAN, DRIVE = 135, 137
+CLEAN, DRIVE, DRIVE_DIRECT = 135, 137, 145
 
 
 def desired_command(op: Any) -> Any:
@@ -70,3 +70,23 @@ def test_error_goes_when_its_key_leaves_desired(rig: dict[str, Any]) -> None:
     op.update_desired({"mode": None})
     op.wait_reported(lambda r: "errors" not in r, 10, "reported.errors.mode cleared")
     assert agent.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_mission_that_supersedes_a_drive_reaches_the_robot_after_the_stop(rig: dict[str, Any]) -> None:
+    """A clean written while a drive is still turning the wheels: the robot gets the drive's stop first and
+    the Clean after it (the stop used to arrive after the Clean, on a robot already cleaning)."""
+    op, sim, agent = rig["operator"], rig["sim"], rig["agent"]
+    agent.start()
+    op.wait_reported(lambda r: r.get("link", {}).get("serial") == "up", 20, "first report")
+    op.update_desired(
+        {"command": {"id": "long", "action": "drive", "velocity_mm_s": 100, "duration_ms": 5000}}
+    )
+    op.wait_command("long", ("accepted",), timeout=10)
+    op.update_desired({"command": {"id": "then", "action": "clean"}})
+    assert op.wait_command("then") == {"id": "then", "action": "clean", "status": "done"}
+    codes = sim.opcodes()
+    last_stop = max(i for i, c in enumerate(codes) if c in (DRIVE, DRIVE_DIRECT))
+    assert codes.index(CLEAN) > last_stop, codes
+    assert agent.stop() == 0
+    assert agent.tracebacks() == []
