@@ -218,7 +218,8 @@ def _set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _get_path(doc: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+def get_path(doc: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    """(found, value) of ``a.b.c`` in a nested document."""
     node: Any = doc
     for name in dotted.split("."):
         if not isinstance(node, Mapping) or name not in node:
@@ -466,7 +467,7 @@ def problems_of(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _value(doc: Mapping[str, Any], dotted: str) -> Any:
-    found, value = _get_path(doc, dotted)
+    found, value = get_path(doc, dotted)
     sub = schema_at(dotted) or {}
     if not found:
         value = sub.get("default")

@@ -183,20 +183,11 @@ def sources(file_doc: Mapping[str, Any], merged: cfg.Layered, effective: Mapping
             if isinstance(value, dict) and path != "connection.pkcs11":
                 visit(value, path + ".")
                 continue
-            found, _ = _found(file_doc, path)
+            found, _ = cfg.get_path(file_doc, path)
             out[path] = merged.sources.get(path) or ("file" if found else "default")
 
     visit(effective, "")
     return out
-
-
-def _found(doc: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
-    node: Any = doc
-    for name in dotted.split("."):
-        if not isinstance(node, Mapping) or name not in node:
-            return False, None
-        node = node[name]
-    return True, node
 
 
 def flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -234,25 +234,17 @@ def _address(cloud: CloudDir) -> str:
     return f"{settings.endpoint}:{settings.port}"
 
 
-SLICE_S = 0.1
-
-
 def _drain(
     client: OperatorClient, timeout: float, done: Callable[[], bool], handle: Callable[[Any], None]
 ) -> None:
-    """Hand every publication to ``handle`` until ``done()`` or ``timeout`` seconds pass.
-
-    Reads in short slices, each ``client.messages(...)`` run to its own end: a generator left in the middle
-    of a batch of packets would drop the rest of that batch (a document arriving beside the answer we were
-    waiting for).
-    """
-    deadline = time.monotonic() + timeout
-    while not done():
-        left = deadline - time.monotonic()
-        if left <= 0:
+    """Hand every publication to ``handle`` until ``done()`` or ``timeout`` seconds pass; what arrived
+    beside the last one handled stays queued in the client for the next read."""
+    if done():
+        return
+    for pkt in client.messages(timeout):
+        handle(pkt)
+        if done():
             return
-        for pkt in client.messages(min(SLICE_S, left)):
-            handle(pkt)
 
 
 def snapshot(client: OperatorClient, view: FleetView, settle: float) -> None:
