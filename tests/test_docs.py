@@ -369,14 +369,9 @@ class Workspace:
                 block.ctrl_c_after, out_path.read_text(errors="replace")
             ):
                 # Ctrl-C reaches the foreground command only: what was started with & keeps running.
-                live = _newest_child(proc.pid)
-                if live is not None:
-                    os.kill(live, signal.SIGINT)
-                note = "ctrl-c"
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    note = "ctrl-c did not stop it within 20 s"
+                note = (
+                    "ctrl-c" if _press_ctrl_c(proc, within_s=20.0) else "ctrl-c did not stop it within 20 s"
+                )
                 break
             if time.monotonic() > deadline:
                 note = f"still running after {BLOCK_TIMEOUT_S:.0f} s (a long-running program not started with &?)"
@@ -446,12 +441,46 @@ def _alive(pids: set[int]) -> set[int]:
     return {pid for pid in pids if pid in procs and procs[pid][2] != "Z"}
 
 
+def _press_ctrl_c(proc: subprocess.Popen[bytes], within_s: float) -> bool:
+    """SIGINT to the shell's foreground command, pressed again (as a person would) whenever the command
+    it reached has ended while the shell goes on: the foreground command can be a short-lived one (a
+    ``sleep 0.1`` in a loop) that exits just as the signal is sent. True once the shell has ended."""
+    deadline = time.monotonic() + within_s
+    target: int | None = None
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            return False
+        if target is None or not _alive({target}):
+            target = _newest_child(proc.pid)
+            if target is not None:
+                try:
+                    os.kill(target, signal.SIGINT)
+                except ProcessLookupError:
+                    target = None
+        time.sleep(0.2)
+    return True
+
+
+def _ignores_sigint(pid: int) -> bool:
+    """What a non-interactive shell starts with ``&`` ignores SIGINT: that is how to tell it from the
+    foreground command."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    for line in status.splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
 def _newest_child(pid: int) -> int | None:
-    """The command a shell runs in the foreground: its most recently started child."""
+    """The command a shell runs in the foreground: its most recently started child that Ctrl-C can reach
+    (none between two commands of a loop)."""
     children = [
         (start, p) for p, (ppid, _, state, start) in _processes().items() if ppid == pid and state != "Z"
     ]
-    return max(children)[1] if children else None
+    return next((p for _, p in sorted(children, reverse=True) if not _ignores_sigint(p)), None)
 
 
 # --- the tests -------------------------------------------------------------------------------------------
