@@ -284,7 +284,12 @@ class Agent:
             return
         now = time.monotonic()
         if isinstance(event, Message):
-            self.pump.on_message(event.topic, event.payload, now)
+            handler = self.features.route(event.topic)
+            if handler is not None:
+                self.metrics.inc("messages_received")
+                handler(event.topic, event.payload)
+            else:
+                self.pump.on_message(event.topic, event.payload, now)
         elif isinstance(event, Connected):
             self.metrics.inc("connections")
             if self.hooks.tcp_nodelay:
@@ -297,6 +302,7 @@ class Agent:
             link.up()
             self.publish_presence("online")
             self.pump.execute(self.sync.on_connected(event.session_present, now))
+            self.features.connected(event.session_present)
             self.health.check_ready()
             self.events.send()
             self._status_changed()

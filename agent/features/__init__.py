@@ -42,11 +42,42 @@ class FeatureStartError(Exception):
         self.cause = cause
 
 
+MessageHandler = Callable[[str, bytes], None]
+ConnectionHandler = Callable[[bool], None]
+
+
 class FeatureRegistry:
+    """Also the agent's message routes: a feature that owns topics of its own (Jobs, Commands) calls
+    :meth:`listen` with their prefix and :meth:`on_connection` for (re)connects; every other message goes
+    to the shadow sync engine."""
+
     def __init__(self, log: AgentLog) -> None:
         self.log = log
         self._features: list[Feature] = []
         self._started: list[Feature] = []
+        self._routes: list[tuple[str, MessageHandler]] = []
+        self._connection: list[ConnectionHandler] = []
+
+    def listen(self, prefix: str, handler: MessageHandler) -> None:
+        """Messages whose topic starts with ``prefix`` go to ``handler(topic, payload)``."""
+        if any(prefix == p for p, _ in self._routes):
+            raise ValueError(f"topics under {prefix!r} are already routed")
+        self._routes.append((prefix, handler))
+
+    def route(self, topic: str) -> MessageHandler | None:
+        return next((h for p, h in self._routes if topic.startswith(p)), None)
+
+    def on_connection(self, handler: ConnectionHandler) -> None:
+        """``handler(session_present)`` after every successful (re)connect, once the shadow sync's own
+        subscriptions have been asked for."""
+        self._connection.append(handler)
+
+    def connected(self, session_present: bool) -> None:
+        for handler in self._connection:
+            try:
+                handler(session_present)
+            except Exception:
+                self.log.exception("agent.feature.on_connection_failed")
 
     def add(self, feature: F) -> F:
         if self.get(feature.name) is not None:
