@@ -60,6 +60,19 @@ class Intervals:
 
 
 @dataclass(frozen=True)
+class JobsConfig:
+    """``[jobs]``: AWS IoT Jobs on the robot (``agent.features.jobs``)."""
+
+    enabled: bool = True
+    allow_commands: bool = False
+    handler_dir: str = ""
+    step_timeout_s: float = 600.0
+    request_timeout_s: float = 15.0
+    wait_step_timeout_min: int = 10
+    wait_refresh_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     thing_name: str
     endpoint: str
@@ -78,6 +91,7 @@ class AgentConfig:
     outbox_max_events: int = 10000
     shadow_rate_per_s: float = 10.0
     intervals: Intervals = field(default_factory=Intervals)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
 
     @property
     def alpn(self) -> bool:
@@ -113,6 +127,7 @@ FIELDS: dict[str, str] = {
     "outbox_max_events": "outbox_max_events",
     "shadow_rate_per_s": "shadow_rate_per_s",
     "intervals": "intervals",
+    "jobs": "jobs",
 }
 
 
@@ -492,6 +507,10 @@ def validate(doc: Mapping[str, Any]) -> tuple[AgentConfig | None, list[str]]:
             values[name] = Intervals(
                 **{f: _value(doc, f"intervals.{f}") for f in Intervals.__dataclass_fields__}
             )
+        elif name == "jobs":
+            values[name] = JobsConfig(
+                **{f: _value(doc, f"jobs.{f}") for f in JobsConfig.__dataclass_fields__}
+            )
         elif name == "pkcs11":
             values[name] = Pkcs11Key(**raw_pkcs11) if raw_pkcs11 is not None else None
         else:
@@ -508,6 +527,12 @@ def effective(config: AgentConfig) -> dict[str, Any]:
         value = getattr(config, name)
         if name == "intervals":
             value = {f: getattr(config.intervals, f) for f in Intervals.__dataclass_fields__}
+        elif name == "jobs":
+            value = {
+                f: getattr(config.jobs, f)
+                for f in JobsConfig.__dataclass_fields__
+                if getattr(config.jobs, f) is not None
+            }
         elif name == "pkcs11":
             value = None if config.pkcs11 is None else dict(config.pkcs11.__dict__)
         if value is not None:

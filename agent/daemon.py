@@ -26,6 +26,8 @@ from agent.features import FeatureRegistry, FeatureStartError
 from agent.features.commands import Commands
 from agent.features.events import Events
 from agent.features.health import Health
+from agent.features.jobs import Jobs
+from agent.features.remote_commands import RemoteCommands
 from agent.features.reporting import Reporting
 from agent.features.settings import Settings, initial_settings
 from agent.metrics import Metrics
@@ -156,6 +158,19 @@ class Agent:
                 log=self.log,
             )
         )
+        self.remote_commands = self.features.add(
+            RemoteCommands(
+                thing=config.thing_name,
+                features=self.features,
+                commands=self.commands,
+                ledger=self.ledger,
+                mqtt=self.mqtt,
+                pump=self.pump,
+                metrics=self.metrics,
+                log=self.log,
+                loop=self.loop,
+            )
+        )
         self.settings = self.features.add(
             Settings(
                 values=settings,
@@ -193,6 +208,26 @@ class Agent:
                 started=self.started,
                 metrics=self.metrics,
                 log=self.log,
+            )
+        )
+        self.jobs = self.features.add(
+            Jobs(
+                config=config,
+                features=self.features,
+                robot=self.robot,
+                mqtt=self.mqtt,
+                db=self.db,
+                sync=self.sync,
+                pump=self.pump,
+                events=self.events,
+                settings=self.settings,
+                status_sections=self.reporting.sections,
+                status_doc=self.reporting.status_doc,
+                stopping=self.stopping,
+                own_process=hooks.handle_signals,
+                metrics=self.metrics,
+                log=self.log,
+                loop=self.loop,
             )
         )
 

@@ -464,6 +464,46 @@ class Doctor:
         else:
             self.add("shadow round trip", "passed", f"{detail} in {1000 * (rtt or 0):.1f} ms")
 
+    def check_jobs(self) -> None:
+        """The jobs subscription (only with ``[jobs] enabled``): a ``jobs/get`` round trip, or beside a
+        running agent its jobs feature's last round trip (from the status file)."""
+        if self.config is None or not self.config.jobs.enabled:
+            return
+        fix_local = f"restart the local cloud ({self.start_cloud().split(': ', 1)[1]}): its jobs service does not answer"
+        fix_aws = "the policy must allow $aws/things/<thing>/jobs/* (publish, subscribe, receive)"
+        if self.running is not None:
+            jobs = self.running.get("jobs") or {}
+            if not self.running.get("mqtt", {}).get("connected"):
+                self.add(
+                    "jobs subscription", "skipped", "could not check: the running agent is not connected"
+                )
+            elif jobs.get("subscribed") and jobs.get("last_get_at"):
+                self.add(
+                    "jobs subscription",
+                    "passed",
+                    f"running agent: subscribed, jobs get answered in {jobs.get('get_rtt_ms')} ms "
+                    f"({jobs.get('pending')} pending)",
+                )
+            else:
+                self.add(
+                    "jobs subscription",
+                    "failed",
+                    "the running agent's jobs get was not answered"
+                    if jobs.get("subscribed")
+                    else "the running agent is not subscribed to its jobs topics",
+                    fix_local if self.local else fix_aws,
+                )
+            return
+        if self.skip_if("jobs subscription", "mqtt connect"):
+            return
+        from agent.jobs.probe import probe_jobs
+
+        stage, detail, rtt = probe_jobs(self.config, timeout=self.timeout)
+        if stage == "ok":
+            self.add("jobs subscription", "passed", f"{detail} in {1000 * (rtt or 0):.1f} ms")
+        else:
+            self.add("jobs subscription", "failed", detail, fix_local if self.local else fix_aws)
+
     def check_robot(self) -> None:
         if self.skip_if("serial port", "config"):
             self.skip_if("oi handshake", "serial port")
@@ -576,6 +616,7 @@ class Doctor:
             self.check_tcp,
             self.check_tls,
             self.check_mqtt,
+            self.check_jobs,
             self.check_robot,
         ]
         for stage in stages:

@@ -120,9 +120,37 @@ def render(doc: dict[str, Any], verdict: str) -> str:
     if cmd:
         reason = f" ({cmd.get('reason')})" if cmd.get("reason") else ""
         lines.append(f"  last cmd    {cmd.get('id')} {cmd.get('action')}: {cmd.get('status')}{reason}")
+    lines += job_lines(doc.get("jobs") or {}, c)
     for key, why in (doc.get("errors") or {}).items():
         lines.append(f"  rejected    {key}: {why}")
     return "\n".join(lines)
+
+
+def job_lines(jobs: dict[str, Any], counters: dict[str, Any]) -> list[str]:
+    """The jobs feature's lines: counts, the job running now (phase, step, what it waits for), the last."""
+    if not jobs.get("enabled"):
+        return []
+    pending = jobs.get("pending")
+    lines = [
+        f"  jobs        {'subscribed' if jobs.get('subscribed') else 'NOT subscribed'}; "
+        f"succeeded {counters.get('jobs_succeeded', 0)}, failed {counters.get('jobs_failed', 0)}, "
+        f"rejected {counters.get('jobs_rejected', 0)}, ended by the cloud {counters.get('jobs_ended_by_cloud', 0)}"
+        + ("" if pending is None else f"; pending {pending}")
+    ]
+    cur = jobs.get("current")
+    if cur:
+        step = f", step {cur['step']}" if cur.get("step") else ""
+        waiting = f", waiting for {cur['waiting_for']}" if cur.get("waiting_for") else ""
+        lines.append(
+            f"  job now     {cur.get('job_id')} (execution {cur.get('execution_number')}): "
+            f"{cur.get('phase')}{step}{waiting}"
+        )
+    last = jobs.get("last")
+    if last:
+        reason = f" ({last['reason']})" if last.get("reason") else ""
+        unsent = "" if last.get("reported") else ", not yet reported"
+        lines.append(f"  last job    {last.get('job_id')}: {last.get('status')}{reason}{unsent}")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

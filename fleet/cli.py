@@ -22,6 +22,8 @@ TOOL = Tool(
         Sub("shadow", "fleet.shadow", "shadow get|update|delete THING|--all|--prefix P: operator access"),
         Sub("watch", "fleet.watch", "live view of robots (--fleet for the summary, --once --json)"),
         Sub("simulate", "fleet.simulate", "run simulated robots with the real agent against the local cloud"),
+        Sub("jobs", "fleet.jobs", "AWS IoT Jobs: jobs create|describe|list|cancel|delete|executions|watch"),
+        Sub("artifact", "fleet.artifact", "artifact put FILE|list: files a job document can name"),
     ],
 )
 

@@ -496,6 +496,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--json", action="store_true", default=s, help="print the results as one JSON document"
     )
     parser.add_argument("--dir", default=s, help=DIR_HELP)
+    parser.add_argument(
+        "--via",
+        choices=("shadow", "commands"),
+        default=s,
+        help="the channel: the shadow's desired.command (default), or AWS IoT Commands (a command "
+        "execution per robot through the local cloud's API, docs/commands.md)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -509,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  roomba-fleet command robot-001 clean --wait\n"
         "  roomba-fleet command robot-001 drive --velocity 200 --duration 1.5 --wait\n"
         "  roomba-fleet command --prefix sim- dock --wait --timeout 60 --json\n"
-        "  roomba-fleet command robot-001 set_clock --day mon --hour 9 --minute 0",
+        "  roomba-fleet command robot-001 set_clock --day mon --hour 9 --minute 0\n"
+        "  roomba-fleet command robot-001 dock --via commands --wait",
         exit_codes=EXIT_CODES,
     )
     p.add_argument("thing", nargs="?", metavar="THING", help="the robot's thing name (or --all / --prefix P)")
@@ -607,7 +615,13 @@ def main(argv: list[str] | None = None) -> int:
             print(line(outcome, command, width), flush=True)
 
     try:
-        outcomes = send_command(cloud, things, command, wait=wait, timeout=timeout, on_outcome=show)
+        if getattr(args, "via", "shadow") == "commands":
+            sent = _send_via_commands(cloud, things, command, wait=wait, timeout=timeout, on_outcome=show)
+            if isinstance(sent, int):
+                return sent
+            outcomes = sent
+        else:
+            outcomes = send_command(cloud, things, command, wait=wait, timeout=timeout, on_outcome=show)
     except (CloudNotRunning, SettingsError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -621,6 +635,34 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     return code
+
+
+def _send_via_commands(
+    cloud: CloudDir,
+    things: Sequence[str],
+    command: Mapping[str, Any],
+    *,
+    wait: bool,
+    timeout: float,
+    on_outcome: Callable[[Outcome], None],
+) -> dict[str, Outcome] | int:
+    """``--via commands``: :func:`fleet.aws_commands.send` through the cloud's control plane (imported
+    here: the shadow path need not load an HTTP client); an exit code when the API cannot be used."""
+    from fleet import aws_commands
+    from localcloud.apiclient import ApiClient, ApiNotRunning
+    from localcloud.awsapi.errors import ApiError
+
+    try:
+        with ApiClient(cloud) as api:
+            return aws_commands.send(
+                api, things, command, wait=wait, timeout=timeout, outcome=Outcome, on_outcome=on_outcome
+            )
+    except ApiNotRunning as exc:
+        print(f"roomba-fleet command: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ApiError as exc:
+        print(f"roomba-fleet command: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

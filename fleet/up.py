@@ -1,4 +1,4 @@
-"""``roomba-fleet up``: the local AWS IoT stand-in in the foreground (Mosquitto + shadow service).
+"""``roomba-fleet up``: the local AWS IoT stand-in in the foreground (Mosquitto, shadow and iot services).
 
 Supervised until Ctrl-C / SIGTERM; this module parses the command line, :func:`localcloud.up.run` does the
 work.
@@ -11,7 +11,7 @@ import argparse
 from base import logs
 from base.cli import Parser, add_json
 from localcloud import up
-from localcloud.layout import DEFAULT_PORT, DIR_HELP, CloudDir
+from localcloud.layout import DEFAULT_API_PORT, DEFAULT_PORT, DIR_HELP, CloudDir
 
 EPILOG = """\
 Prints where to connect (endpoint, port, CA, a paste-ready mosquitto_sub line with the operator identity)
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="roomba-fleet up",
         description="Run the local AWS IoT stand-in in the foreground: Mosquitto (mutual TLS, per-robot ACL) "
-        "and the shadow service, supervised.",
+        "the shadow service and the iot service (Jobs, Commands, the AWS IoT control plane over HTTP), supervised.",
         epilog=EPILOG,
         exit_codes={
             0: "stopped by Ctrl-C or SIGTERM",
@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"MQTT/TLS port to listen on, saved in DIR for the next runs and every robot's config "
         f"(default: the saved one, else {DEFAULT_PORT})",
     )
+    p.add_argument(
+        "--api-port",
+        type=_port,
+        help=f"HTTP port of the AWS IoT control plane (boto3 / AWS CLI through DIR/aws/config, profile local) "
+        f"on the endpoint, saved in DIR (default: the saved one, else {DEFAULT_API_PORT})",
+    )
     add_json(p, "the connection details (endpoint, port, CA, operator identity, mosquitto_sub line)")
     return p
 
@@ -55,4 +61,4 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure("info")
-    return up.run(CloudDir.at(args.dir), args.port, as_json=args.json)
+    return up.run(CloudDir.at(args.dir), args.port, as_json=args.json, api_port=args.api_port)

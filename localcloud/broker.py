@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from localcloud.layout import LOCAL_TOPIC_ROOT, OPERATOR_IDENTITY, SERVICE_IDENTITY
+from localcloud.layout import IOT_SERVICE_IDENTITY, LOCAL_TOPIC_ROOT, OPERATOR_IDENTITY, SERVICE_IDENTITY
 from shadow import topics
 
 MAX_PACKET_SIZE = 128 * 1024 + 1024
@@ -54,10 +54,17 @@ ROBOT_PUBLISH = (  # the most used first: Mosquitto tries the patterns in order 
     topics.shadow_topic(ROBOT, "update", name=topics.ANY),
     topics.shadow_topic(ROBOT, "get", name=topics.ANY),
     *(topics.jobs_topic(ROBOT, request) for request in topics.JOBS_REQUESTS),
+    f"$aws/commands/things/{ROBOT}/executions/+/response/json",  # AWS IoT Commands: the device's updates
 )
-ROBOT_RECEIVE = (topics.shadow_topic(ROBOT, "#"), topics.jobs_topic(ROBOT, "#"))
+ROBOT_RECEIVE = (
+    topics.shadow_topic(ROBOT, "#"),
+    topics.jobs_topic(ROBOT, "#"),
+    f"$aws/commands/things/{ROBOT}/#",
+)
 SERVICE_TOPICS = (topics.shadow_topic(topics.ANY, "#"),)
+IOT_SERVICE_TOPICS = (topics.jobs_topic(topics.ANY, "#"), "$aws/commands/#", "$aws/events/#")
 OPERATOR_TOPICS = (topics.things_prefix("#"), topics.agent_prefix("#"), f"{LOCAL_TOPIC_ROOT}/#")
+OPERATOR_READS = ("$aws/events/#", "$aws/commands/#")
 
 
 def acl_text() -> str:
@@ -76,9 +83,14 @@ def acl_text() -> str:
             f"user {SERVICE_IDENTITY}",
             *(f"topic readwrite {topic}" for topic in SERVICE_TOPICS),
             "",
+            "# The iot service (Jobs, Commands) answers every thing's jobs and commands topics, and tells events.",
+            f"user {IOT_SERVICE_IDENTITY}",
+            *(f"topic readwrite {topic}" for topic in IOT_SERVICE_TOPICS),
+            "",
             "# The operator (roomba-fleet shadow/watch) sees and changes everything.",
             f"user {OPERATOR_IDENTITY}",
             *(f"topic readwrite {topic}" for topic in OPERATOR_TOPICS),
+            *(f"topic read {topic}" for topic in OPERATOR_READS),
             "",
         ]
     )

@@ -10,14 +10,26 @@ Every path written to a robot's configuration is absolute, so the agent may star
 
 from __future__ import annotations
 
+import configparser
 import os
+import secrets
+import string
 import sys
 import tomllib
 from pathlib import Path
 
 from base.logs import get_logger
 from localcloud import broker
-from localcloud.layout import OPERATOR_IDENTITY, RESERVED_NAMES, SERVICE_IDENTITY, CloudDir, Settings
+from localcloud.layout import (
+    AWS_PROFILE,
+    AWS_REGION,
+    IOT_SERVICE_IDENTITY,
+    OPERATOR_IDENTITY,
+    RESERVED_NAMES,
+    SERVICE_IDENTITY,
+    CloudDir,
+    Settings,
+)
 from provisioning import ca as pca
 from provisioning import device as pdevice
 from provisioning.names import thing_name_problem
@@ -62,13 +74,17 @@ def ensure_identity(cloud: CloudDir, ca: pca.CertificateAuthority, name: str) ->
     return directory
 
 
-def prepare(cloud: CloudDir, port: int | None = None) -> Settings:
-    """Make ``cloud`` ready for ``up``: CA, server cert, service and operator identities, broker files.
+def prepare(cloud: CloudDir, port: int | None = None, api_port: int | None = None) -> Settings:
+    """Make ``cloud`` ready for ``up``: CA, server cert, service and operator identities, broker files,
+    the AWS config and credentials of the control plane.
 
-    A new ``port`` is saved, and the robots' agent configurations are rewritten to use it.
+    A new ``port`` is saved, and the robots' agent configurations are rewritten to use it; a new
+    ``api_port`` is saved and written into ``DIR/aws/config``.
     """
     cloud.root.mkdir(parents=True, exist_ok=True)
     settings = cloud.load_settings()
+    if api_port is not None and api_port != settings.api_port:
+        settings = cloud.update_settings(api_port=api_port)
     port_changed = port is not None and port != settings.port
     if port_changed or not cloud.settings_path.exists():
         settings = cloud.update_settings(port=port if port is not None else settings.port)
@@ -80,8 +96,9 @@ def prepare(cloud: CloudDir, port: int | None = None) -> Settings:
             pca.issue_server_cert(
                 ca, cloud.broker_dir, ["localhost"], [settings.endpoint, "::1"], name="server", replace=True
             )
-        for name in (SERVICE_IDENTITY, OPERATOR_IDENTITY):
+        for name in (SERVICE_IDENTITY, OPERATOR_IDENTITY, IOT_SERVICE_IDENTITY):
             ensure_identity(cloud, ca, name)
+    write_aws_files(cloud, settings)
     cloud.logs_dir.mkdir(parents=True, exist_ok=True)
     persistence = cloud.broker_dir / "data"
     persistence.mkdir(parents=True, exist_ok=True)
@@ -99,6 +116,76 @@ def prepare(cloud: CloudDir, port: int | None = None) -> Settings:
         )
     )
     return settings
+
+
+def api_url(settings: Settings) -> str:
+    """The control plane's base URL (``iot`` and ``iot-jobs-data`` share it)."""
+    return f"http://{settings.endpoint}:{settings.api_port}"
+
+
+def _new_access_key() -> tuple[str, str]:
+    alphabet = string.ascii_uppercase + string.digits
+    key_id = "AKIA" + "".join(secrets.choice(alphabet) for _ in range(16))
+    secret = "".join(secrets.choice(string.ascii_letters + string.digits + "+/") for _ in range(40))
+    return key_id, secret
+
+
+def read_aws_credentials(cloud: CloudDir, profile: str = AWS_PROFILE) -> tuple[str, str] | None:
+    """(access key id, secret) of ``profile`` in ``DIR/aws/credentials``; None if there is none."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(cloud.aws_credentials.read_text())
+    except (OSError, configparser.Error):
+        return None
+    if not parser.has_section(profile):
+        return None
+    key_id = parser.get(profile, "aws_access_key_id", fallback="").strip()
+    secret = parser.get(profile, "aws_secret_access_key", fallback="").strip()
+    return (key_id, secret) if key_id and secret else None
+
+
+def aws_config_text(settings: Settings, profile: str = AWS_PROFILE) -> str:
+    """``DIR/aws/config``: region and output of the profile, and the endpoint of both services through a
+    ``services`` section (botocore's keys: the service id lower-cased, spaces as underscores)."""
+    url = api_url(settings)
+    return "\n".join(
+        [
+            "# Written by `roomba-fleet up`: the local cloud's control plane (AWS IoT and the Jobs data plane).",
+            f"[profile {profile}]",
+            f"region = {AWS_REGION}",
+            "output = json",
+            "services = local-cloud",
+            "",
+            "[services local-cloud]",
+            "iot =",
+            f"  endpoint_url = {url}",
+            "iot_jobs_data_plane =",
+            f"  endpoint_url = {url}",
+            "",
+        ]
+    )
+
+
+def write_aws_files(cloud: CloudDir, settings: Settings) -> None:
+    """The AWS CLI / boto3 profile ``local``: credentials made once (0600) and kept across runs, the config
+    rewritten with the current api port."""
+    cloud.aws_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if read_aws_credentials(cloud) is None:
+        key_id, secret = _new_access_key()
+        text = (
+            "# Written by `roomba-fleet up`: the local cloud's operator keys (made once; keep them private).\n"
+            f"[{AWS_PROFILE}]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
+        )
+        tmp = cloud.aws_credentials.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, cloud.aws_credentials)
+        log.info("fleet.aws.credentials_created", path=str(cloud.aws_credentials))
+    os.chmod(cloud.aws_credentials, 0o600)
+    tmp = cloud.aws_config.with_suffix(".tmp")
+    tmp.write_text(aws_config_text(settings))
+    os.replace(tmp, cloud.aws_config)
 
 
 def agent_config_text(

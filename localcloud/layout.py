@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_PORT = 8883
+DEFAULT_API_PORT = 8444
 DEFAULT_ENDPOINT = "127.0.0.1"
 ENV_DIR = "ROOMBA_FLEET_DIR"
 DEFAULT_SUBDIR = Path("roomba-fleet") / "local-cloud"
@@ -27,7 +28,11 @@ DIR_HELP = (
 
 SERVICE_IDENTITY = "local-cloud-shadow-service"
 OPERATOR_IDENTITY = "local-cloud-operator"
-RESERVED_NAMES = frozenset({SERVICE_IDENTITY, OPERATOR_IDENTITY})
+IOT_SERVICE_IDENTITY = "local-cloud-iot-service"
+RESERVED_NAMES = frozenset({SERVICE_IDENTITY, OPERATOR_IDENTITY, IOT_SERVICE_IDENTITY})
+AWS_PROFILE = "local"  # the profile of DIR/aws/config and DIR/aws/credentials
+AWS_REGION = "us-east-1"
+AWS_ACCOUNT = "000000000000"
 LOCAL_TOPIC_ROOT = "local-cloud"  # topics of the local cloud itself (the operator's markers), not AWS's
 
 
@@ -52,6 +57,7 @@ class Settings:
     rate_limit_per_thing: float = 20.0
     response_qos: int = 1
     durable: bool = False
+    api_port: int = DEFAULT_API_PORT
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Settings:
@@ -125,6 +131,34 @@ class CloudDir:
     @property
     def shadows_db(self) -> Path:
         return self.root / "shadows.sqlite3"
+
+    @property
+    def iot_db(self) -> Path:
+        """Things, groups, jobs, executions and commands of the iot service."""
+        return self.root / "iot.db"
+
+    @property
+    def iot_service_log(self) -> Path:
+        return self.logs_dir / "iot-service.log"
+
+    @property
+    def aws_dir(self) -> Path:
+        return self.root / "aws"
+
+    @property
+    def aws_config(self) -> Path:
+        """AWS CLI / botocore config (profile ``local``, the control plane's endpoint_url), written by ``up``."""
+        return self.aws_dir / "config"
+
+    @property
+    def aws_credentials(self) -> Path:
+        """The operator's control-plane keys (profile ``local``, 0600), made once and kept."""
+        return self.aws_dir / "credentials"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """The artifact store: ``<bucket>/<key>`` files served by presigned URLs on the api port."""
+        return self.root / "artifacts"
 
     @property
     def run_file(self) -> Path:

@@ -14,8 +14,10 @@ Usage (any test, any package)::
         cloud.endpoint, cloud.port, cloud.ca_path
         cloud.update_shadow("robot-001", {"state": {"desired": {"power": "on"}}})   # as the operator
         accepted, doc = cloud.get_shadow("robot-001")
+        iot = cloud.boto3_client("iot")            # the control plane through the `local` profile
+        subprocess.run(["aws", "iot", "list-jobs"], env={**os.environ, **cloud.aws_env()})
 
-It runs the real command in a subprocess (Mosquitto with mutual TLS and the shadow service, supervised),
+It runs the real command in a subprocess (Mosquitto with mutual TLS, the shadow and iot services, supervised),
 so what a test sees is what a developer gets. ``stop()`` (or leaving the ``with``) terminates it and
 removes the temp dir it created; a directory you pass in is kept, so a second ``start`` on it tests
 persistence.
@@ -69,9 +71,17 @@ class LocalCloudError(RuntimeError):
 
 
 class LocalCloud:
-    def __init__(self, directory: Path, port: int, proc: subprocess.Popen[bytes], owns_dir: bool) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int,
+        proc: subprocess.Popen[bytes],
+        owns_dir: bool,
+        api_port: int | None = None,
+    ) -> None:
         self.dir = CloudDir.at(directory)
         self.port = port
+        self.api_port = api_port if api_port is not None else self.dir.load_settings().api_port
         self.endpoint = "127.0.0.1"
         self.proc = proc
         self._owns_dir = owns_dir
@@ -100,10 +110,13 @@ class LocalCloud:
         last_error = ""
         for _attempt in range(3):
             port = free_port()
+            api_port = free_port()
+            while api_port == port:
+                api_port = free_port()
             output: list[str] = []
-            proc, error = cls._launch(cloud_dir, port, timeout, output)
+            proc, error = cls._launch(cloud_dir, port, timeout, output, api_port)
             if proc is not None:
-                cloud = cls(root, port, proc, owns)
+                cloud = cls(root, port, proc, owns, api_port)
                 cloud.output = output
                 return cloud
             last_error = error
@@ -115,13 +128,24 @@ class LocalCloud:
 
     @staticmethod
     def _launch(
-        cloud_dir: CloudDir, port: int, timeout: float, output: list[str]
+        cloud_dir: CloudDir, port: int, timeout: float, output: list[str], api_port: int
     ) -> tuple[subprocess.Popen[bytes] | None, str]:
         cloud_dir.root.mkdir(parents=True, exist_ok=True)
         err_path = cloud_dir.root / "up.stderr"
         with open(err_path, "ab") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "fleet.cli", "up", "--dir", str(cloud_dir.root), "--port", str(port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "fleet.cli",
+                    "up",
+                    "--dir",
+                    str(cloud_dir.root),
+                    "--port",
+                    str(port),
+                    "--api-port",
+                    str(api_port),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -167,6 +191,32 @@ class LocalCloud:
     ) -> tuple[bool, dict[str, Any]]:
         """Publish an update as the operator (e.g. ``{"state": {"desired": {...}}}``); (accepted, response)."""
         return shadow_request(self.dir, thing, "update", document, name=name)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.endpoint}:{self.api_port}"
+
+    def aws_env(self) -> dict[str, str]:
+        """Environment variables that point the AWS CLI / boto3 at this cloud's ``local`` profile."""
+        return {
+            "AWS_CONFIG_FILE": str(self.dir.aws_config),
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.dir.aws_credentials),
+            "AWS_PROFILE": "local",
+        }
+
+    def boto3_session(self) -> Any:
+        """A boto3 session on the ``local`` profile of DIR/aws (boto3 is a development dependency)."""
+        import botocore.session
+        from boto3 import Session
+
+        core = botocore.session.Session(profile="local")
+        core.set_config_variable("config_file", str(self.dir.aws_config))
+        core.set_config_variable("credentials_file", str(self.dir.aws_credentials))
+        return Session(botocore_session=core)
+
+    def boto3_client(self, service: str = "iot", **kwargs: Any) -> Any:
+        """``boto3`` client for ``iot`` / ``iot-jobs-data`` through the profile (endpoint from DIR/aws/config)."""
+        return self.boto3_session().client(service, **kwargs)
 
     def operator(self) -> IdentityPaths:
         return self.identity(OPERATOR_IDENTITY)

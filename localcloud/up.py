@@ -1,8 +1,9 @@
-"""What ``roomba-fleet up`` runs: the local AWS IoT stand-in in the foreground (Mosquitto + shadow service).
+"""What ``roomba-fleet up`` runs: the local AWS IoT stand-in in the foreground (Mosquitto, the shadow service
+and the iot service: Jobs, Commands and the control plane's HTTP API).
 
-:func:`run` prepares DIR (CA, certificates, broker configuration) with the provisioning API, starts Mosquitto
-with a raised open-file limit and the shadow service, prints where to connect, supervises both and stops
-both on Ctrl-C / SIGTERM. ``run/up.json`` in DIR tells other commands (and tests) the pids and port. The
+:func:`run` prepares DIR (CA, certificates, broker configuration, the ``local`` AWS profile under DIR/aws) with
+the provisioning API, starts Mosquitto with a raised open-file limit, the shadow service and the iot service,
+prints where to connect, supervises them and stops them on Ctrl-C / SIGTERM. ``run/up.json`` in DIR tells other commands (and tests) the pids and port. The
 ready banner ends with a paste-ready ``mosquitto_sub`` line (the operator identity, absolute paths) and the
 line ``ready``; with ``as_json`` it is one JSON object instead. The command line is parsed by ``fleet.up``.
 """
@@ -23,7 +24,7 @@ from types import FrameType
 from base import logs
 from base.process import pid_alive, process_cmdline, raise_nofile_limit
 from localcloud import broker, cloud
-from localcloud.layout import OPERATOR_IDENTITY, CloudDir, SettingsError
+from localcloud.layout import AWS_PROFILE, OPERATOR_IDENTITY, CloudDir, SettingsError
 from localcloud.supervisor import Child, Supervisor
 from provisioning import device as pdevice
 from provisioning.errors import ProvisioningError
@@ -59,12 +60,15 @@ class BrokerLogReady:
             return False
 
 
-def _write_run_file(cloud_dir: CloudDir, sup: Supervisor, port: int) -> None:
+def _write_run_file(cloud_dir: CloudDir, sup: Supervisor, port: int, api_port: int | None = None) -> None:
     path = cloud_dir.run_file
     path.parent.mkdir(parents=True, exist_ok=True)
     info = {
         "pid": os.getpid(),
         "port": port,
+        "api_port": api_port,
+        "aws_config": str(cloud_dir.aws_config),
+        "aws_credentials": str(cloud_dir.aws_credentials),
         "children": {c.name: c.proc.pid if c.proc else None for c in sup.children},
         "restarts": {c.name: c.restarts for c in sup.children},
     }
@@ -143,7 +147,19 @@ def mosquitto_sub_argv(
     return [*argv, "-v"]
 
 
-def connection_info(cloud_dir: CloudDir, endpoint: str, port: int) -> dict[str, object]:
+def aws_cli_line(cloud_dir: CloudDir) -> str:
+    """The paste-ready AWS CLI call through the ``local`` profile that ``up`` writes."""
+    env = {
+        "AWS_CONFIG_FILE": str(cloud_dir.aws_config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(cloud_dir.aws_credentials),
+        "AWS_PROFILE": AWS_PROFILE,
+    }
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " aws iot list-jobs"
+
+
+def connection_info(
+    cloud_dir: CloudDir, endpoint: str, port: int, api_port: int | None = None
+) -> dict[str, object]:
     """What ``up --json`` prints once ready: where to connect, and as whom."""
     ident = cloud_dir.identity_dir(OPERATOR_IDENTITY)
     return {
@@ -151,6 +167,14 @@ def connection_info(cloud_dir: CloudDir, endpoint: str, port: int) -> dict[str, 
         "dir": str(cloud_dir.root),
         "endpoint": endpoint,
         "port": port,
+        "api_port": api_port,
+        "api_url": f"http://{endpoint}:{api_port}" if api_port is not None else None,
+        "aws": {
+            "config": str(cloud_dir.aws_config),
+            "credentials": str(cloud_dir.aws_credentials),
+            "profile": AWS_PROFILE,
+            "aws_cli": aws_cli_line(cloud_dir),
+        },
         "ca": str(cloud_dir.ca_cert),
         "operator": {
             "cert": str(ident / pdevice.DEVICE_CERT),
@@ -161,10 +185,12 @@ def connection_info(cloud_dir: CloudDir, endpoint: str, port: int) -> dict[str, 
     }
 
 
-def run(cloud_dir: CloudDir, port: int | None = None, *, as_json: bool = False) -> int:
+def run(
+    cloud_dir: CloudDir, port: int | None = None, *, as_json: bool = False, api_port: int | None = None
+) -> int:
     """Serve the local cloud in ``cloud_dir`` until SIGTERM/SIGINT/SIGHUP; the exit status of ``up`` (1 when
     it cannot start, with the reason on stderr). ``port`` replaces the saved one. ``as_json``: the ready
-    banner is one JSON line (:func:`connection_info`)."""
+    banner is one JSON line (:func:`connection_info`). ``api_port`` replaces the saved control-plane port."""
     try:
         mosquitto = broker.find_mosquitto()
     except broker.BrokerMissing as exc:
@@ -176,7 +202,7 @@ def run(cloud_dir: CloudDir, port: int | None = None, *, as_json: bool = False) 
         print(f"roomba-fleet up: {problem}", file=sys.stderr)
         return EXIT_CANNOT_START
     try:
-        settings = cloud.prepare(cloud_dir, port)
+        settings = cloud.prepare(cloud_dir, port, api_port)
     except (ProvisioningError, SettingsError) as exc:
         print(f"roomba-fleet up: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
@@ -184,6 +210,13 @@ def run(cloud_dir: CloudDir, port: int | None = None, *, as_json: bool = False) 
         print(
             f"roomba-fleet up: {settings.endpoint}:{settings.port} is already in use (another local cloud?); "
             f"stop it or pass --port",
+            file=sys.stderr,
+        )
+        return EXIT_CANNOT_START
+    if settings.api_port == settings.port or port_open(settings.endpoint, settings.api_port):
+        print(
+            f"roomba-fleet up: {settings.endpoint}:{settings.api_port} is already in use (another local cloud?); "
+            f"stop it or pass --api-port",
             file=sys.stderr,
         )
         return EXIT_CANNOT_START
@@ -203,8 +236,15 @@ def run(cloud_dir: CloudDir, port: int | None = None, *, as_json: bool = False) 
         ready=lambda c: c.ready_event.is_set(),
         stdout_pipe=True,
     )
-    sup = Supervisor([broker_child, service_child])
-    sup.on_change = lambda: _write_run_file(cloud_dir, sup, settings.port)
+    iot_child = Child(
+        "iot-service",
+        [sys.executable, "-m", "localcloud.iot_service", "--dir", str(cloud_dir.root)],
+        cloud_dir.iot_service_log,
+        ready=lambda c: c.ready_event.is_set(),
+        stdout_pipe=True,
+    )
+    sup = Supervisor([broker_child, service_child, iot_child])
+    sup.on_change = lambda: _write_run_file(cloud_dir, sup, settings.port, settings.api_port)
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
         sup.stopping.set()
@@ -220,11 +260,12 @@ def run(cloud_dir: CloudDir, port: int | None = None, *, as_json: bool = False) 
                 for line in path.read_text(errors="replace").strip().splitlines()[-5:]:
                     print(f"  {line}", file=sys.stderr)
         return EXIT_CANNOT_START
-    _write_run_file(cloud_dir, sup, settings.port)
+    _write_run_file(cloud_dir, sup, settings.port, settings.api_port)
     if as_json:
-        print(json.dumps(connection_info(cloud_dir, settings.endpoint, settings.port)), flush=True)
+        info = connection_info(cloud_dir, settings.endpoint, settings.port, settings.api_port)
+        print(json.dumps(info), flush=True)
     else:
-        _print_ready(cloud_dir, settings.endpoint, settings.port)
+        _print_ready(cloud_dir, settings.endpoint, settings.port, settings.api_port)
     try:
         sup.run()
     finally:
@@ -234,17 +275,20 @@ def run(cloud_dir: CloudDir, port: int | None = None, *, as_json: bool = False) 
     return 0
 
 
-def _print_ready(cloud_dir: CloudDir, endpoint: str, port: int) -> None:
+def _print_ready(cloud_dir: CloudDir, endpoint: str, port: int, api_port: int | None = None) -> None:
     d = str(cloud_dir.root)
     lines = [
         f"local cloud ready in {d}",
         f"  endpoint: {endpoint}",
         f"  port:     {port}",
+        f"  api:      http://{endpoint}:{api_port} (AWS IoT control plane, profile {AWS_PROFILE})",
         f"  ca:       {cloud_dir.ca_cert}",
         f"  add a robot:   roomba-fleet robot add NAME --dir {shlex.quote(d)}",
         f"  watch robots:  roomba-fleet watch --dir {shlex.quote(d)}",
         "  raw MQTT (every shadow topic, as the operator; package mosquitto-clients):",
         f"    {shlex.join(mosquitto_sub_argv(cloud_dir, endpoint, port))}",
+        "  AWS CLI / boto3 (jobs, things, commands):",
+        f"    {aws_cli_line(cloud_dir)}",
         "  stop:          Ctrl-C",
         "ready",
     ]

@@ -40,8 +40,11 @@ def device_policy(
     - publish: shadow ``get``/``update`` (never ``delete``), the four Jobs request topics, and exactly
       ``roomba/<thing>/telemetry|events|metrics|presence``; ``iot:RetainPublish`` on ``presence`` only
       (the agent's retained presence and its retained MQTT will);
-    - subscribe/receive: its own shadow and job response topics (``…/shadow/*``, ``…/jobs/*``), which only
-      AWS publishes to.
+    - publish its AWS IoT Commands updates (``$aws/commands/things/<thing>/executions/*/response/json``);
+    - subscribe/receive: the reserved topics of its own thing, which only AWS publishes to: its shadow and
+      job responses (``$aws/things/<thing>/…``) and its command requests and their answers
+      (``$aws/commands/things/<thing>/…``), as one resource ``$aws/*things/<thing>/*`` (AWS caps a policy at
+      2048 characters; the two prefixes and their commands sibling would not fit).
 
     Named shadows default to any name (``*``); ``shadow_names`` pins them. Region and account default to
     ``*``: a policy only ever applies inside the account and region where it is created, so naming them
@@ -57,7 +60,9 @@ def device_policy(
     publish = [arn(f"topic/{s}/{op}") for s in shadows for op in ("get", "update")]
     publish += [arn(f"topic/{topics.jobs_topic(THING, op)}") for op in JOBS_REQUESTS]
     publish += [arn(f"topic/{topics.agent_topic(THING, t)}") for t in topics.AGENT_TOPICS]
-    own_shadows, own_jobs = topics.shadow_topic(THING, "*"), topics.jobs_topic(THING, "*")
+    publish += [arn(f"topic/$aws/commands/things/{THING}/executions/*/response/json")]
+    # $aws/things/<thing>/... (shadow, jobs) and $aws/commands/things/<thing>/... (AWS IoT Commands)
+    own = f"$aws/*things/{THING}/*"
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -76,12 +81,12 @@ def device_policy(
             {
                 "Effect": "Allow",
                 "Action": "iot:Subscribe",
-                "Resource": [arn(f"topicfilter/{own_shadows}"), arn(f"topicfilter/{own_jobs}")],
+                "Resource": [arn(f"topicfilter/{own}")],
             },
             {
                 "Effect": "Allow",
                 "Action": "iot:Receive",
-                "Resource": [arn(f"topic/{own_shadows}"), arn(f"topic/{own_jobs}")],
+                "Resource": [arn(f"topic/{own}")],
             },
         ],
     }

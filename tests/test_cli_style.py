@@ -78,7 +78,7 @@ NO_JSON = {
 }
 SUB_NAMES = {
     "roomba-agent": ["run", "status", "doctor", "config", "probe"],
-    "roomba-fleet": ["up", "robot", "command", "shadow", "watch", "simulate"],
+    "roomba-fleet": ["up", "robot", "command", "shadow", "watch", "simulate", "jobs", "artifact"],
 }
 
 

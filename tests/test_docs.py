@@ -312,7 +312,7 @@ class Workspace:
         return proc
 
     def start_local_cloud(self) -> None:
-        """``roomba-fleet up`` in ``$ROOMBA_FLEET_DIR``, on a port no doc uses, until it says ``ready``."""
+        """``roomba-fleet up`` in ``$ROOMBA_FLEET_DIR``, on ports no doc uses, until it says ``ready``."""
         if self.cloud_started:
             return
         self.cloud_started = True
@@ -325,6 +325,8 @@ class Workspace:
             self.env["ROOMBA_FLEET_DIR"],
             "--port",
             "18883",
+            "--api-port",
+            "18444",
         ]
         with log.open("wb") as out:
             proc = self.popen(up, out)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from agent.commands import Command
 from agent.features.events import Events
@@ -22,6 +24,10 @@ from agent.store import Ledger
 from agent.sync import RunCommand, ShadowSync
 
 INLINE_ACTIONS = frozenset({"clean", "spot", "max", "dock", "set_clock"})
+
+# (command id, final status, reason, ledger document): every outcome, from any channel; the document is
+# given only for a command a previous run left unfinished (failed at start-up), so its channel can be told
+OutcomeListener = Callable[[str, str, str | None, Mapping[str, Any] | None], None]
 
 
 class Commands:
@@ -50,7 +56,22 @@ class Commands:
         self.driving: str | None = None
         self._drive_timer: asyncio.TimerHandle | None = None
         self._wheels_must_stop = False
+        self._outcome_listeners: list[OutcomeListener] = []
         pump.route(RunCommand, self.run)
+
+    def on_outcome(self, listener: OutcomeListener) -> None:
+        """Tell ``listener`` every command's final status (another channel than the shadow, such as AWS IoT
+        Commands, answers its own commands from it); called after the shadow answer, before the commit."""
+        self._outcome_listeners.append(listener)
+
+    def _tell(
+        self, command_id: str, status: str, reason: str | None, document: Mapping[str, Any] | None
+    ) -> None:
+        for listener in self._outcome_listeners:
+            try:
+                listener(command_id, status, reason, document)
+            except Exception:
+                self.log.exception("command.outcome_listener_failed", command_id=command_id)
 
     def start(self) -> None:
         """Fail what a previous run left unfinished (never retried), and stop an interrupted drive."""
@@ -58,6 +79,7 @@ class Commands:
             reason = "agent restarted before the command finished; not retried"
             self.ledger.finish(entry.id, "failed", reason)
             self.log.warning("command.interrupted", command_id=entry.id, action=entry.action)
+            self._tell(entry.id, "failed", reason, entry.document)
             if entry.action == "drive":
                 # the robot may still be driving on the last Drive it got: stop it once the link is up
                 self._wheels_must_stop = True
@@ -160,4 +182,5 @@ class Commands:
         effects = self.sync.command_finished(command_id, status, reason)
         self.pump.pump()
         self.pump.execute(effects)
+        self._tell(command_id, status, reason, None)
         self.ledger.commit()

@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,8 @@ class Reporting:
         self.cloud_link = cloud_link or CloudLink()
         self.status_path = Path(config.state_dir) / STATUS_FILE
         self._tasks: list[asyncio.Task[None]] = []
+        # sections other features add to the status document (``jobs``), name -> builder
+        self.sections: dict[str, Callable[[], Any]] = {}
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -127,6 +129,7 @@ class Reporting:
             "last_command": self.sync.classic.current.get("command"),
             "errors": self.sync.classic.current.get("errors"),
             "settings": self.settings,
+            **{name: build() for name, build in self.sections.items()},
             "metrics": self.metrics.snapshot(),
         }
 

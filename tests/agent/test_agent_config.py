@@ -244,21 +244,24 @@ def test_schema_and_dataclasses_agree() -> None:
     from dataclasses import MISSING, fields
 
     leaves = {p for p, sub in cfg.walk() if sub.get("type") != "object" or p == "connection.pkcs11"}
-    mapped = {dotted for name, dotted in cfg.FIELDS.items() if name != "intervals"}
+    mapped = {dotted for name, dotted in cfg.FIELDS.items() if name not in ("intervals", "jobs")}
     mapped |= {f"intervals.{f.name}" for f in fields(cfg.Intervals)}
+    mapped |= {f"jobs.{f.name}" for f in fields(cfg.JobsConfig)}
     mapped |= {f"connection.pkcs11.{f.name}" for f in fields(cfg.Pkcs11Key)}
     leaves |= {p for p, _ in cfg.walk() if p.startswith("connection.pkcs11.")}
     assert leaves == mapped
     assert set(cfg.FIELDS) == {f.name for f in fields(cfg.AgentConfig)}
     defaults = _schema_defaults(cfg.schema())
     for f in fields(cfg.AgentConfig):
-        if f.name == "intervals":
+        if f.name in ("intervals", "jobs"):
             continue
         dotted = cfg.FIELDS[f.name]
         if f.default is not MISSING and f.default is not None:  # a required field may have a schema default
             assert defaults[dotted] == f.default, dotted
     for f in fields(cfg.Intervals):
         assert defaults[f"intervals.{f.name}"] == f.default, f.name
+    for f in fields(cfg.JobsConfig):
+        assert defaults[f"jobs.{f.name}"] == f.default, f.name
     assert defaults["state_dir"] == cfg.DEFAULT_STATE_DIR
     assert tuple(cfg.schema()["properties"]["log_level"]["enum"]) == cfg.LOG_LEVELS
 

@@ -24,6 +24,7 @@ STAGES = [
     "tls",
     "mqtt connect",
     "shadow round trip",
+    "jobs subscription",
     "serial port",
     "oi handshake",
     "robot health",

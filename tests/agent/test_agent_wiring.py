@@ -168,7 +168,15 @@ def test_one_start_up_runs_a_command_survives_a_drop_and_stops_in_order(tmp_path
         ticker = asyncio.get_running_loop().create_task(tick(pair, opcodes))
         agent = Agent(config, Hooks(robot=lambda: pair.robot, mqtt=factory))
         broker = brokers[0]
-        assert agent.features.names == ["events", "commands", "settings", "health", "reporting"]
+        assert agent.features.names == [
+            "events",
+            "commands",
+            "aws-commands",
+            "settings",
+            "health",
+            "reporting",
+            "jobs",
+        ]
         running = asyncio.get_running_loop().create_task(agent.run())
         await until("ready", lambda: agent.ready)
         started = agent.features.started
@@ -193,7 +201,7 @@ def test_one_start_up_runs_a_command_survives_a_drop_and_stops_in_order(tmp_path
 
     code, started, presence = asyncio.run(scenario())
     assert code == 0
-    assert started == ["events", "commands", "settings", "health", "reporting"]
+    assert started == ["events", "commands", "aws-commands", "settings", "health", "reporting", "jobs"]
     assert presence == ["online", "online", "offline"]
     status = json.loads((Path(config.state_dir) / "status.json").read_text())
     assert status["last_command"]["id"] == "w1" and status["mqtt"]["connected"] is False

@@ -5,6 +5,7 @@ rule that ``localcloud`` never imports the CLI."""
 from __future__ import annotations
 
 import ast
+import fnmatch
 import json
 import sys
 import time
@@ -105,10 +106,21 @@ def test_acl_grants_a_robot_exactly_the_aws_device_policy() -> None:
         topic = resource.split(f":{prefix}/", 1)[1].replace(THING, "%u")
         return topic[:-2] + "/#" if topic.endswith("/*") else topic.replace("*", "+")
 
+    # The policy grants a robot the reserved topics of its own thing as one resource, ``$aws/*things/<thing>/*``
+    # (three would not fit AWS's 2048 characters in aws-us-gov); the ACL names the three trees AWS publishes
+    # them under, each of which the policy's pattern covers.
+    own_trees = {"$aws/things/%u/shadow/#", "$aws/things/%u/jobs/#", "$aws/commands/things/%u/#"}
+
+    def expand(topic_filter: str) -> set[str]:
+        if topic_filter != "$aws/*things/%u/#":
+            return {topic_filter}
+        assert all(fnmatch.fnmatchcase(tree.replace("#", "x"), "$aws/*things/%u/*") for tree in own_trees)
+        return own_trees
+
     statements = {st["Action"]: st["Resource"] for st in device_policy()["Statement"]}
     publish = {as_filter(r, "topic") for r in statements["iot:Publish"]}
-    receive = {as_filter(r, "topic") for r in statements["iot:Receive"]}
-    subscribe = {as_filter(r, "topicfilter") for r in statements["iot:Subscribe"]}
+    receive = set().union(*(expand(as_filter(r, "topic")) for r in statements["iot:Receive"]))
+    subscribe = set().union(*(expand(as_filter(r, "topicfilter")) for r in statements["iot:Subscribe"]))
     acl = broker.acl_text().splitlines()
     assert {line.split(" ", 2)[2] for line in acl if line.startswith("pattern write ")} == publish
     assert {line.split(" ", 2)[2] for line in acl if line.startswith("pattern read ")} == receive == subscribe
