@@ -18,7 +18,7 @@ from provisioning.ca import CertificateAuthority, init_ca
 from provisioning.device import create_identity
 from provisioning.verify import check_identity
 
-NOW = dt.datetime.now(dt.UTC)
+NOW = dt.datetime.now(dt.UTC)  # for certificates dated relative to it; checks use the time they run at
 
 
 def codes(findings: list) -> list[str]:
@@ -41,7 +41,9 @@ def good(tmp_path: Path, file_ca: CertificateAuthority) -> Path:
 
 
 def check(directory: Path, ca: CertificateAuthority, thing: str | None = "robot-ok", **kw) -> list:
-    return check_identity(directory / "device.crt", directory / "device.key", ca.cert_path, thing, NOW, **kw)
+    return check_identity(
+        directory / "device.crt", directory / "device.key", ca.cert_path, thing, dt.datetime.now(dt.UTC), **kw
+    )
 
 
 def test_good_identity_has_no_findings(good: Path, file_ca: CertificateAuthority) -> None:
@@ -137,6 +139,6 @@ def test_missing_files(good: Path, file_ca: CertificateAuthority, tmp_path: Path
     """A missing key or CA file is a finding (``key.missing``, ``ca.missing``), not a crash."""
     (good / "device.key").unlink()
     assert codes(check(good, file_ca)) == ["key.missing"]
-    assert codes(check_identity(good / "device.crt", None, tmp_path / "nope.crt", "robot-ok", NOW)) == [
-        "ca.missing"
-    ]
+    assert codes(
+        check_identity(good / "device.crt", None, tmp_path / "nope.crt", "robot-ok", dt.datetime.now(dt.UTC))
+    ) == ["ca.missing"]
