@@ -462,14 +462,27 @@ def probe(config: AgentConfig, timeout: float = 15.0) -> tuple[str, str, float |
     return asyncio.run(_probe(config, timeout))
 
 
-async def _probe(config: AgentConfig, timeout: float) -> tuple[str, str, float | None]:
-    import uuid
+@dataclass(frozen=True)
+class RoundTrip:
+    """What :func:`round_trip` saw: ``failed`` is ``"mqtt"`` (no connection), ``"subscribe"``, ``"answer"``
+    (none within the timeout) or ``None``; then ``topic``/``payload`` are the answer and ``rtt_s`` its time."""
 
+    failed: str | None
+    detail: str = ""
+    topic: str = ""
+    payload: bytes = b""
+    rtt_s: float | None = None
+
+
+async def round_trip(
+    config: AgentConfig, topic: str, answers: Sequence[str], payload: bytes, token: str, timeout: float
+) -> RoundTrip:
+    """Connect as the thing, subscribe to ``answers``, publish ``payload`` (which carries ``token``) on
+    ``topic`` and wait for the message that carries ``token`` back: doctor's probes of the shadow and the
+    Jobs service. It uses the thing name as client id, so it must not run while the agent is connected."""
     connected = asyncio.Event()
     answered = asyncio.Event()
     outcome: dict[str, Any] = {}
-    token = f"doctor-{uuid.uuid4().hex[:12]}"
-    get = shadow_topic(config.thing_name, "get")
 
     def on_event(event: MqttEvent) -> None:
         if isinstance(event, Connected):
@@ -494,19 +507,37 @@ async def _probe(config: AgentConfig, timeout: float) -> tuple[str, str, float |
     client.start()
     try:
         if not await wait(connected) or ("connect_error" in outcome and not client.connected):
-            return "mqtt", outcome.get("connect_error", f"no CONNACK within {timeout:.0f} s"), None
-        (subscribed,) = client.subscribe([f"{get}/accepted", f"{get}/rejected"], 1)
-        await asyncio.wait_for(subscribed, timeout)
+            return RoundTrip("mqtt", outcome.get("connect_error", f"no CONNACK within {timeout:.0f} s"))
+        (subscribed,) = client.subscribe(answers, 1)
+        try:
+            await asyncio.wait_for(subscribed, timeout)
+        except Exception as exc:
+            return RoundTrip("subscribe", f"subscribing to {', '.join(answers)} failed: {exc}")
         sent = time.monotonic()
-        client.publish(get, json.dumps({"clientToken": token}).encode(), 1)
+        client.publish(topic, payload, 1)
         if not await wait(answered):
-            return "shadow", f"no answer to a shadow get within {timeout:.0f} s", None
-        rtt = float(outcome["t"]) - sent
-        if str(outcome["topic"]).endswith("/rejected"):
-            doc = json.loads(outcome["payload"])
-            if doc.get("code") != 404:
-                return "shadow", f"get rejected: {doc.get('code')} {doc.get('message')}", rtt
-        return "ok", "connected and the shadow service answered", rtt
+            return RoundTrip("answer", f"no answer within {timeout:.0f} s")
+        return RoundTrip(None, "", str(outcome["topic"]), outcome["payload"], float(outcome["t"]) - sent)
     finally:
         client.drop()
         await asyncio.sleep(0.1)
+
+
+async def _probe(config: AgentConfig, timeout: float) -> tuple[str, str, float | None]:
+    import uuid
+
+    token = f"doctor-{uuid.uuid4().hex[:12]}"
+    get = shadow_topic(config.thing_name, "get")
+    body = json.dumps({"clientToken": token}).encode()
+    trip = await round_trip(config, get, [f"{get}/accepted", f"{get}/rejected"], body, token, timeout)
+    if trip.failed == "mqtt":
+        return "mqtt", trip.detail, None
+    if trip.failed == "answer":
+        return "shadow", f"no answer to a shadow get within {timeout:.0f} s", None
+    if trip.failed is not None:
+        return "shadow", trip.detail, None
+    if trip.topic.endswith("/rejected"):
+        doc = json.loads(trip.payload)
+        if doc.get("code") != 404:
+            return "shadow", f"get rejected: {doc.get('code')} {doc.get('message')}", trip.rtt_s
+    return "ok", "connected and the shadow service answered", trip.rtt_s

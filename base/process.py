@@ -1,11 +1,12 @@
-"""Process facts every long-running part needs: is a pid alive, what is its command line, open-file limit."""
+"""Process facts every long-running part needs: is a pid alive, what is its command line, open-file limit,
+and what a process costs (CPU seconds, resident memory; the benches read them)."""
 
 from __future__ import annotations
 
 import resource
 from pathlib import Path
 
-__all__ = ["pid_alive", "process_cmdline", "raise_nofile_limit"]
+__all__ = ["cpu_seconds", "pid_alive", "process_cmdline", "raise_nofile_limit", "rss_mb"]
 
 
 def pid_alive(pid: object) -> bool:
@@ -35,6 +36,27 @@ def process_cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far (Linux ``/proc``); 0.0 if it is gone."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` in MiB (Linux ``/proc``); 0.0 if it is gone."""
+    import os
+
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def raise_nofile_limit() -> int:

@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from base import logs
-from base.process import raise_nofile_limit
+from base.process import cpu_seconds, raise_nofile_limit, rss_mb
 from base.testing import wait_until
 from fleet.shadow import fleet_request
 from fleetsim.runner import auto_stream_period, provision, robot_names, status_path
@@ -42,9 +42,6 @@ from localcloud import mqtt_lite as mq
 from localcloud.opclient import OperatorClient
 from localcloud.testing import LocalCloud
 from shadow.topics import ANY, parse_agent_topic, parse_shadow_topic, presence_topic, shadow_topic
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -63,21 +60,6 @@ def tree(pid: int) -> list[int]:
     for child in children(pid):
         pids += tree(child)
     return pids
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 class Observer:
@@ -143,7 +125,7 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
         info = cloud.run_info()["children"]
         service_pids = [int(info["mosquitto"]), int(info["shadow-service"])]
         observer = Observer(cloud)
-        cpu0 = {p: cpu_s(p) for p in service_pids}
+        cpu0 = {p: cpu_seconds(p) for p in service_pids}
         t0 = time.monotonic()
         stderr = open(cloud.dir.root / "simulate.stderr", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
@@ -206,18 +188,18 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
             }
             result["rss_mb"] = round(sum(breakdown.values()), 1)
             result["rss_breakdown_mb"] = breakdown
-            sim_cpu = {p: cpu_s(p) for p in sim_pids}
+            sim_cpu = {p: cpu_seconds(p) for p in sim_pids}
             wall = time.monotonic() - t0
-            used = sum(sim_cpu.values()) + sum(cpu_s(p) - cpu0[p] for p in service_pids)
+            used = sum(sim_cpu.values()) + sum(cpu_seconds(p) - cpu0[p] for p in service_pids)
             result["cpu_pct"] = round(100 * used / wall, 1)
             result["wall_s"] = round(wall, 1)
             result["sim_processes"] = len(sim_pids)
             # steady state: the whole fleet cleaning, each agent reporting its pose about once a second
             all_pids = sim_pids + service_pids
-            before = {p: cpu_s(p) for p in all_pids}
+            before = {p: cpu_seconds(p) for p in all_pids}
             t_steady = time.monotonic()
             time.sleep(args.steady_s)
-            spent = sum(cpu_s(p) - before[p] for p in all_pids)
+            spent = sum(cpu_seconds(p) - before[p] for p in all_pids)
             result["steady_cpu_pct"] = round(100 * spent / (time.monotonic() - t_steady), 1)
             result["steady_rss_mb"] = round(sum(rss_mb(p) for p in all_pids), 1)
             result["stream_ms"] = round(1000 * auto_stream_period(n), 1)

@@ -41,33 +41,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from base import logs
-from base.process import raise_nofile_limit
+from base.process import cpu_seconds, raise_nofile_limit, rss_mb
 from fleetsim.runner import provision, robot_names
 from localcloud.apiclient import ApiClient
 from localcloud.awsapi.errors import ApiError
 from localcloud.testing import LocalCloud
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
-TICK = os.sysconf("SC_CLK_TCK")
 DEFAULT_DOCUMENT = json.dumps(
     {"operation": "set-settings", "settings": {"metrics_s": 60}}, separators=(",", ":")
 )
 """AGENTJOBS's advice: no robot I/O and no side effect beyond memory; IN_PROGRESS then SUCCEEDED."""
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def service_pid(cloud: LocalCloud) -> int:
@@ -123,7 +106,7 @@ def unthrottled(
     client: ApiClient, arns: list[str], pid: int, document: str, timeout: float
 ) -> dict[str, Any]:
     job_id = f"bench-all-{uuid.uuid4().hex[:8]}"
-    cpu0 = cpu_s(pid)
+    cpu0 = cpu_seconds(pid)
     t0 = time.monotonic()
     client.call("CreateJob", {"jobId": job_id, "targets": arns, "document": document})
     last: dict[str, int] = {}
@@ -138,7 +121,7 @@ def unthrottled(
         "all_succeeded_s": round(wall, 2) if succeeded >= len(arns) else None,
         "succeeded": succeeded,
         "unthrottled_counts": {k[8:-6]: v for k, v in last.items() if v},
-        "service_cpu_pct": round(100 * (cpu_s(pid) - cpu0) / wall, 1),
+        "service_cpu_pct": round(100 * (cpu_seconds(pid) - cpu0) / wall, 1),
         "service_rss_mb": round(rss_mb(pid), 1),
     }
 

@@ -170,6 +170,7 @@ def write_aws_files(cloud: CloudDir, settings: Settings) -> None:
     """The AWS CLI / boto3 profile ``local``: credentials made once (0600) and kept across runs, the config
     rewritten with the current api port."""
     cloud.aws_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(cloud.aws_dir, 0o700)  # mkdir's mode does not tighten a directory that already exists
     if read_aws_credentials(cloud) is None:
         key_id, secret = _new_access_key()
         text = (

@@ -59,6 +59,7 @@ JOBS_FILTERS = tuple(jobs_topic(ANY, *r.split("/")) for r in ("get", "start-next
 COMMANDS_FILTERS = ("$aws/commands/+/+/executions/+/response/json",)
 ROBOT_SCAN_S = 2.0
 EXIT_PORT_IN_USE = 2
+TICK_PAUSE_S = 1.0  # an engine whose tick raised is not ticked again for this long (no hot loop)
 
 
 class Engine(Protocol):
@@ -178,6 +179,8 @@ class IotService:
         self._robots_seen: set[str] = set()
         self._robots_scanned = 0.0
         self._robots_mtime = 0
+        self._tick_paused: dict[str, float] = {}  # engine -> epoch seconds before which it is not ticked
+        self.store_error: str | None = None  # the last commit's error, None once a commit succeeds
         ident = cloud.identity_dir(IOT_SERVICE_IDENTITY)
         self.tls = tls_context(ident / "root-ca.crt", ident / "device.crt", ident / "device.key")
         self._next_id = 0
@@ -209,9 +212,16 @@ class IotService:
         out: list[Out] = []
         for name in self.cloud.known_robots():
             if name not in self._robots_seen:
-                self._robots_seen.add(name)
                 out += self.jobs.ensure_thing(name, now)
+                self._robots_seen.add(name)
         return out
+
+    def _scan_robots_guarded(self, now: float) -> list[Out]:
+        try:
+            return self._scan_robots(now)
+        except Exception:  # a robot that breaks the scan must not end the service; retried next scan
+            log.exception("iot.robots.scan_failed")
+            return []
 
     def _robots_dir_mtime(self) -> int:
         try:
@@ -258,13 +268,20 @@ class IotService:
                         f"The local cloud does not serve {operation} ({service})",
                     )
             finally:
-                self.flush()
-        if outs:
+                saved = self.flush()
+        if outs:  # the loop publishes them only after a commit succeeded
             self.outbox.put(outs)
             try:
                 self.wake_w.send(b"\0")
             except BlockingIOError:
                 pass  # already woken: the byte in the pipe is enough
+        if not saved:
+            raise ApiError(
+                500,
+                "InternalFailureException",
+                f"{operation} could not be saved ({self.store_error}); the local cloud retries the write, "
+                "so describe the resource before retrying",
+            )
         return result
 
     def _data_plane(
@@ -281,19 +298,42 @@ class IotService:
         return data_plane_result(answer_topic, json.loads(payload)), rest
 
     def tick(self, now: float) -> list[Out]:
+        """Tick every engine that is due. One whose tick (or deadline) raises, a bug met on a persisted record,
+        is logged and left alone for ``TICK_PAUSE_S``; the others, and the service, go on."""
         out: list[Out] = []
-        for engine in self.engines.values():
-            deadline = engine.next_deadline()
-            if deadline is not None and deadline <= now:
-                out += engine.tick(now)
+        for name, engine in self.engines.items():
+            if self._tick_paused.get(name, 0.0) > now:
+                continue
+            try:
+                deadline = engine.next_deadline()
+                if deadline is not None and deadline <= now:
+                    out += engine.tick(now)
+            except Exception:
+                log.exception("iot.engine.tick_failed", engine=name, retry_in_s=TICK_PAUSE_S)
+                self._tick_paused[name] = now + TICK_PAUSE_S
         return out
 
     def next_deadline(self) -> float | None:
-        deadlines = [d for e in self.engines.values() if (d := e.next_deadline()) is not None]
+        deadlines: list[float] = []
+        for name, engine in self.engines.items():
+            paused = self._tick_paused.get(name)
+            if paused is not None and paused > time.time():
+                deadlines.append(paused)
+                continue
+            try:
+                deadline = engine.next_deadline()
+            except Exception:
+                log.exception("iot.engine.tick_failed", engine=name, retry_in_s=TICK_PAUSE_S)
+                self._tick_paused[name] = time.time() + TICK_PAUSE_S
+                deadlines.append(self._tick_paused[name])
+                continue
+            if deadline is not None:
+                deadlines.append(deadline)
         return min(deadlines) if deadlines else None
 
-    def flush(self) -> None:
-        """Commit every engine's changed records. A failing disk is logged and retried on the next turn."""
+    def flush(self) -> bool:
+        """Commit every engine's changed records; False if the disk refused (logged, the records kept for the
+        next commit, the error in ``store_error``)."""
         taken: dict[str, Any] = {name: engine.take_dirty() for name, engine in self.engines.items()}
         merged = {
             (f"{name}/{kind}", key): doc
@@ -306,6 +346,10 @@ class IotService:
             for name, dirty in taken.items():
                 self.engines[name].requeue_dirty(dirty)
             log.error("iot.store.failed", error=str(exc), pending=len(merged), db=str(self.store.path))
+            self.store_error = f"{type(exc).__name__}: {exc}"
+            return False
+        self.store_error = None
+        return True
 
     # -- MQTT ------------------------------------------------------------------------------------------
 
@@ -362,6 +406,24 @@ class IotService:
             except Exception:
                 log.exception("iot.request.crashed", topic=pkt.topic)
 
+    def _turn(self, packets: list[mq.Packet], acks: bytearray) -> list[Out]:
+        """One turn of the loop: handle the requests, tick, scan, commit; the publications that may go out now.
+
+        Answers wait in ``unsent`` until a commit succeeded (an accepted answer survives a crash), so while
+        the disk refuses, nothing but the PUBACKs (in ``acks``) is sent."""
+        with self.lock:
+            self._handle_packets(packets, acks)
+            now = time.time()
+            self.unsent += self.tick(now)
+            self.unsent += self._scan_robots_guarded(now)
+            while True:  # the HTTP thread's publications: committed by its flush, or by the one below
+                try:
+                    self.unsent += self.outbox.get_nowait()
+                except queue.Empty:
+                    break
+            saved = self.flush()
+        return list(self.unsent) if saved else []
+
     def _wait(self, conn: TlsConnection, timeout: float) -> bool:
         """Until the broker sent something (True) or the HTTP thread woke us / the timeout passed."""
         if conn.wait_readable(0):
@@ -396,19 +458,9 @@ class IotService:
                 packets = parser.packets()
             else:
                 packets = []
-            with self.lock:
-                self._handle_packets(packets, acks)
-                now = time.time()
-                self.unsent += self.tick(now)
-                self.unsent += self._scan_robots(now)
-                self.flush()  # commit before answering: what a device saw accepted survives a crash
-            while True:
-                try:
-                    self.unsent += self.outbox.get_nowait()
-                except queue.Empty:
-                    break
+            ready = self._turn(packets, acks)  # committed before answering: accepted survives a crash
             out = bytearray(acks)
-            for topic, payload in self.unsent:
+            for topic, payload in ready:
                 out += mq.publish(topic, payload, 1, self._packet_id())
             mono = time.monotonic()
             if mono - last_sent > KEEPALIVE_S / 2:
@@ -416,7 +468,7 @@ class IotService:
             if out:
                 conn.send(out)
                 acks.clear()
-                self.unsent = []
+                del self.unsent[: len(ready)]
                 last_sent = mono
 
     # -- process ---------------------------------------------------------------------------------------

@@ -11,8 +11,12 @@ a restart is decided from its row (:func:`agent.jobs.journal.recovery`): a repor
 re-sent, a step cut short is FAILED "interrupted by restart" (restart-agent's step is resumable and counts
 as done), never run again. Updates go one at a time, each with ``expectedVersion``; a VersionMismatch (or a
 terminal state) is settled by describing the execution: a job the cloud ended (canceled, timed out) is
-stopped, an update of ours that did land is not sent again. A request without an answer is sent again
-with backoff, as are throttled ones.
+stopped, an update of ours that did land is not sent again. AWS refuses to describe an execution in a
+terminal state (``TerminalStateReached`` with its ``executionState``): that refusal settles it the same
+way, for the current job and for one being recovered. A final update is never taken as reported before
+the cloud accepts it: refused for its details, it is sent with the reason alone, again with backoff, and
+at last with a fixed ASCII reason. A request without an answer is sent again with backoff, as are
+throttled ones.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from agent.sync import ShadowSync
 TICK_S = 0.25
 SUBSCRIBE_TIMEOUT_S = 10.0
 RESTART_ACK_TIMEOUT_S = 10.0
+REFUSED_RETRIES = 3  # a final update refused with its reason alone: sent so often, then with a fixed reason
 CHARGING_STATES = (1, 2, 3)  # OI packet 21: reconditioning, full and trickle charging
 
 
@@ -434,7 +439,7 @@ class Jobs:
     def on_rejected(self, p: Pending, body: Mapping[str, Any]) -> None:
         code = str(body.get("code", ""))
         message = str(body.get("message", ""))
-        what = protocol.on_rejected(code)
+        what = protocol.on_rejected(code, p.kind)
         self.metrics.inc(f"jobs_request_refused_{code or 'unknown'}")
         self.log.info("jobs.request_rejected", kind=p.kind, job_id=p.job_id, code=code, message=message)
         now = time.monotonic()
@@ -443,24 +448,23 @@ class Jobs:
             return
         cur = self.current
         if p.kind == "update" and cur is not None and p.update is cur.outgoing:
-            if what == "reconcile":
+            ended = protocol.terminal_status(body) if code in protocol.TERMINAL_CODES else None
+            if ended is not None:  # the refusal says how the execution ended: no describe needed
+                self._ended(cur.key, ended, code)
+            elif what == "reconcile":
                 if code == "VersionMismatch":
                     self.metrics.inc("jobs_version_mismatch")
                 self.send("describe", cur.job_id, cur.execution_number)
             elif what == "gone":
                 self.abandon(cur, "REMOVED", "the job execution no longer exists")
-            elif p.update is not None and set(p.update.details) - {"reason"}:
-                # our statusDetails broke a rule: say the essential with the reason alone
-                reason = p.update.details.get("reason") or f"update refused: {code} {message}"
-                cur.outgoing = replace(p.update, details=protocol.details({"reason": reason}))
-                self.send("update")
             else:
-                self.log.error("jobs.update_refused", job_id=cur.job_id, code=code, message=message)
-                self._update_done(cur, p.update)
+                self._update_refused(cur, p, code, message, now)
             return
         if p.kind == "describe":
             key = (p.job_id, p.execution_number)
-            if what == "gone" or what == "give_up":
+            if what == "terminal":  # AWS refuses to describe an execution in a terminal state
+                self._ended(key, protocol.terminal_status(body), code)
+            elif what == "gone" or what == "give_up":
                 if self.recovering == key:
                     self._close_recovered(self.journal.get(self.recovering), "REMOVED")
                 elif cur is not None and cur.key == key:
@@ -469,13 +473,42 @@ class Jobs:
         if p.kind == "start-next" and what != "retry":
             self.log.error("jobs.start_next_refused", code=code, message=message)
 
+    def _update_refused(self, cur: Active, p: Pending, code: str, message: str, now: float) -> None:
+        """An update the cloud will not take as it is (InvalidRequest, InvalidJson ...)."""
+        update = p.update
+        assert update is not None
+        if set(update.details) - {"reason"}:
+            # our statusDetails broke a rule: say the essential with the reason alone
+            reason = update.details.get("reason") or f"update refused: {code} {message}"
+            cur.outgoing = replace(update, details=protocol.details({"reason": reason}))
+            self.send("update")
+            return
+        if not update.final:
+            self.log.error("jobs.update_refused", job_id=cur.job_id, code=code, message=message)
+            self._update_done(cur, update)  # progress only: the next update says more
+            return
+        # the outcome: never dropped, never taken as reported (the cloud still has the execution in
+        # progress): sent again with backoff, at last with a fixed reason, and then again until it lands
+        fixed = protocol.refused_details(code)
+        if update.details != fixed and p.attempt >= REFUSED_RETRIES:
+            self.log.error(
+                "jobs.final_update_refused",
+                job_id=cur.job_id,
+                status=update.status,
+                code=code,
+                message=message,
+            )
+            cur.outgoing = replace(update, details=fixed)
+            self.send("update")
+            return
+        self.retry_later(p, now)
+
     def on_described(self, p: Pending, execution: Mapping[str, Any] | None) -> None:
         key = (p.job_id, p.execution_number)
         status = None if execution is None else str(execution.get("status"))
         if self.recovering is not None and key == self.recovering:
-            entry = self.journal.get(self.recovering)
             if execution is None or status in TERMINAL:
-                self._close_recovered(entry, status or "REMOVED")
+                self._ended(key, status or "REMOVED", "described")
                 return
             self.recovering = None
             self.on_execution(execution, "recovery")
@@ -485,17 +518,29 @@ class Jobs:
             return
         version = version_of(execution.get("versionNumber"))
         if status in TERMINAL:
-            if cur.outgoing is not None and cur.outgoing.final and cur.outgoing.status == status:
-                # our final update did land (its answer was lost): done, not sent again
-                self._update_done(cur, cur.outgoing)
-            else:
-                self.abandon(cur, str(status), f"ended by the cloud: {status}")
+            self._ended(key, status, "described")
             return
         if version is not None:
             cur.version = version
             self.journal.set_version(cur.key, version)
         if cur.outgoing is not None:
             self.send("update")
+
+    def _ended(self, key: tuple[str | None, int | None], status: str | None, how: str) -> None:
+        """The cloud says the execution is over (``status``: how; None when it did not say): settle the
+        journalled one being recovered, or the current one (our final update did land, or it was ended
+        by the cloud: stop it), then go on with the next."""
+        if self.recovering is not None and key == self.recovering:
+            self._close_recovered(self.journal.get(self.recovering), status or "REMOVED")
+            return
+        cur = self.current
+        if cur is None or cur.key != key:
+            return
+        out = cur.outgoing
+        if out is not None and out.final and out.status == status:
+            self._update_done(cur, out)  # our final update did land (its answer was lost): not sent again
+            return
+        self.abandon(cur, status or "REMOVED", f"ended by the cloud: {status or how}")
 
     def on_updated(self, p: Pending, body: Mapping[str, Any]) -> None:
         cur = self.current

@@ -4,13 +4,16 @@ Requests go to ``$aws/things/{thing}/jobs/...`` and are answered on ``.../accept
 with the request's ``clientToken``. Every update carries ``expectedVersion`` (the execution's
 ``versionNumber`` as last seen) and asks for the execution state back, so the next update knows the new
 version. ``statusDetails`` follows AWS's limits: at most 10 pairs, keys ``[a-zA-Z0-9:_-]+`` up to 128
-characters, values up to 1,024 (the *last* 1,024 of an output, as the Device Client keeps them).
+characters, values up to 1,024 (the *last* 1,024 of an output, as the Device Client keeps them) and
+without control characters (``[^\\p{C}]+``: a newline, a tab or a carriage return is written as the two
+characters ``\\n``, ``\\t``, ``\\r``, any other control or format character as ``\\uXXXX``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +25,9 @@ MAX_VALUE = 1024
 KEY_RULE = re.compile(r"[a-zA-Z0-9:_-]+")
 RETRYABLE = frozenset({"RequestThrottled", "InternalError", "Throttling", "ServiceUnavailable"})
 RECONCILE = frozenset({"VersionMismatch", "InvalidStateTransition", "TerminalStateReached"})
+# a describe refused with one of these: the execution is in a terminal state (AWS adds ``executionState``)
+TERMINAL_CODES = frozenset({"TerminalStateReached", "InvalidStateTransition"})
+ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
 def base(thing: str) -> str:
@@ -60,16 +66,27 @@ def tail(text: str, limit: int = MAX_VALUE) -> str:
     return text[-limit:] if len(text) > limit else text
 
 
+def printable(text: str) -> str:
+    """``text`` without the characters AWS refuses in a ``statusDetails`` value (Unicode category C):
+    newlines, tabs and carriage returns as ``\\n``, ``\\t``, ``\\r``, the others as ``\\uXXXX``."""
+    if text.isprintable():  # the common case (isprintable is False for spaces other than " " too)
+        return text
+    return "".join(
+        (ESCAPES.get(ch) or f"\\u{ord(ch):04x}") if unicodedata.category(ch)[0] == "C" else ch for ch in text
+    )
+
+
 def details(values: Mapping[str, Any]) -> dict[str, str]:
-    """``statusDetails`` within AWS's limits: string values (last 1,024 characters), valid keys, empty
-    values dropped (AWS takes 1..1,024), at most 10 pairs in the given order."""
+    """``statusDetails`` within AWS's limits: string values (last 1,024 characters) without control
+    characters (:func:`printable`), valid keys, empty values dropped (AWS takes 1..1,024), at most 10
+    pairs in the given order."""
     out: dict[str, str] = {}
     for key, value in values.items():
         if value is None or len(out) >= MAX_DETAILS:
             continue
         name = re.sub(r"[^a-zA-Z0-9:_-]", "_", str(key))[:MAX_KEY]
         text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-        text = tail(text)
+        text = tail(printable(text))
         if name and text:
             out[name] = text
     return out
@@ -135,16 +152,32 @@ def version_of(value: Any) -> int | None:
     return None
 
 
-def on_rejected(code: str) -> str:
-    """What a rejected request calls for: ``retry`` (with backoff), ``reconcile`` (describe the execution
-    and decide) or ``give_up`` (our request was wrong, or the execution is gone)."""
+def on_rejected(code: str, kind: str = "update") -> str:
+    """What a rejected request (of ``kind``: update, describe ...) calls for: ``retry`` (with backoff),
+    ``reconcile`` (describe the execution and decide), ``terminal`` (a describe: the execution has ended,
+    ``executionState`` says how), ``gone`` (it does not exist) or ``give_up`` (our request was wrong)."""
     if code in RETRYABLE:
         return "retry"
+    if kind == "describe" and code in TERMINAL_CODES:
+        return "terminal"
     if code in RECONCILE:
         return "reconcile"
     if code == "ResourceNotFound":
         return "gone"
     return "give_up"
+
+
+def terminal_status(body: Mapping[str, Any]) -> str | None:
+    """The terminal status in a rejection's ``executionState`` (None: absent or not terminal)."""
+    state = body.get("executionState")
+    status = state.get("status") if isinstance(state, Mapping) else None
+    return status if isinstance(status, str) and status in TERMINAL else None
+
+
+def refused_details(code: str) -> dict[str, str]:
+    """The last resort for a final update whose details the cloud refuses: a fixed ASCII reason."""
+    name = re.sub(r"[^A-Za-z0-9_]", "", code)[:64] or "unknown"
+    return {"reason": f"details refused by the cloud: {name}"}
 
 
 def backoff_s(attempt: int, cap: float = 60.0) -> float:

@@ -22,6 +22,7 @@ from agent.jobs.document import Action
 from agent.jobs.protocol import MAX_VALUE
 
 KEEP_BYTES = 8 * MAX_VALUE  # while reading: enough for 1,024 characters of any UTF-8
+KILL_GRACE_S = 2.0  # after the kill: how long the output may still take to close
 
 
 @dataclass(frozen=True)
@@ -124,14 +125,22 @@ async def run_action(action: Action, handler_dir: str | None, timeout_s: float) 
     except OSError as exc:
         return StepResult(False, f"cannot run {argv[0]}: {exc.strerror}")
     out, err = bytearray(), bytearray()
-    readers = asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
+
+    async def finish() -> int:
+        await asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
+        return await proc.wait()
+
+    # one deadline for the output and the exit: a step that closes its output and runs on is stopped too
+    done = asyncio.ensure_future(finish())
     try:
-        await asyncio.wait_for(asyncio.shield(readers), timeout_s)
-        code = await proc.wait()
+        code = await asyncio.wait_for(asyncio.shield(done), timeout_s)
     except (TimeoutError, asyncio.CancelledError) as exc:
         _kill(proc.pid)
-        await proc.wait()
-        await asyncio.gather(readers, return_exceptions=True)
+        # the process group is dead; a child that left it may still hold the pipes: do not wait for it
+        await asyncio.wait({done}, timeout=KILL_GRACE_S)
+        if not done.done():
+            done.cancel()
+        await asyncio.gather(done, return_exceptions=True)
         if isinstance(exc, asyncio.CancelledError):
             raise
         return StepResult(False, f"Timed out after {timeout_s:g} s", _text(out), _text(err))

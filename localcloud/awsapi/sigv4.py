@@ -377,6 +377,10 @@ def verify(
     sent = lists.get("x-amz-content-sha256")
     if sent:
         sent_hash = sent[0]
+        if sent_hash == UNSIGNED_PAYLOAD and service != "s3":  # AWS: unsigned payloads are S3's alone
+            raise _forbidden(
+                code, f"'x-amz-content-sha256: {UNSIGNED_PAYLOAD}' is only accepted for service s3."
+            )
         if sent_hash != UNSIGNED_PAYLOAD and sent_hash != payload_hash:
             raise _forbidden(
                 code, "The provided 'x-amz-content-sha256' header does not match what was computed."

@@ -664,6 +664,12 @@ class JobsEngine:
             pending = self._pending(thing, visible_only=True)
             return {"execution": self._device_execution(pending[0], now, document=include)} if pending else {}
         e = self._device_find(thing, job_id, request.get("executionNumber"))
+        if e.status in TERMINAL:  # AWS: describing a terminal execution is TerminalStateReached
+            raise DeviceError(
+                "TerminalStateReached",
+                f"Job execution {job_id} on {thing} is {e.status}, a terminal state.",
+                _state(e),
+            )
         return {"execution": self._device_execution(e, now, document=include)}
 
     def _device_update(

@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import sys
+import unicodedata
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,25 @@ def test_status_details_follow_aws_limits() -> None:
     assert all(protocol.KEY_RULE.fullmatch(k) and len(v) <= 1024 for k, v in out.items())
 
 
+def test_status_details_have_no_control_characters() -> None:
+    """AWS's value pattern is ``[^\\p{C}]+``: newlines, tabs, carriage returns are escaped as two
+    characters, other control and format characters as \\uXXXX, in every value (outputs, reasons)."""
+    out = protocol.details(
+        {
+            "stdout": "line 1\nline 2\r\n\tend\n",
+            "reason": "the agent failed running it: bad\x00byte\u200b\x1b[0m",
+            "plain": "caf\u00e9 \u00a0 ok",
+            "long": "\n" * 2000,
+        }
+    )
+    assert out["stdout"] == "line 1\\nline 2\\r\\n\\tend\\n"
+    assert out["reason"] == "the agent failed running it: bad\\u0000byte\\u200b\\u001b[0m"
+    assert out["plain"] == "caf\u00e9 \u00a0 ok"
+    assert out["long"] == "\\n" * 512
+    for value in out.values():
+        assert not any(unicodedata.category(ch).startswith("C") for ch in value) and len(value) <= 1024
+
+
 def test_topics_and_answers() -> None:
     subs = protocol.subscriptions("r1")
     assert "$aws/things/r1/jobs/notify-next" in subs and "$aws/things/r1/jobs/+/update/+" in subs
@@ -340,6 +360,19 @@ def test_topics_and_answers() -> None:
 )
 def test_what_a_rejection_calls_for(code: str, what: str) -> None:
     assert protocol.on_rejected(code) == what
+
+
+def test_a_refused_describe_of_an_ended_execution_says_how_it_ended() -> None:
+    assert protocol.on_rejected("TerminalStateReached", "describe") == "terminal"
+    assert protocol.on_rejected("InvalidStateTransition", "describe") == "terminal"
+    assert protocol.on_rejected("ResourceNotFound", "describe") == "gone"
+    state = {"code": "TerminalStateReached", "executionState": {"status": "CANCELED", "versionNumber": 3}}
+    assert protocol.terminal_status(state) == "CANCELED"
+    assert protocol.terminal_status({"executionState": {"status": "IN_PROGRESS"}}) is None
+    assert protocol.terminal_status({"code": "TerminalStateReached"}) is None
+    assert protocol.refused_details("Invalid\nRequest!") == {
+        "reason": "details refused by the cloud: InvalidRequest"
+    }
 
 
 def test_backoff_doubles_to_a_cap() -> None:
@@ -451,6 +484,21 @@ def test_run_command_keeps_the_last_1024_characters() -> None:
 def test_run_command_timeout_kills_it() -> None:
     result = asyncio.run(run_action(action_of(command("sleep,30")), None, 0.3))
     assert result.ok is False and result.reason == "Timed out after 0.3 s"
+
+
+def test_run_command_timeout_covers_a_step_that_closes_its_output(tmp_path: Path) -> None:
+    """The timeout is one deadline for the output and the exit: a step that closes stdout and stderr and
+    runs on is killed too (with its process group)."""
+    pidfile = tmp_path / "pid"
+    cmd = f"sh,-c,echo $$ > {pidfile}; exec >/dev/null 2>&1; exec sleep 100000"
+
+    async def main() -> Any:
+        return await asyncio.wait_for(run_action(action_of(command(cmd)), None, 0.3), 30)
+
+    result = asyncio.run(main())
+    assert result.ok is False and result.reason == "Timed out after 0.3 s"
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)
 
 
 def test_run_command_not_found() -> None:

@@ -109,7 +109,7 @@ def test_run_command_succeeds_and_invalid_document_is_rejected(rig: dict[str, An
         },
     )
     done = wait_status(client, rig, "echo-1", "SUCCEEDED")
-    assert details(done) == {"stdout": "Hello World!\n"}
+    assert details(done) == {"stdout": "Hello World!\\n"}
 
     create_job(client, rig, "bad-1", {"operation": "mission", "action": "fly"})
     rejected = wait_status(client, rig, "bad-1", "REJECTED")
@@ -222,7 +222,7 @@ def test_broker_restart_mid_job_loses_nothing(rig: dict[str, Any]) -> None:
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: cloud.child_pid("mosquitto") not in (None, old), 30, "mosquitto restarted")
     done = wait_status(client, rig, "slow-1", "SUCCEEDED", timeout=60)
-    assert details(done) == {"stdout": "done\n"}
+    assert details(done) == {"stdout": "done\\n"}
     assert marker.read_text() == "run\n"
     assert agent.stop() == 0
     assert agent.tracebacks() == []

@@ -22,6 +22,9 @@ import pytest
 from agent import config as cfg
 from agent.features import FeatureRegistry
 from agent.features.jobs import Jobs
+from agent.jobs import protocol
+from agent.jobs.journal import Journal
+from agent.jobs.protocol import TERMINAL
 from agent.metrics import Metrics
 from agent.model import P_CAPACITY, P_CHARGE, P_CHARGING_STATE, P_SOURCES, MissionTracker, Snapshot
 from agent.parts import AgentLog
@@ -42,6 +45,8 @@ class Cloud:
         self.sent: list[tuple[str, dict[str, Any]]] = []  # what the robot published
         self.delivered: list[tuple[str, dict[str, Any]]] = []
         self.throttle = 0  # how many of the next updates are refused with RequestThrottled
+        # an update refused with InvalidRequest when this says so (given the request's body)
+        self.refuse: Callable[[dict[str, Any]], bool] = lambda body: False
 
     def deliver(self, outs: list[tuple[str, bytes]]) -> None:
         loop = asyncio.get_running_loop()
@@ -67,6 +72,36 @@ class Cloud:
             }
             self.deliver([(topic + "/rejected", json.dumps(refusal).encode())])
             return
+        if topic.endswith("/update") and self.refuse(body):
+            refusal = {
+                "code": "InvalidRequest",
+                "message": "bad statusDetails",
+                "clientToken": body["clientToken"],
+            }
+            self.deliver([(topic + "/rejected", json.dumps(refusal).encode())])
+            return
+        job_id = topic.split("/")[-2]
+        if topic.endswith("/get") and job_id not in ("jobs", "$next"):
+            # AWS: describing an execution in a terminal state is refused (with its state)
+            try:
+                execution = self.engine.call(
+                    "DescribeJobExecution", {"jobId": job_id, "thingName": THING}, time.time()
+                )[0]["execution"]
+            except Exception:
+                execution = {"status": "(none)"}  # the engine answers it
+            if execution["status"] in TERMINAL:
+                refusal = {
+                    "code": "TerminalStateReached",
+                    "message": "terminal",
+                    "clientToken": body["clientToken"],
+                    "executionState": {
+                        "status": execution["status"],
+                        "statusDetails": execution.get("statusDetails", {}).get("detailsMap", {}),
+                        "versionNumber": execution["versionNumber"],
+                    },
+                }
+                self.deliver([(topic + "/rejected", json.dumps(refusal).encode())])
+                return
         self.deliver(self.engine.handle(topic, payload, time.time()))
 
     def call(self, op: str, **params: Any) -> dict[str, Any]:
@@ -213,7 +248,7 @@ def test_device_client_command_succeeds_with_its_output(tmp_path: Path, db: sqli
         cloud.create_job("echo-1", ECHO)
         await until(lambda: cloud.status("echo-1") == "SUCCEEDED", "echo-1 SUCCEEDED")
         details = cloud.execution("echo-1")["statusDetails"]["detailsMap"]
-        assert details == {"stdout": "Hello World!\n"}
+        assert details == {"stdout": "Hello World!\\n"}  # AWS takes no control characters
         updates = cloud.updates("echo-1")
         assert [u["status"] for u in updates] == ["IN_PROGRESS", "SUCCEEDED"]
         assert all(isinstance(u["expectedVersion"], int) for u in updates)
@@ -251,7 +286,7 @@ def test_failed_command_reports_reason_and_output(tmp_path: Path, db: sqlite3.Co
         assert details == {
             "reason": "Exited with status: 2",
             "failed_step": "bad",
-            "stdout": "partial\n",
+            "stdout": "partial\\n",
             "stderr": "boom",
         }
         assert robot.metrics.counters["jobs_failed"] == 1
@@ -511,6 +546,118 @@ def test_throttled_updates_are_retried(tmp_path: Path, db: sqlite3.Connection) -
             "IN_PROGRESS",
             "SUCCEEDED",
         ]
+        await robot.stop()
+
+    run(main())
+
+
+def _started_elsewhere(cloud: Cloud, db: sqlite3.Connection, job_id: str, doc: Any) -> None:
+    """An agent took ``job_id`` and journalled its step as running, then went down."""
+    cloud.publish(f"$aws/things/{THING}/jobs/start-next", json.dumps({"clientToken": "t-0"}).encode())
+    journal = Journal(db)
+    journal.accept((job_id, 1), doc, [{"name": "long", "resumable": False}], 2)
+    journal.step_started((job_id, 1), 0, {})
+
+
+def test_journalled_job_the_cloud_ended_while_down_is_closed(tmp_path: Path, db: sqlite3.Connection) -> None:
+    """The describe of a job canceled while the agent was down is refused (TerminalStateReached): the
+    journalled row is closed with the state the refusal carries, and the robot takes the next job."""
+    doc = {
+        "version": "1.0",
+        "steps": [{"action": {"name": "long", "type": "runCommand", "input": {"command": "sleep,60"}}}],
+    }
+
+    async def main() -> None:
+        cloud = Cloud()
+        cloud.create_job("old-1", doc)
+        _started_elsewhere(cloud, db, "old-1", doc)
+        cloud.call("CancelJob", jobId="old-1", force=True)
+        cloud.create_job("next-1", ECHO)
+        robot = await Robot(cloud, db, agent_config(tmp_path)).start()
+        await until(lambda: cloud.status("next-1") == "SUCCEEDED", "next-1 SUCCEEDED")
+        old = robot.jobs.journal.get(("old-1", 1))
+        assert old is not None and old.reported and old.final_status == "CANCELED"
+        assert robot.metrics.counters["jobs_request_refused_TerminalStateReached"] >= 1
+        assert robot.jobs.recovering is None
+        await robot.stop()
+
+    run(main())
+
+
+def test_job_force_canceled_while_its_notifications_are_lost(tmp_path: Path, db: sqlite3.Connection) -> None:
+    """No notification of the cancel arrives: the final update is refused (InvalidStateTransition, with
+    the execution's state), the job is taken as ended by the cloud and the next one runs."""
+    flag = tmp_path / "go"
+    doc = {
+        "version": "1.0",
+        "steps": [
+            {
+                "action": {
+                    "name": "wait",
+                    "type": "runCommand",
+                    "input": {"command": f"sh,-c,while [ ! -e {flag} ]; do sleep 0.05; done"},
+                }
+            }
+        ],
+    }
+
+    async def main() -> None:
+        cloud = Cloud()
+        robot = await Robot(cloud, db, agent_config(tmp_path)).start()
+        cloud.create_job("cancel-2", doc)
+        await until(
+            lambda: robot.jobs.current is not None and robot.jobs.current.phase == "running", "running"
+        )
+        cloud.drop = lambda topic, body: topic.endswith(("/notify", "/notify-next"))
+        cloud.call("CancelJob", jobId="cancel-2", force=True)
+        cloud.create_job("next-2", ECHO)
+        flag.touch()  # the step ends; its SUCCEEDED is refused
+        await until(lambda: robot.jobs.journal.get(("cancel-2", 1)) is not None, "journalled")
+        await until(lambda: robot.jobs.current is None or robot.jobs.current.job_id != "cancel-2", "let go")
+        entry = robot.jobs.journal.get(("cancel-2", 1))
+        assert entry is not None and entry.reported
+        assert robot.metrics.counters["jobs_ended_by_cloud"] == 1
+        assert cloud.status("cancel-2") == "CANCELED"
+        cloud.drop = lambda topic, body: False
+        robot.jobs.send("start-next")  # the notification of next-2 was lost too
+        await until(lambda: cloud.status("next-2") == "SUCCEEDED", "next-2 SUCCEEDED")
+        await robot.stop()
+
+    run(main())
+
+
+def test_refused_final_update_is_never_taken_as_reported(
+    tmp_path: Path, db: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A final update refused for its details (InvalidRequest), also with the reason alone, is sent again
+    with backoff, then with a fixed ASCII reason; the journal never says reported before the cloud has it."""
+    monkeypatch.setattr(protocol, "backoff_s", lambda attempt, cap=60.0: 0.05)
+    fixed = protocol.refused_details("InvalidRequest")
+    assert fixed == {"reason": "details refused by the cloud: InvalidRequest"}
+
+    async def main() -> None:
+        cloud = Cloud()
+        robot = await Robot(cloud, db, agent_config(tmp_path)).start()
+        reported_when_refused: list[bool] = []
+
+        def refuse(body: dict[str, Any]) -> bool:
+            if body["status"] == "IN_PROGRESS" or body.get("statusDetails") == fixed:
+                return False
+            entry = robot.jobs.journal.get(("refused-1", 1))
+            reported_when_refused.append(entry is not None and entry.reported)
+            return True
+
+        cloud.refuse = refuse
+        cloud.create_job("refused-1", ECHO)
+        await until(lambda: cloud.status("refused-1") == "SUCCEEDED", "refused-1 SUCCEEDED")
+        assert cloud.execution("refused-1")["statusDetails"]["detailsMap"] == fixed
+        finals = [u["statusDetails"] for u in cloud.updates("refused-1") if u["status"] == "SUCCEEDED"]
+        reason_only = {"reason": "update refused: InvalidRequest bad statusDetails"}
+        assert finals == [{"stdout": "Hello World!\\n"}, reason_only, reason_only, reason_only, fixed]
+        assert reported_when_refused == [False] * 4
+        await until(lambda: robot.jobs.current is None, "idle")
+        assert robot.jobs.journal.get(("refused-1", 1)).reported  # type: ignore[union-attr]
+        assert robot.metrics.counters["jobs_succeeded"] == 1
         await robot.stop()
 
     run(main())

@@ -293,6 +293,20 @@ def test_aws_files_keep_their_keys_and_follow_the_api_port(tmp_path: Path) -> No
     assert "endpoint_url = http://127.0.0.1:9002" in config and "9001" not in config
 
 
+def test_an_existing_aws_dir_is_made_private(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from localcloud import cloud
+    from localcloud.layout import CloudDir, Settings
+
+    d = CloudDir.at(tmp_path / "cloud")
+    d.aws_dir.mkdir(parents=True)
+    os.chmod(d.aws_dir, 0o755)
+    cloud.write_aws_files(d, Settings(api_port=9001))
+    assert stat.S_IMODE(os.stat(d.aws_dir).st_mode) == 0o700
+
+
 def test_up_json_names_the_api_port_and_the_profile(tmp_path: Path) -> None:
     from localcloud import up
     from localcloud.layout import CloudDir

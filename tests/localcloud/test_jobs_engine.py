@@ -75,6 +75,14 @@ class Harness:
         assert kind == "accepted", body
         return body
 
+    def status(self, thing: str, suffix: str) -> str:
+        """The status ``{jobId}/get`` describes: a terminal one is rejected ``TerminalStateReached`` with it."""
+        kind, body = self.request(thing, suffix)
+        if kind == "rejected":
+            assert body["code"] == "TerminalStateReached", body
+            return str(body["executionState"]["status"])
+        return str(body["execution"]["status"])
+
     def rejected(self, thing: str, suffix: str, payload: Any = None, *, raw: bytes | None = None) -> Any:
         kind, body = self.request(thing, suffix, payload, raw=raw)
         assert kind == "rejected", body
@@ -390,8 +398,19 @@ def test_terminal_executions_and_device_settable_statuses() -> None:
         "statusDetails": {"reason": "wrong model"},
         "versionNumber": 2,
     }
-    described = h.ok("t", "j/get", {"executionNumber": 1})["execution"]
-    assert described["status"] == "REJECTED" and described["statusDetails"] == {"reason": "wrong model"}
+    described = h.rejected("t", "j/get", {"executionNumber": 1, "clientToken": "d"})
+    assert described == {
+        "code": "TerminalStateReached",
+        "message": "Job execution j on t is REJECTED, a terminal state.",
+        "clientToken": "d",
+        "timestamp": TS,
+        "executionState": {
+            "status": "REJECTED",
+            "statusDetails": {"reason": "wrong model"},
+            "versionNumber": 2,
+        },
+    }
+    assert h.ok("t", "$next/get") == {"timestamp": TS}, "$next describes only pending executions"
 
 
 @pytest.mark.parametrize(
@@ -526,7 +545,7 @@ def test_step_timers_replace_each_other_and_never_pass_the_in_progress_timeout()
     assert h.engine.next_deadline() == at(12, 20), "-1 discards the step timer; the job timer stays"
     h.take()
     h.run_until(at(12, 19, 59))
-    assert h.ok("t", "j/get")["execution"]["status"] == "IN_PROGRESS", "never early"
+    assert h.status("t", "j/get") == "IN_PROGRESS", "never early"
     h.run_until(at(12, 20, 2))
     assert h.call("DescribeJobExecution", jobId="j", thingName="t")["execution"]["status"] == "TIMED_OUT"
     note = h.notifications("t")
@@ -551,8 +570,8 @@ def test_a_step_timer_alone_times_out_and_minus_one_clears_it() -> None:
     h.ok("u", "j/update", {"status": "IN_PROGRESS", "stepTimeoutInMinutes": -1})
     assert h.engine.next_deadline() == T0 + 180
     h.run_until(T0 + 3600)
-    assert h.ok("t", "j/get")["execution"]["status"] == "TIMED_OUT"
-    assert h.ok("u", "j/get")["execution"]["status"] == "IN_PROGRESS"
+    assert h.status("t", "j/get") == "TIMED_OUT"
+    assert h.status("u", "j/get") == "IN_PROGRESS"
     assert h.engine.next_deadline() is None
 
 
@@ -561,12 +580,12 @@ def test_in_progress_timeout_starts_when_the_execution_starts() -> None:
     h.things("t")
     h.job("j", [thing_arn("t")], timeoutConfig={"inProgressTimeoutInMinutes": 1})
     h.run_until(T0 + 600)
-    assert h.ok("t", "j/get")["execution"]["status"] == "QUEUED", "QUEUED executions do not time out"
+    assert h.status("t", "j/get") == "QUEUED", "QUEUED executions do not time out"
     h.ok("t", "start-next")
     h.run_until(T0 + 659)
-    assert h.ok("t", "j/get")["execution"]["status"] == "IN_PROGRESS"
+    assert h.status("t", "j/get") == "IN_PROGRESS"
     h.run_until(T0 + 660)
-    assert h.ok("t", "j/get")["execution"]["status"] == "TIMED_OUT"
+    assert h.status("t", "j/get") == "TIMED_OUT"
 
 
 # ----------------------------------------------------------------------------------------- retries
@@ -629,7 +648,7 @@ def test_rejected_is_never_retried_and_timed_out_needs_a_timeout() -> None:
     assert (retried["status"], retried["executionNumber"]) == ("QUEUED", 2)
     h.ok("u", "start-next")
     h.run_until(T0 + 200)
-    assert h.ok("u", "k/get")["execution"]["status"] == "TIMED_OUT"
+    assert h.status("u", "k/get") == "TIMED_OUT"
     assert h.call("DescribeJob", jobId="k")["job"]["jobProcessDetails"]["numberOfTimedOutThings"] == 1
 
 
@@ -757,9 +776,9 @@ def test_abort_cancels_queued_executions_and_leaves_in_progress_ones_running() -
         "numberOfRemovedThings": 0,
         "numberOfTimedOutThings": 0,
     }
-    assert h.ok("r6", "j/get")["execution"]["status"] == "CANCELED"
+    assert h.status("r6", "j/get") == "CANCELED"
     assert dict(h.notifications("r6"))["notify"] == {"timestamp": TS + 30, "jobs": {}}
-    assert h.ok("r4", "j/get")["execution"]["status"] == "IN_PROGRESS"
+    assert h.status("r4", "j/get") == "IN_PROGRESS"
     assert h.notifications("r4") == []
     h.ok("r4", "j/update", {"status": "SUCCEEDED"})
     assert h.call("DescribeJob", jobId="j")["job"]["jobProcessDetails"]["numberOfSucceededThings"] == 2
@@ -806,8 +825,9 @@ def test_abort_counts_failures_that_were_retried_and_cancels_the_queued_retries(
     job = h.call("DescribeJob", jobId="j")["job"]
     assert job["status"] == "CANCELED", "2 of 3 completed executions FAILED: 66.67 % >= 60 %"
     assert "2 of 3 completed executions FAILED (66.67%)" in job["comment"]
-    assert h.ok("a", "j/get")["execution"]["executionNumber"] == 2, "no retry after the abort"
-    assert h.ok("c", "j/get")["execution"]["status"] == "CANCELED"
+    latest = h.call("DescribeJobExecution", jobId="j", thingName="a")["execution"]
+    assert (latest["executionNumber"], latest["status"]) == (2, "FAILED"), "no retry after the abort"
+    assert h.status("c", "j/get") == "CANCELED"
 
 
 # ----------------------------------------------------------------------------------------- scheduling
@@ -868,8 +888,8 @@ def test_end_behavior_cancel_and_force_cancel(behavior: str, in_progress_after: 
     h.ok("a", "start-next")
     h.run_until(at(13, 0))
     assert h.call("DescribeJob", jobId="j")["job"]["status"] == "CANCELED"
-    assert h.ok("b", "j/get")["execution"]["status"] == "CANCELED"
-    assert h.ok("a", "j/get")["execution"]["status"] == in_progress_after
+    assert h.status("b", "j/get") == "CANCELED"
+    assert h.status("a", "j/get") == in_progress_after
 
 
 def test_maintenance_windows_meter_rollout_and_hide_queued_executions_outside_them() -> None:
@@ -904,7 +924,7 @@ def test_maintenance_windows_meter_rollout_and_hide_queued_executions_outside_th
     assert h.notifications("a") == [], "its IN_PROGRESS execution stays visible"
     assert h.ok("b", "start-next") == {"timestamp": int(at(15, 1))}, "window-bound QUEUED executions wait"
     assert len(h.ok("b", "get")["queuedJobs"]) == 1
-    assert h.ok("a", "$next/get")["execution"]["status"] == "IN_PROGRESS"
+    assert h.status("a", "$next/get") == "IN_PROGRESS"
     h.take()
     h.run_until(at(14, 0, day=16))
     opened = dict(h.notifications("b"))
@@ -1022,8 +1042,8 @@ def test_continuous_job_removes_executions_of_things_that_leave() -> None:
     h.take()
     h.call("RemoveThingFromThingGroup", thingGroupArn=group_arn("g"), thingArn=thing_arn("a"))
     h.call("RemoveThingFromThingGroup", thingGroupName="g", thingName="b")
-    assert h.ok("a", "j/get")["execution"]["status"] == "REMOVED"
-    assert h.ok("b", "j/get")["execution"]["status"] == "REMOVED"
+    assert h.status("a", "j/get") == "REMOVED"
+    assert h.status("b", "j/get") == "REMOVED"
     assert [t for t, _ in h.take("$aws/events/")] == ["$aws/events/jobExecution/j/removed"] * 2
     assert h.notifications("a") == [
         ("notify", {"timestamp": TS, "jobs": {}}),
@@ -1067,7 +1087,7 @@ def test_cancel_job_with_and_without_force() -> None:
         "build 42 is broken",
         False,
     )
-    assert h.ok("c", "j/get")["execution"]["status"] == "CANCELED"
+    assert h.status("c", "j/get") == "CANCELED"
     h.ok("a", "j/update", {"status": "SUCCEEDED"})
     h.call("CancelJob", jobId="j", force=True)
     b = h.call("DescribeJobExecution", jobId="j", thingName="b")["execution"]
@@ -1349,7 +1369,7 @@ def test_a_new_engine_from_the_records_continues_rollouts_timers_and_counters() 
     assert len(h.call("ListJobExecutionsForJob", jobId="j")["executionSummaries"]) == 4
     h = h.restart()
     h.run_until(T0 + 130)
-    assert h.ok("r0", "j/get")["execution"]["status"] == "TIMED_OUT"
+    assert h.status("r0", "j/get") == "TIMED_OUT"
     assert len(h.call("ListJobExecutionsForJob", jobId="j")["executionSummaries"]) == 6
     h.take()
     h = h.restart()
@@ -1414,7 +1434,7 @@ def test_deleting_a_target_group_removes_the_continuous_executions_of_its_member
     h.things("a", "b", group="g")
     h.job("j", [group_arn("g")], targetSelection="CONTINUOUS")
     h.call("DeleteThingGroup", thingGroupName="g")
-    assert h.ok("a", "j/get")["execution"]["status"] == "REMOVED"
+    assert h.status("a", "j/get") == "REMOVED"
     assert h.call("ListThingGroupsForThing", thingName="a")["thingGroups"] == []
     assert h.call("DeleteThingGroup", thingGroupName="g") == {}, (
         "deleting a missing group succeeds, as on AWS"
@@ -1428,9 +1448,9 @@ def test_a_thing_in_two_target_groups_keeps_its_execution_until_it_leaves_both()
     h.call("AddThingToThingGroup", thingGroupName="g2", thingName="a")
     h.job("j", [group_arn("g1"), group_arn("g2")], targetSelection="CONTINUOUS")
     h.call("RemoveThingFromThingGroup", thingGroupName="g1", thingName="a")
-    assert h.ok("a", "j/get")["execution"]["status"] == "QUEUED"
+    assert h.status("a", "j/get") == "QUEUED"
     h.call("RemoveThingFromThingGroup", thingGroupName="g2", thingName="a")
-    assert h.ok("a", "j/get")["execution"]["status"] == "REMOVED"
+    assert h.status("a", "j/get") == "REMOVED"
 
 
 def test_window_state_and_rollout_survive_a_restart() -> None:

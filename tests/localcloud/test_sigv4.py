@@ -3,6 +3,8 @@ sign produces the same Authorization header byte for byte, and every tampered pa
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from urllib.parse import urlsplit
 
@@ -267,3 +269,47 @@ def test_presign_refuses_expiry_out_of_range() -> None:
                 now=time.time(),
                 expires=expires,
             )
+
+
+def _signed_with_content_header(service: str, content_sha256: str, body: bytes) -> dict[str, str]:
+    """Headers of a PUT signed (by hand, as the SigV4 spec says) with ``x-amz-content-sha256`` as given."""
+    headers = {
+        "Host": "127.0.0.1:8444",
+        "X-Amz-Date": sigv4.amz_date(NOW),
+        "X-Amz-Content-SHA256": content_sha256,
+    }
+    lists = {k.lower(): [v] for k, v in headers.items()}
+    signed = sorted(lists)
+    canonical = sigv4.canonical_request("PUT", "/jobs/j", "", lists, signed, content_sha256, service)
+    date = sigv4.amz_date(NOW)[:8]
+    scope = f"{date}/us-east-1/{service}/aws4_request"
+    to_sign = sigv4.string_to_sign(sigv4.amz_date(NOW), scope, canonical)
+    signature = hmac.new(
+        sigv4.signing_key(SECRET, date, "us-east-1", service), to_sign.encode(), hashlib.sha256
+    ).hexdigest()
+    headers["Authorization"] = (
+        f"{sigv4.ALGORITHM} Credential={KEY}/{scope}, SignedHeaders={';'.join(signed)}, Signature={signature}"
+    )
+    return headers
+
+
+@pytest.mark.parametrize("service", ["iot", "iot-jobs-data"])
+def test_an_unsigned_payload_is_refused_outside_s3(service: str) -> None:
+    body = b'{"document": "{}"}'
+    headers = _signed_with_content_header(service, sigv4.UNSIGNED_PAYLOAD, body)
+    error = _refused("PUT", "/jobs/j", headers, body, services=("iot", "iot-jobs-data"))
+    assert error.code == "InvalidSignatureException"
+    assert "only accepted for service s3" in error.message
+    hashed = _signed_with_content_header(service, hashlib.sha256(body).hexdigest(), body)
+    sigv4.verify(
+        "PUT", "/jobs/j", hashed, body, credentials=CREDS, now=NOW, services=("iot", "iot-jobs-data")
+    )
+
+
+def test_an_unsigned_payload_is_accepted_for_s3() -> None:
+    body = b"artifact bytes"
+    headers = _signed_with_content_header("s3", sigv4.UNSIGNED_PAYLOAD, body)
+    assert (
+        sigv4.verify("PUT", "/jobs/j", headers, body, credentials=CREDS, now=NOW, services=("s3",)).service
+        == "s3"
+    )
