@@ -16,8 +16,6 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -148,6 +146,9 @@ def journal_lines(lines: int = LOG_LINES) -> str:
 
 def put(url: str, body: bytes, content_type: str = "application/json") -> int:
     """HTTP PUT (blocking); the status code, or raises OSError with a readable message."""
+    import urllib.error  # here, not at the top: urllib pulls in http and email (2 MB the agent needs
+    import urllib.request  # only for a collect-logs job)
+
     req = urllib.request.Request(url, data=body, method="PUT", headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(req, timeout=UPLOAD_TIMEOUT_S) as resp:

@@ -11,7 +11,6 @@ exit is ``Exited with status: N``; a step over its timeout is killed with its pr
 from __future__ import annotations
 
 import asyncio
-import getpass
 import os
 import signal
 import stat
@@ -75,6 +74,8 @@ def handler_path(directory: str, action: Action, uid: int | None = None) -> tupl
 
 
 def argv_of(action: Action, handler_dir: str | None) -> tuple[list[str] | None, str | None]:
+    import getpass  # here: it imports pwd and more, only for a command or handler job
+
     me = getpass.getuser()
     user = action.run_as_user
     if action.type == "runCommand":
