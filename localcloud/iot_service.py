@@ -39,13 +39,14 @@ from typing import Any, Protocol
 from base import logs
 from localcloud import cloud as cloud_files
 from localcloud import mqtt_lite as mq
+from localcloud import service_link as link
 from localcloud.artifacts import ArtifactError, ArtifactStore
 from localcloud.awsapi.errors import ApiError
 from localcloud.awsapi.http import ApiFrontEnd, serve
 from localcloud.jobs.engine import JobsEngine
 from localcloud.jobs.store import IotStore
 from localcloud.layout import AWS_ACCOUNT, AWS_REGION, IOT_SERVICE_IDENTITY, CloudDir, Settings
-from localcloud.shadow_service import ConnectionLost, tls_context
+from localcloud.service_link import ConnectionLost, tls_context
 from localcloud.tlsio import TlsClosed, TlsConnection
 from shadow.topics import ANY, jobs_topic
 
@@ -53,7 +54,7 @@ log = logs.get_logger("localcloud.iot_service")
 
 Out = tuple[str, bytes]
 Key = tuple[str, str]
-KEEPALIVE_S = 30
+KEEPALIVE_S = link.KEEPALIVE_S
 COMMANDS_PREFIX = "$aws/commands/"
 JOBS_FILTERS = tuple(jobs_topic(ANY, *r.split("/")) for r in ("get", "start-next", "+/get", "+/update"))
 COMMANDS_FILTERS = ("$aws/commands/+/+/executions/+/response/json",)
@@ -358,39 +359,17 @@ class IotService:
         return self._next_id
 
     def _connect(self) -> tuple[TlsConnection, mq.PacketParser]:
-        self._early = []
-        conn = TlsConnection.connect(self.settings.endpoint, self.settings.port, self.tls)
-        try:
-            conn.send(mq.connect(IOT_SERVICE_IDENTITY, keepalive=KEEPALIVE_S, clean_session=False))
-            parser = mq.PacketParser(ignore=(mq.PUBACK,))
-            connack = self._expect(conn, parser, mq.CONNACK)
-            if len(connack.body) < 2 or connack.body[1] != 0:
-                raise ConnectionLost(f"broker refused the iot service (CONNACK {connack.body.hex()})")
-            filters = [*JOBS_FILTERS, *(COMMANDS_FILTERS if "commands" in self.engines else ())]
-            conn.send(mq.subscribe(self._packet_id(), [(f, 1) for f in filters]))
-            suback = self._expect(conn, parser, mq.SUBACK)
-            if any(code == 0x80 for code in suback.body[2:]):
-                raise ConnectionLost("broker refused the iot service's subscriptions (check the ACL)")
-        except BaseException:
-            conn.close()
-            raise
+        filters = [*JOBS_FILTERS, *(COMMANDS_FILTERS if "commands" in self.engines else ())]
+        conn, parser, self._early = link.connect(
+            self.settings.endpoint,
+            self.settings.port,
+            self.tls,
+            IOT_SERVICE_IDENTITY,
+            filters,
+            self._packet_id,
+            who="the iot service",
+        )
         return conn, parser
-
-    def _expect(self, conn: TlsConnection, parser: mq.PacketParser, ptype: int) -> mq.Packet:
-        deadline = time.monotonic() + 10
-        found: mq.Packet | None = None
-        while found is None and time.monotonic() < deadline:
-            if not conn.wait_readable(0.5):
-                continue
-            parser.feed(conn.recv())
-            for pkt in parser.packets():
-                if found is None and pkt.type == ptype:
-                    found = pkt
-                else:
-                    self._early.append(pkt)
-        if found is None:
-            raise ConnectionLost(f"no packet type {ptype} from the broker within 10 s")
-        return found
 
     def _handle_packets(self, packets: list[mq.Packet], acks: bytearray) -> None:
         now = time.time()

@@ -21,15 +21,15 @@ import argparse
 import os
 import signal
 import sqlite3
-import ssl
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 
 from base import logs
 from localcloud import mqtt_lite as mq
+from localcloud import service_link as link
 from localcloud.layout import SERVICE_IDENTITY, CloudDir, Settings
+from localcloud.service_link import ConnectionLost, tls_context
 from localcloud.shadow_store import ShadowStore
 from localcloud.tlsio import TlsClosed, TlsConnection
 from shadow.engine import ShadowEngine
@@ -38,17 +38,7 @@ from shadow.topics import ANY, shadow_topic
 log = logs.get_logger("localcloud.shadow_service")
 
 REQUEST_FILTERS = (shadow_topic(ANY, ANY), shadow_topic(ANY, ANY, name=ANY))
-KEEPALIVE_S = 30
-
-
-def tls_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
-    ctx.load_cert_chain(str(cert), str(key))
-    return ctx
-
-
-class ConnectionLost(Exception):
-    pass
+KEEPALIVE_S = link.KEEPALIVE_S
 
 
 class ShadowService:
@@ -70,40 +60,16 @@ class ShadowService:
         return self._next_id
 
     def _connect(self) -> tuple[TlsConnection, mq.PacketParser]:
-        self._early = []
-        conn = TlsConnection.connect(self.settings.endpoint, self.settings.port, self.tls)
-        try:
-            conn.send(mq.connect(SERVICE_IDENTITY, keepalive=KEEPALIVE_S, clean_session=False))
-            parser = mq.PacketParser(ignore=(mq.PUBACK,))  # the broker acks our answers: nothing to do
-            connack = self._expect(conn, parser, mq.CONNACK)
-            if len(connack.body) < 2 or connack.body[1] != 0:
-                raise ConnectionLost(f"broker refused the service (CONNACK {connack.body.hex()})")
-            conn.send(mq.subscribe(self._packet_id(), [(f, 1) for f in REQUEST_FILTERS]))
-            suback = self._expect(conn, parser, mq.SUBACK)
-            if any(code == 0x80 for code in suback.body[2:]):
-                raise ConnectionLost("broker refused the service's subscriptions (check the ACL)")
-        except BaseException:
-            conn.close()
-            raise
+        conn, parser, self._early = link.connect(
+            self.settings.endpoint,
+            self.settings.port,
+            self.tls,
+            SERVICE_IDENTITY,
+            REQUEST_FILTERS,
+            self._packet_id,
+            who="the service",
+        )
         return conn, parser
-
-    def _expect(self, conn: TlsConnection, parser: mq.PacketParser, ptype: int) -> mq.Packet:
-        """Wait for one packet type; anything else that arrives (e.g. requests queued in our persistent
-        session, which the broker sends right after CONNACK) is kept for ``_serve``."""
-        deadline = time.monotonic() + 10
-        found: mq.Packet | None = None
-        while found is None and time.monotonic() < deadline:
-            if not conn.wait_readable(0.5):
-                continue
-            parser.feed(conn.recv())
-            for pkt in parser.packets():
-                if found is None and pkt.type == ptype:
-                    found = pkt
-                else:
-                    self._early.append(pkt)
-        if found is None:
-            raise ConnectionLost(f"no packet type {ptype} from the broker within 10 s")
-        return found
 
     def _handle(self, packets: list[mq.Packet], out: bytearray) -> None:
         now = time.time()
