@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent import __version__ as AGENT_VERSION
 from agent import config as cfg
@@ -88,6 +89,11 @@ class Hooks:
     durable: bool = True
     reconnect_max_ms: int = DEFAULT_RECONNECT_MAX_MS
     on_stopping: Callable[[], None] | None = None
+    # the version this agent runs as (None: the installed code's, ``agent.__version__``); a simulated
+    # fleet's robots run the versions their simulated installer says
+    version: str | None = None
+    # builds the update feature's installer (None: the real one, on ``[update] root``)
+    installer: Callable[[Agent], Any] | None = None
 
 
 class Agent:
@@ -105,6 +111,8 @@ class Agent:
         self.metrics = Metrics()
         self.started = time.monotonic()
         self.stopping = asyncio.Event()
+        self.version = hooks.version or AGENT_VERSION
+        self.exit_code = 0
         self._closed = False
         self.cloud_link = CloudLink()
 
@@ -208,6 +216,7 @@ class Agent:
                 started=self.started,
                 metrics=self.metrics,
                 log=self.log,
+                version=self.version,
             )
         )
         self.jobs = self.features.add(
@@ -228,6 +237,7 @@ class Agent:
                 metrics=self.metrics,
                 log=self.log,
                 loop=self.loop,
+                version=self.version,
             )
         )
 
@@ -263,7 +273,13 @@ class Agent:
         self.pump.pump()
         await self.stopping.wait()
         await self.shutdown()
-        return 0
+        return self.exit_code
+
+    def request_exit(self, code: int) -> None:
+        """Stop cleanly and exit with ``code`` (``agent.launcher.EXIT_SWITCH``: restart me into a pending
+        switch; ``EXIT_ROLLBACK``: my trial failed)."""
+        self.exit_code = code
+        self.stopping.set()
 
     async def shutdown(self) -> None:
         if self.hooks.on_stopping is not None:
@@ -308,7 +324,7 @@ class Agent:
         self.metrics.set("serial_link", "up" if snap.link_up else "down")
         for event in robot.tracker.on_snapshot(snap):
             self.events.emit(event)
-        self.sync.set_robot_state(reported_state(snap, robot.tracker.state, AGENT_VERSION))
+        self.sync.set_robot_state(reported_state(snap, robot.tracker.state, self.version))
         self.commands.on_snapshot(snap)
         self.health.check_ready()
         self.pump.pump()
@@ -390,7 +406,7 @@ class Agent:
         self.notifier.status(f"MQTT refused ({reason}){when}")
 
     def publish_presence(self, state: str) -> None:
-        body = {"state": state, "agent_version": AGENT_VERSION, "at": round(time.time(), 3)}
+        body = {"state": state, "agent_version": self.version, "at": round(time.time(), 3)}
         fut = self.mqtt.publish(
             presence_topic(self.config.thing_name), json.dumps(body).encode(), 1, retain=True
         )

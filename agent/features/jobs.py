@@ -134,8 +134,10 @@ class Jobs:
         metrics: Metrics,
         log: AgentLog,
         loop: asyncio.AbstractEventLoop,
+        version: str = AGENT_VERSION,
     ) -> None:
         self.config = config
+        self.version = version
         self.jc = config.jobs
         self.thing = config.thing_name
         self.robot = robot
@@ -808,7 +810,7 @@ class Jobs:
             return "SUCCEEDED", {
                 "operation": op,
                 "resumed": "agent restarted",
-                "agent_version": AGENT_VERSION,
+                "agent_version": self.version,
             }
         self.journal.step_started(cur.key, 0, progress)  # durable before anything is sent to the robot
         cur.phase, cur.step = "running", op
@@ -831,7 +833,7 @@ class Jobs:
         elif op == "collect-logs":
             bundle = {
                 "thing_name": self.thing,
-                "agent_version": AGENT_VERSION,
+                "agent_version": self.version,
                 "status": self.status_doc(),
                 "jobs": [_public(e) for e in self.journal.open()],
             }

@@ -56,8 +56,10 @@ class Reporting:
         log: AgentLog,
         started: float,
         cloud_link: CloudLink | None = None,
+        version: str = AGENT_VERSION,
     ) -> None:
         self.config = config
+        self.version = version
         self.robot = robot
         self.mqtt = mqtt
         self.sync = sync
@@ -111,7 +113,7 @@ class Reporting:
         return {
             "thing_name": self.config.thing_name,
             "pid": os.getpid(),
-            "agent_version": AGENT_VERSION,
+            "agent_version": self.version,
             "written_at": round(time.time(), 3),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "ready": self.health.ready,
@@ -124,7 +126,7 @@ class Reporting:
                 "port": self.config.serial_port,
                 "link_up": bool(snap and snap.link_up),
                 "mission": mission,
-                "reported": reported_state(snap, mission, AGENT_VERSION) if snap else None,
+                "reported": reported_state(snap, mission, self.version) if snap else None,
             },
             "last_command": self.sync.classic.current.get("command"),
             "errors": self.sync.classic.current.get("errors"),
