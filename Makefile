@@ -8,8 +8,13 @@ PY := $(VENV)/bin/python
 DEMO_PORT := $(if $(filter environment%,$(origin PORT)),,$(PORT))
 # `make dist DIST=DIR`: where the wheel and the sdist go
 DIST ?= dist
+# `make release VERSION=0.2.0 SIGNER=DIR`: a signed OTA bundle in dist/releases (see docs/releases.md);
+# without SIGNER, the local cloud's own release key (made on first use). Like PORT, taken only from make's
+# command line or this file, never from an environment that exports VERSION for something else.
+RELEASE_VERSION := $(if $(filter environment%,$(origin VERSION)),,$(VERSION))
+RELEASE_SIGNER := $(if $(filter environment%,$(origin SIGNER)),,$(SIGNER))
 
-.PHONY: setup run test lint typecheck unit bench dist clean
+.PHONY: setup run test lint typecheck unit bench dist release clean
 
 setup:
 	@bash scripts/setup.sh
@@ -40,6 +45,11 @@ bench: setup
 dist: setup
 	rm -f $(DIST)/roomba_agent-*
 	$(PY) -m build --outdir $(DIST) .
+
+# the signed release bundle a robot updates itself from: the agent's wheel plus its wheelhouse
+release: setup
+	$(VENV)/bin/roomba-fleet release build $(if $(RELEASE_VERSION),--version '$(RELEASE_VERSION)') \
+		$(if $(RELEASE_SIGNER),--signer '$(RELEASE_SIGNER)')
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,11 @@ TOOL = Tool(
         Sub("status", "agent.status", "what the running agent is doing, from its state directory"),
         Sub("doctor", "agent.doctor", "staged checks from config to robot health, with a fix for each"),
         Sub("config", "agent.configcli", "config init|check: write a commented template, validate a file"),
+        Sub(
+            "update",
+            "agent.updatecli",
+            "update install|status: install a signed release, show the release slots",
+        ),
         Sub("probe", "hal.probe", "live decoded sensors and link health from a robot or simulator"),
     ],
 )

@@ -73,6 +73,20 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    """``[update]``: over-the-air updates of the agent (``agent.features.update``, ``docs/updates.md``)."""
+
+    enabled: bool = True
+    root: str = "/opt/roomba-agent"
+    trust: str = "/etc/roomba-agent/release-trust.pem"
+    bake_s: float = 60.0
+    commit_timeout_s: float = 300.0
+    min_free_mb: int = 64
+    download_timeout_s: float = 60.0
+    download_limit_kbps: int = 0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     thing_name: str
     endpoint: str
@@ -92,6 +106,7 @@ class AgentConfig:
     shadow_rate_per_s: float = 10.0
     intervals: Intervals = field(default_factory=Intervals)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
 
     @property
     def alpn(self) -> bool:
@@ -128,6 +143,7 @@ FIELDS: dict[str, str] = {
     "shadow_rate_per_s": "shadow_rate_per_s",
     "intervals": "intervals",
     "jobs": "jobs",
+    "update": "update",
 }
 
 
@@ -511,6 +527,10 @@ def validate(doc: Mapping[str, Any]) -> tuple[AgentConfig | None, list[str]]:
             values[name] = JobsConfig(
                 **{f: _value(doc, f"jobs.{f}") for f in JobsConfig.__dataclass_fields__}
             )
+        elif name == "update":
+            values[name] = UpdateConfig(
+                **{f: _value(doc, f"update.{f}") for f in UpdateConfig.__dataclass_fields__}
+            )
         elif name == "pkcs11":
             values[name] = Pkcs11Key(**raw_pkcs11) if raw_pkcs11 is not None else None
         else:
@@ -533,6 +553,8 @@ def effective(config: AgentConfig) -> dict[str, Any]:
                 for f in JobsConfig.__dataclass_fields__
                 if getattr(config.jobs, f) is not None
             }
+        elif name == "update":
+            value = {f: getattr(config.update, f) for f in UpdateConfig.__dataclass_fields__}
         elif name == "pkcs11":
             value = None if config.pkcs11 is None else dict(config.pkcs11.__dict__)
         if value is not None:

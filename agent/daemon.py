@@ -31,6 +31,7 @@ from agent.features.jobs import Jobs
 from agent.features.remote_commands import RemoteCommands
 from agent.features.reporting import Reporting
 from agent.features.settings import Settings, initial_settings
+from agent.features.update import UpdateFeature
 from agent.metrics import Metrics
 from agent.model import Snapshot, reported_state
 from agent.mqtt import (
@@ -219,6 +220,20 @@ class Agent:
                 version=self.version,
             )
         )
+        self.update = self.features.add(
+            UpdateFeature(
+                config=config,
+                installer=self._installer(),
+                robot=self.robot,
+                mqtt=self.mqtt,
+                sync=self.sync,
+                status_sections=self.reporting.sections,
+                metrics=self.metrics,
+                log=self.log,
+                loop=self.loop,
+                version=self.version,
+            )
+        )
         self.jobs = self.features.add(
             Jobs(
                 config=config,
@@ -238,8 +253,20 @@ class Agent:
                 log=self.log,
                 loop=self.loop,
                 version=self.version,
+                updater=self.update,
             )
         )
+
+    def _installer(self) -> Any:
+        """The update feature's installer: the hook's (a simulated fleet), else, for an agent in a process
+        of its own with ``[update] enabled``, the releases under ``[update] root`` (None: no updates)."""
+        if self.hooks.installer is not None:
+            return self.hooks.installer(self)
+        if not (self.config.update.enabled and self.hooks.handle_signals):
+            return None
+        from agent.update.installer import LauncherInstaller
+
+        return LauncherInstaller(self.config.update.root, version=self.version, restart=self.request_exit)
 
     @property
     def ready(self) -> bool:
@@ -324,7 +351,9 @@ class Agent:
         self.metrics.set("serial_link", "up" if snap.link_up else "down")
         for event in robot.tracker.on_snapshot(snap):
             self.events.emit(event)
-        self.sync.set_robot_state(reported_state(snap, robot.tracker.state, self.version))
+        state = reported_state(snap, robot.tracker.state, self.version)
+        state["versions"].update(self.update.versions())  # previous, trial, the last update, contract
+        self.sync.set_robot_state(state)
         self.commands.on_snapshot(snap)
         self.health.check_ready()
         self.pump.pump()
@@ -450,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
             0: "stopped cleanly (SIGTERM or SIGINT)",
             1: "the agent failed (a feature did not start, or an OS error)",
             EX_CONFIG: "invalid configuration, or credentials refused (systemd does not restart it)",
+            100: "an update asked for a switch to a new release: the launcher performs it and starts it",
+            101: "a new release failed its self-test in its trial: the launcher rolls back",
         },
     )
     cfg.add_override_arguments(p)

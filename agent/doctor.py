@@ -135,6 +135,70 @@ def expiry_line(cert_path: str, now: dt.datetime | None = None) -> str | None:
     return f"expires {end.date().isoformat()} ({left.days} days left)"
 
 
+def update_check(root: str, slots: Any, running: dict[str, Any] | None) -> tuple[str, str, str | None]:
+    """Pure: the ``update`` stage from the release root's slots (:class:`agent.launcher.Slots`, None: no
+    root) and the running agent's status (None: not running): (status, detail, fix). It passes when
+    nothing is pending or the trial is healthy."""
+    if slots is None:
+        return (
+            "passed",
+            f"no release root at {root}: this agent does not run from releases (updates need one: "
+            "roomba-agent update install BUNDLE --root DIR --activate)",
+            None,
+        )
+    update = (running or {}).get("update") or {}
+    version = (running or {}).get("agent_version")
+    where = f"current {slots.current or '(none)'}" + (
+        f", previous {slots.previous}" if slots.previous else ""
+    )
+    restart = "systemctl restart roomba-agent (the launcher performs it; check: roomba-agent update status)"
+    if slots.trial:
+        t = slots.trial
+        v = t.get("version")
+        if t.get("failure"):
+            return (
+                "failed",
+                f"the trial of {v} failed ({t['failure']}) and is not rolled back yet",
+                f"the launcher rolls it back at the next start: {restart}",
+            )
+        if running is None:
+            return (
+                "failed",
+                f"the trial of {v} (from {t.get('from')}) is pending but the agent is not running",
+                "start it under the launcher: systemctl start roomba-agent (after 3 failed starts or "
+                f"{t.get('commit_timeout_s')} s without a commit it rolls back to {t.get('from')})",
+            )
+        progress = (update.get("trial") or {}).get("self_test") or "not started"
+        failed = int(t.get("failed_starts") or 0)
+        if version != v:
+            return (
+                "failed",
+                f"the trial of {v} is on but the agent running is {version}",
+                f"the agent must be started by the launcher: {restart}",
+            )
+        if str(progress).startswith("failed") or failed:
+            return (
+                "failed",
+                f"trial of {v}: self-test {progress}; {failed} failed start(s)",
+                "it rolls back on its own; the reason shows in roomba-agent update status",
+            )
+        return "passed", f"trial of {v} (from {t.get('from')}): self-test {progress}; {where}", None
+    if slots.pending:
+        to = slots.pending.get("to")
+        return (
+            "failed",
+            f"a switch to {to} is pending but the launcher has not performed it ({where})",
+            f"the agent must be started by the launcher: {restart}",
+        )
+    last = slots.last or {}
+    note = ""
+    if last.get("result") in ("rolled_back", "failed"):
+        note = f"; the last update to {last.get('to')} was {last['result'].replace('_', ' ')}: {last.get('reason')}"
+    elif last.get("result") == "committed":
+        note = f"; the last update ({last.get('from')} -> {last.get('to')}) committed"
+    return "passed", f"nothing pending; {where}{note}", None
+
+
 class Doctor:
     def __init__(self, config_path: str | None, overrides: dict[str, Any], timeout: float) -> None:
         self.config_path = config_path
@@ -504,6 +568,24 @@ class Doctor:
         else:
             self.add("jobs subscription", "failed", detail, fix_local if self.local else fix_aws)
 
+    def check_update(self) -> None:
+        """The release slots (only with ``[update] enabled``): a trial healthy or nothing pending."""
+        if self.config is None or not self.config.update.enabled:
+            return
+        root = Path(self.config.update.root)
+        slots = None
+        if root.is_dir():
+            from agent.launcher import Layout
+
+            try:
+                slots = Layout(root).read()
+            except OSError as exc:
+                self.add(
+                    "update", "failed", f"cannot read the release root {root}: {exc}", "check its permissions"
+                )
+                return
+        self.add("update", *update_check(str(root), slots, self.running))
+
     def check_robot(self) -> None:
         if self.skip_if("serial port", "config"):
             self.skip_if("oi handshake", "serial port")
@@ -617,6 +699,7 @@ class Doctor:
             self.check_tls,
             self.check_mqtt,
             self.check_jobs,
+            self.check_update,
             self.check_robot,
         ]
         for stage in stages:

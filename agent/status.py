@@ -121,6 +121,7 @@ def render(doc: dict[str, Any], verdict: str) -> str:
         reason = f" ({cmd.get('reason')})" if cmd.get("reason") else ""
         lines.append(f"  last cmd    {cmd.get('id')} {cmd.get('action')}: {cmd.get('status')}{reason}")
     lines += job_lines(doc.get("jobs") or {}, c)
+    lines += update_lines(doc.get("update") or {})
     for key, why in (doc.get("errors") or {}).items():
         lines.append(f"  rejected    {key}: {why}")
     return "\n".join(lines)
@@ -150,6 +151,32 @@ def job_lines(jobs: dict[str, Any], counters: dict[str, Any]) -> list[str]:
         reason = f" ({last['reason']})" if last.get("reason") else ""
         unsent = "" if last.get("reported") else ", not yet reported"
         lines.append(f"  last job    {last.get('job_id')}: {last.get('status')}{reason}{unsent}")
+    return lines
+
+
+def update_lines(update: dict[str, Any]) -> list[str]:
+    """The update feature's lines: running and previous version, a pending switch or trial, the last result."""
+    if not update or not update.get("enabled") or not (update.get("current") or update.get("last")):
+        return []
+    previous = update.get("previous")
+    line = f"  release     running {update.get('running')}" + (f", previous {previous}" if previous else "")
+    trial = update.get("trial")
+    if trial:
+        line += f"; TRIAL of {trial.get('version')} (from {trial.get('from')}): self-test {trial.get('self_test')}"
+    pending = update.get("pending")
+    if pending:
+        line += f"; switch to {pending.get('to')} pending"
+    job = update.get("job")
+    if job:
+        line += f"; updating to {job.get('to')}: {job.get('phase')}"
+    lines = [line]
+    last = update.get("last")
+    if last:
+        reason = f": {last['reason']}" if last.get("reason") else ""
+        lines.append(
+            f"  last update {str(last.get('result')).replace('_', ' ')} {last.get('from')} -> {last.get('to')} "
+            f"at {last.get('at')}{reason}"
+        )
     return lines
 
 

@@ -24,6 +24,8 @@ TOOL = Tool(
         Sub("simulate", "fleet.simulate", "run simulated robots with the real agent against the local cloud"),
         Sub("jobs", "fleet.jobs", "AWS IoT Jobs: jobs create|describe|list|cancel|delete|executions|watch"),
         Sub("artifact", "fleet.artifact", "artifact put FILE|list: files a job document can name"),
+        Sub("release", "fleet.release", "release build|publish|list: signed agent bundles for OTA updates"),
+        Sub("rollout", "fleet.rollout", "rollout start|status|abort|pause|resume|run: staged rollouts"),
     ],
 )
 

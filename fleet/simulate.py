@@ -68,8 +68,33 @@ def build_parser() -> Parser:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--durable", action="store_true", help="fsync every ledger/outbox commit (slow at scale)")
     p.add_argument("--log-level", default="warning", help="shard log level (logs in DIR/logs/)")
+    p.add_argument(
+        "--release-trust",
+        metavar="PEM",
+        help="release-signing certificates the robots trust for updates (default: DIR's own, "
+        "DIR/release-signing/release-signing.pem, when it exists)",
+    )
+    p.add_argument(
+        "--release", metavar="VERSION", help="the release every robot starts on (default: this agent's)"
+    )
+    p.add_argument(
+        "--commit-timeout",
+        type=float,
+        metavar="S",
+        help="the robots' [update] commit_timeout_s: how long a trial may take to commit (default: 300; "
+        "a failing self-test gives up 15 s before it)",
+    )
     add_json(p, "the final status document when the fleet stops (stdout holds only that)")
     return p
+
+
+def default_release_trust(cloud: CloudDir) -> str | None:
+    """The local cloud's own release-signing certificate (``roomba-fleet release build`` makes it)."""
+    from fleet.release import cloud_signer_dir
+    from provisioning.release import SIGNING_CERT
+
+    path = cloud_signer_dir(cloud) / SIGNING_CERT
+    return str(path) if path.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.robots < 1:
         say("--robots must be at least 1")
+        return EXIT_USAGE
+    if args.commit_timeout is not None and args.commit_timeout < 20:
+        say("--commit-timeout must be at least 20 s (the self-test gives up 15 s before it)")
         return EXIT_USAGE
     if args.per_process < 1 or args.ramp <= 0:
         say("--per-process must be at least 1 and --ramp above 0")
@@ -135,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         durable=args.durable,
         log_level=args.log_level,
         faults_text=args.faults,
+        release_trust=args.release_trust or default_release_trust(cloud),
+        version=args.release,
+        commit_timeout_s=args.commit_timeout,
     )
     if not args.json:
         return run_fleet(cloud, names, faults, options, override, say)

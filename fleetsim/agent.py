@@ -6,6 +6,10 @@ run on a *lane* of a shard-wide :class:`WorkerPool` instead of a thread per robo
 its calls in order, as the daemon's own worker does), and what belongs to a process of its own (signals,
 sd_notify and its watchdog, the credential check, TCP_NODELAY, fsync) is left out. Shadow sync, commands,
 the ledger, the outbox, telemetry and the MQTT client are the agent's own code, unchanged.
+
+A robot's agent is one start of it: when it exits (a switch to a new release, a rollback, a simulated crash
+or power cut) the shard builds a new one on the same link, configuration and state directory, running the
+version its :class:`~fleetsim.update.SimInstaller` says (``Hooks.version``, ``Hooks.installer``).
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import config as cfg
 from agent.daemon import Agent, Hooks
 from agent.mqtt import MqttConnection
 from agent.robot_link import Job, run_jobs
 from fleetsim.link import SimLink
+
+if TYPE_CHECKING:
+    from fleetsim.update import SimInstaller
 
 
 class WorkerPool:
@@ -79,8 +86,11 @@ class SimAgent:
         *,
         reconnect_max_ms: int,
         durable: bool = False,
+        installer: SimInstaller | None = None,
+        version: str | None = None,
     ) -> None:
         self.link = link
+        self.started = False
         self._final: dict[str, Any] | None = None
         hooks = Hooks(
             robot=lambda: link.robot,
@@ -88,6 +98,8 @@ class SimAgent:
             reconnect_max_ms=reconnect_max_ms,
             durable=durable,
             on_stopping=self._keep_final_status,
+            version=version,
+            installer=None if installer is None else (lambda agent: installer.bind(agent, agent.version)),
         )
         self.agent = Agent(config, hooks)
 
@@ -99,10 +111,13 @@ class SimAgent:
     def stopping(self) -> asyncio.Event:
         return self.agent.stopping
 
-    async def run(self) -> None:
-        await self.agent.run()
+    async def run(self) -> int:
+        """Runs the agent until it stops; its exit code (``agent.launcher.EXIT_SWITCH``, ...)."""
+        self.started = True
+        code = await self.agent.run()
         if self._final is not None:
             self._final["connected"] = False
+        return code
 
     def _keep_final_status(self) -> None:
         """Taken as the agent starts to stop, while its store is still open."""
@@ -117,6 +132,7 @@ class SimAgent:
         link = self.link
         robot_state = link.robot.state
         return {
+            "running": agent.version,
             "connected": agent.mqtt.connected,
             "ready": agent.ready,
             "mission": agent.robot.tracker.state,

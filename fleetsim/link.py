@@ -41,17 +41,29 @@ class SimLink:
         self.thing = thing
         self.sim = SimRobot(seed=seed, now=now, docked=docked, pace=False, tick_s=stream_period_s)
         self.transport = MemoryTransport(f"sim://{thing}")
-        self.robot = Robot(
-            self.transport.url,
-            hold_mode=None,
-            silence_s=silence_s if silence_s is not None else max(2.0, 8 * stream_period_s),
-            transport=self.transport,
-            backoff=reopen_backoff(random.Random(self.transport.url).random),
-            clock=clock,
-            reader_thread=False,
-        )
+        self._silence_s = silence_s if silence_s is not None else max(2.0, 8 * stream_period_s)
+        self._clock = clock
+        self.robot = self._host()
         self.cable = SimCable(self.sim, self.transport)
         self.opcodes: Counter[str] = Counter()
+
+    def _host(self) -> Robot:
+        return Robot(
+            self.transport.url,
+            hold_mode=None,
+            silence_s=self._silence_s,
+            transport=self.transport,
+            backoff=reopen_backoff(random.Random(self.transport.url).random),
+            clock=self._clock,
+            reader_thread=False,
+        )
+
+    def restart_host(self) -> Robot:
+        """A new HAL ``Robot`` on the same cable, for the next start of the robot's agent (a new process has
+        a new one; the simulated robot itself keeps running)."""
+        self.robot.close()
+        self.robot = self._host()
+        return self.robot
 
     def unplug(self, now: float) -> None:
         """Pull the cable (what the Robot wrote before still reaches the simulator)."""

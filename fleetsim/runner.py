@@ -48,6 +48,9 @@ class RunOptions:
     durable: bool = False
     log_level: str = "warning"
     faults_text: str | None = None  # the spec as given, for the start-up line
+    release_trust: str | None = None  # PEM of the release-signing certificates the robots trust
+    version: str | None = None  # the release every robot starts on (None: agent.__version__)
+    commit_timeout_s: float | None = None  # the robots' [update] commit_timeout_s (None: their config's)
 
 
 def robot_names(prefix: str, count: int) -> list[str]:
@@ -174,8 +177,33 @@ def summarize(statuses: dict[int, dict[str, Any]], total: int) -> dict[str, Any]
         "connected": connected,
         "ready": ready,
         "outbox_depth": sum(int(r.get("outbox_depth") or 0) for r in robots.values()),
+        "versions": by_version(robots),
         "per_robot": dict(sorted(robots.items())),
     }
+
+
+def by_version(robots: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per release the robots' launchers call current: how many, running it, in a trial of another,
+    connected, working, and by their last update's result (committed, rolled_back, failed)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in robots.values():
+        version = r.get("version")
+        if not isinstance(version, str):
+            continue
+        row = out.setdefault(
+            version, {"robots": 0, "running": 0, "in_trial": 0, "connected": 0, "working": 0, "restarts": 0}
+        )
+        row["robots"] += 1
+        row["running"] += 1 if r.get("running") == version and r.get("down") is None else 0
+        row["in_trial"] += 1 if r.get("trial") else 0
+        row["connected"] += 1 if r.get("connected") else 0
+        row["working"] += 1 if r.get("working") else 0
+        row["restarts"] += int(r.get("restarts") or 0)
+        last = r.get("update")
+        if isinstance(last, dict) and isinstance(last.get("result"), str):
+            key = f"last_{last['result']}"
+            row[key] = row.get(key, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def write_status(cloud: CloudDir, doc: dict[str, Any]) -> None:
@@ -230,6 +258,9 @@ def run_fleet(
             log_file=str(cloud.logs_dir / f"simulate-{i}.log"),
             start_wall=start_wall,
             connection=override,
+            release_trust=options.release_trust,
+            version=options.version,
+            commit_timeout_s=options.commit_timeout_s,
         )
         for i, things in enumerate(slices)
     ]
@@ -248,7 +279,8 @@ def run_fleet(
         conns[spec.index] = parent
     say(
         f"starting {len(names)} robots in {len(specs)} process(es), stream every {period * 1000:g} ms, "
-        f"ramp {options.ramp_per_s:g}/s" + (f", faults {options.faults_text}" if faults.any else "")
+        f"ramp {options.ramp_per_s:g}/s"
+        + (f", faults {options.faults_text}" if faults.any or faults.any_update else "")
     )
     statuses: dict[int, dict[str, Any]] = {}
     finals: set[int] = set()
@@ -271,7 +303,7 @@ def run_fleet(
                 {"index": s.index, "pid": p.pid, "alive": p.is_alive()}
                 for s, p in zip(specs, procs, strict=True)
             ],
-            faults=faults.to_json() if faults.any else None,
+            faults=faults.to_json() if faults.any or faults.any_update else None,
             broker_restarts=restarts,
             final=final,
         )

@@ -7,6 +7,12 @@ calls, and every MQTT client uses awscrt's process-wide default ``EventLoopGroup
 A TLS context per identity cannot be shared; robots are started at a controlled rate so that building
 them (about 13 ms each) and the TLS handshakes are spread out.
 
+Each robot's agent runs under a small supervisor (:meth:`Shard._life`) playing the stable launcher's and
+systemd's part: before every start it asks the robot's :class:`~fleetsim.update.SimInstaller` what to run
+(a pending switch, a trial, a rollback), and when the agent exits (EXIT_SWITCH, EXIT_ROLLBACK, a crash at
+start, a missed commit deadline, a power cut) it builds a new :class:`~fleetsim.agent.SimAgent` for the
+same robot, link, configuration and state directory. Its ledger and outbox survive, as on disk.
+
 The parent talks to a shard over a ``multiprocessing`` pipe: the shard sends a status document every
 ``report_s`` and a final one before it exits; the parent sends ``"stop"``.
 """
@@ -16,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import random
 import signal
 import time
 import zlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -27,14 +35,19 @@ from typing import TYPE_CHECKING, Any
 
 from base import logs
 from base.process import raise_nofile_limit
-from fleetsim.faults import FaultAction, FaultSpec, RobotFaults
+from fleetsim.faults import FaultAction, FaultSpec, RobotFaults, slow_link
+from fleetsim.update import CRASH_AFTER_S, REBOOT_S
 
 if TYPE_CHECKING:  # imported when used: awscrt must load after quiet_system_trust_store
     from agent.config import AgentConfig
-    from fleetsim.agent import SimAgent, WorkerPool
+    from fleetsim.agent import Lane, SimAgent, WorkerPool
     from fleetsim.link import SimLink
+    from fleetsim.update import SimInstaller, Start
 
 WORKER_THREADS = 8
+EXECUTOR_THREADS = 32
+RESTART_PAUSE_S = 1.0
+"""The launcher's pause between an agent's exit and the next start (systemd's RestartSec, ours too)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,9 @@ class ShardSpec:
     connection: ConnectionOverride | None = None
     robot_index_base: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    release_trust: str | None = None  # the release-signing certificates the robots trust ([update] trust)
+    version: str | None = None  # the release every robot starts on (None: agent.__version__)
+    commit_timeout_s: float | None = None  # the robots' [update] commit_timeout_s (None: their config's)
 
 
 def quiet_system_trust_store(spec: ShardSpec) -> None:
@@ -103,13 +119,31 @@ def shard_main(spec: ShardSpec, conn: Connection) -> None:
 
 
 class _Robot:
-    def __init__(self, thing: str, link: SimLink, agent: SimAgent, faults: RobotFaults) -> None:
+    def __init__(
+        self,
+        thing: str,
+        link: SimLink,
+        agent: SimAgent,
+        faults: RobotFaults,
+        *,
+        config: AgentConfig,
+        lane: Lane,
+        installer: SimInstaller,
+    ) -> None:
         self.thing = thing
         self.link = link
         self.agent = agent
         self.faults = faults
+        self.config = config
+        self.lane = lane
+        self.installer = installer
         self.task: asyncio.Task[None] | None = None
         self.applied: Counter[str] = Counter()
+        self.start: Start | None = None
+        self.cut = False  # the power was cut under the running agent
+        self.deadline_missed = False
+        self.unplugged_by_build = False  # a bad build's dead sensor stream (update-selftest)
+        self.down: str | None = None  # why no agent runs now (None: one does, or is about to)
 
 
 class Shard:
@@ -134,7 +168,10 @@ class Shard:
         robots: dict[str, Any] = {}
         for r in self.robots:
             try:
-                doc = r.agent.status()
+                doc = dict(r.agent.status())
+                doc.update(r.installer.status())
+                doc["working"] = self._working(r)
+                doc["down"] = r.down
             except Exception as exc:  # a status must never take the shard down
                 doc = {"error": f"status failed: {exc}"}
             doc["faults"] = dict(r.applied)
@@ -164,6 +201,15 @@ class Shard:
             config.intervals, report_min_s=s.report_min_s, telemetry_s=s.telemetry_s, status_s=s.status_s
         )
         changes: dict[str, Any] = {"intervals": intervals, "log_level": s.log_level}
+        update: dict[str, Any] = {}
+        if s.release_trust:
+            update["trust"] = s.release_trust
+        if s.commit_timeout_s is not None:
+            update["commit_timeout_s"] = s.commit_timeout_s
+        if slow_link(s.faults, s.seed, thing):
+            update["download_limit_kbps"] = int(s.faults.update_slow_kbps)
+        if update:
+            changes["update"] = dataclasses.replace(config.update, **update)
         if s.connection is not None:
             changes.update(endpoint=s.connection.endpoint, port=s.connection.port, local=s.connection.local)
             if s.connection.root_ca:
@@ -171,8 +217,9 @@ class Shard:
         return dataclasses.replace(config, **changes)
 
     def _build(self, i: int, thing: str, pool: WorkerPool) -> _Robot:
-        from fleetsim.agent import SimAgent
+        from agent import __version__ as agent_version
         from fleetsim.link import SimLink
+        from fleetsim.update import SimInstaller
 
         s = self.spec
         now = time.monotonic()
@@ -181,10 +228,152 @@ class Shard:
         )
         if s.faults.serial_noise:
             link.sim.control({"op": "noise", "corrupt": s.faults.serial_noise}, now)
-        agent = SimAgent(
-            self._config(thing), link, pool.lane(i), reconnect_max_ms=s.reconnect_max_ms, durable=s.durable
+        config = self._config(thing)
+        installer = SimInstaller(
+            thing,
+            version=s.version or agent_version,
+            spec=s.faults,
+            seed=s.seed,
+            download_dir=Path(config.state_dir) / "downloads",
         )
-        return _Robot(thing, link, agent, RobotFaults(s.faults, s.seed, thing))
+        lane = pool.lane(i)
+        start = installer.boot()
+        robot = _Robot(
+            thing,
+            link,
+            self._agent(thing, config, link, lane, installer, start.version or installer.base_version),
+            RobotFaults(s.faults, s.seed, thing),
+            config=config,
+            lane=lane,
+            installer=installer,
+        )
+        robot.start = start
+        installer.on_power_cut = lambda phase: self._cut(robot, phase)
+        return robot
+
+    def _agent(
+        self,
+        thing: str,
+        config: AgentConfig,
+        link: SimLink,
+        lane: Lane,
+        installer: SimInstaller,
+        version: str,
+    ) -> SimAgent:
+        from fleetsim.agent import SimAgent
+
+        s = self.spec
+        return SimAgent(
+            config,
+            link,
+            lane,
+            reconnect_max_ms=s.reconnect_max_ms,
+            durable=s.durable,
+            installer=installer,
+            version=version,
+        )
+
+    # -- one robot's starts: the launcher's loop ---------------------------------------------------------
+    async def _life(self, r: _Robot) -> None:
+        """Start the robot's agent, and start it again whenever it exits, as the launcher and systemd do."""
+        first = True
+        while not self.stopping.is_set():
+            start = r.start if first and r.start is not None else r.installer.boot()
+            first = False
+            r.start = start
+            if start.version is None:
+                r.down = "no runnable release"
+                self.log.error("fleetsim.update.unbootable", thing=r.thing, slots=r.installer.status())
+                return
+            code, reason = await self._run_once(r, start)
+            if r.cut:
+                r.down = "power cut"
+                await self._pause(REBOOT_S)
+                continue
+            if r.deadline_missed and start.commit_timeout_s is not None:
+                r.installer.deadline_missed(start.version, start.commit_timeout_s)
+            else:
+                r.installer.exited(code, reason, stopping=self.stopping.is_set())
+            if self.stopping.is_set():
+                return
+            r.down = f"restarting: {reason}"
+            await self._pause(RESTART_PAUSE_S)
+
+    async def _run_once(self, r: _Robot, start: Start) -> tuple[int | None, str]:
+        """One start of the robot's agent on ``start.version``; (exit code or None, why it ended)."""
+        assert start.version is not None
+        loop = asyncio.get_running_loop()
+        r.cut = False
+        r.deadline_missed = False
+        faults = start.faults
+        if faults.crash:
+            r.down = f"{start.version} crashing at start"
+            r.installer.crashes += 1
+            await asyncio.sleep(CRASH_AFTER_S)
+            return 1, "exited with 1"
+        if start.trial and faults.selftest:
+            if r.link.transport.plugged:
+                r.link.unplug(time.monotonic())
+                r.unplugged_by_build = True
+        elif r.unplugged_by_build:
+            r.link.plug()
+            r.unplugged_by_build = False
+        if r.agent.started:
+            r.link.restart_host()
+            r.agent = self._agent(r.thing, r.config, r.link, r.lane, r.installer, start.version)
+        r.down = None
+        timers: list[asyncio.TimerHandle] = []
+        if start.trial and start.commit_timeout_s:
+            timers.append(loop.call_later(start.commit_timeout_s, self._deadline, r, r.agent))
+        if (
+            start.trial
+            and faults.power_cut == "self_test"
+            and (start.version, "self_test") not in r.installer.fired
+        ):
+            bake = float((r.installer.state.trial or {}).get("bake_s") or 2.0)
+            at = random.Random(f"{self.spec.seed}/{r.thing}/self_test").uniform(0.3, 0.8) * max(bake, 1.0)
+            timers.append(loop.call_later(at, r.installer.maybe_cut, start.version, "self_test"))
+        try:
+            code = await r.agent.run()
+        finally:
+            for t in timers:
+                t.cancel()
+        return code, f"exited with {code}"
+
+    def _deadline(self, r: _Robot, agent: SimAgent) -> None:
+        """The trial's commit deadline: the launcher stops the agent (and rolls the trial back)."""
+        if r.agent is agent and not agent.stopping.is_set() and not r.cut:
+            trial = r.installer.state.trial
+            if trial is not None and trial.get("version") == agent.agent.version:
+                r.deadline_missed = True
+                agent.stopping.set()
+
+    def _cut(self, r: _Robot, phase: str) -> None:
+        """A power cut under the running agent: its link dies without a DISCONNECT (the will fires), then it
+        is taken down; the launcher's on_exit never runs."""
+        r.cut = True
+        r.applied[f"update_power_cut_{phase}"] += 1
+        self.log.info("fleet.sim.fault", thing=r.thing, kind="update_power_cut", phase=phase)
+        try:
+            r.agent.mqtt.drop()
+        except Exception as exc:
+            self.log.warning("fleet.sim.fault.failed", thing=r.thing, kind="update_power_cut", error=str(exc))
+        r.agent.stopping.set()
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _working(self, r: _Robot) -> bool:
+        """Whether the robot runs a release that works: an agent is up on its launcher's current version
+        (or on a trial), and that version is not a bad build (crashing, or failing its self-test)."""
+        start = r.start
+        if start is None or start.version is None or r.down is not None:
+            return False
+        faults = r.installer.faults_of(start.version)
+        return not (faults.crash or faults.selftest) and not r.agent.stopping.is_set()
 
     async def _ramp(self, pool: WorkerPool) -> None:
         loop = asyncio.get_running_loop()
@@ -202,7 +391,7 @@ class Shard:
                 self.log.error("fleet.sim.robot.failed", thing=thing, error=str(exc))
                 continue
             self.robots.append(robot)
-            robot.task = loop.create_task(robot.agent.run())
+            robot.task = loop.create_task(self._life(robot))
         self.log.info("fleetsim.shard.started", robots=len(self.robots))
 
     # -- the ticker and the weather ----------------------------------------------------------------------
@@ -249,6 +438,8 @@ class Shard:
         from fleetsim.agent import WorkerPool
 
         loop = asyncio.get_running_loop()
+        # every robot's blocking calls (an update's download, its verification) share the default executor
+        loop.set_default_executor(ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="sim-io"))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_reader(self.conn.fileno(), self._on_control)

@@ -5,7 +5,9 @@ document names in AWS's placeholder ``${aws:iot:s3-presigned-url:<that URL>}``. 
 document, the Jobs engine replaces the placeholder with :meth:`ArtifactStore.presign`'s URL: a
 time-limited, SigV4 query-signed (S3's presigned form) HTTP URL on the control plane's port, which the iot
 service serves (:meth:`ArtifactStore.serve`): GET or HEAD, the signature verified, expired or tampered → 403
-with S3's XML error, as S3 answers.
+with S3's XML error, as S3 answers. A GET with ``Range: bytes=N-``, ``bytes=N-M`` or ``bytes=-N`` gets 206 and
+that part (how a robot resumes a download); a range past the end is 416 ``InvalidRange``; a header that is
+not one such range is ignored (the whole file, 200), as S3 does.
 
 Files live under ``DIR/artifacts/<bucket>/<key>``.
 """
@@ -17,9 +19,10 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
@@ -36,6 +39,37 @@ _VIRTUAL_HOST = re.compile(
     r"(?P<bucket>[a-z0-9][a-z0-9.-]*)\.s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com"
 )
 _PATH_HOST = re.compile(r"s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com")
+_RANGE = re.compile(r"bytes=(?:(?P<first>[0-9]+)-(?P<last>[0-9]*)|-(?P<suffix>[0-9]+))")
+
+
+SLICE_CHUNK = 1 << 20  # a Range answer goes out this many bytes at a time
+
+
+@dataclass(frozen=True)
+class FileSlice:
+    """``length`` bytes of ``path`` from ``offset``: the body of a Range answer, streamed in chunks (as a
+    whole file is), never read into memory at once."""
+
+    path: Path
+    offset: int
+    length: int
+
+    def chunks(self, size: int = SLICE_CHUNK) -> Iterator[bytes]:
+        left = self.length
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            while left > 0:
+                chunk = f.read(min(size, left))
+                if not chunk:
+                    return
+                left -= len(chunk)
+                yield chunk
+
+    def read_bytes(self) -> bytes:
+        return b"".join(self.chunks())
+
+
+Body = bytes | Path | FileSlice  # what serve answers: the bytes, a whole file or a part of one to stream
 
 
 class ArtifactError(ValueError):
@@ -174,8 +208,9 @@ class ArtifactStore:
 
     def serve(
         self, method: str, raw_path_with_query: str, headers: Mapping[str, str], now: float
-    ) -> tuple[int, dict[str, str], bytes | Path]:
-        """S3's answer to a presigned GET/HEAD: (status, headers, body bytes or the file to stream)."""
+    ) -> tuple[int, dict[str, str], Body]:
+        """S3's answer to a presigned GET/HEAD: (status, headers, body bytes, the file or the part of it
+        to stream)."""
         if method not in ("GET", "HEAD"):
             return _s3_error(
                 405, "MethodNotAllowed", "The specified method is not allowed against this resource."
@@ -212,8 +247,48 @@ class ArtifactStore:
             "Content-Type": "application/octet-stream",
             "Content-Length": str(stat.st_size),
             "ETag": f'"{etag}"',
+            "Accept-Ranges": "bytes",
         }
+        wanted = _header(headers, "Range")
+        if method == "GET" and wanted is not None:
+            span = byte_range(wanted, stat.st_size)
+            if span is False:
+                status, err_headers, body = _s3_error(
+                    416, "InvalidRange", "The requested range is not satisfiable"
+                )
+                return status, {**err_headers, "Content-Range": f"bytes */{stat.st_size}"}, body
+            if span is not None:
+                first, last = span
+                part = FileSlice(path, first, last - first + 1)
+                out_headers["Content-Length"] = str(part.length)
+                out_headers["Content-Range"] = f"bytes {first}-{last}/{stat.st_size}"
+                return 206, out_headers, part
         return 200, out_headers, (b"" if method == "HEAD" else path)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), None)
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | Literal[False] | None:
+    """The inclusive (first, last) byte of a single ``Range: bytes=...`` within ``size``; None when the header
+    is not one range we serve (S3 then sends the whole object); False when it is unsatisfiable (416)."""
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    if match.group("suffix") is not None:
+        length = int(match.group("suffix"))
+        if length == 0 or size == 0:
+            return False
+        return max(0, size - length), size - 1
+    first = int(match.group("first"))
+    if match.group("last") and int(match.group("last")) < first:
+        return None  # syntactically invalid: ignored, as RFC 9110 says
+    if first >= size:
+        return False
+    last = int(match.group("last")) if match.group("last") else size - 1
+    return first, min(last, size - 1)
 
 
 def _s3_error(status: int, code: str, message: str) -> tuple[int, dict[str, str], bytes]:

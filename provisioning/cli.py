@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from base import logs
 from base.cli import Parser, add_completion, add_json, bash_completion, entry
-from provisioning import aws, certs, hsm
+from provisioning import aws, certs, hsm, release
 from provisioning.batch import BatchStopped, PlannedThing, Progress, plan_count, plan_serials, run_batch
 from provisioning.ca import CA_CERT, init_ca, issue_server_cert, load_ca, read_certificate
 from provisioning.device import (
@@ -289,8 +289,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     jitp.add_argument("--thing-type", help="thing type for the things created (default: none)")
     jitp.add_argument("--role-arn", help="wrap as --registration-config {templateBody, roleArn}")
+    _add_release(sub)
     add_completion(sub, PROG)
     return parser
+
+
+def _add_release(sub: Any) -> None:
+    rel_parser = sub.add_parser(
+        "release",
+        help="release signing: the key, detached signatures, bundle checks",
+        description="The release-signing key (separate from the device CA), detached signatures, and the "
+        "check a robot makes of a release bundle before it installs it.",
+        exit_codes=REFUSED,
+    )
+    rel = rel_parser.add_subparsers(
+        dest="release_command", required=True, metavar="COMMAND", title="commands"
+    )
+    kg = rel.add_parser(
+        "keygen",
+        help="make the release-signing key and its certificate (key file, or key inside a PKCS#11 token)",
+        description="Make the release-signing key (EC P-256) and its self-signed code-signing certificate: "
+        f"DIR/{release.SIGNING_CERT} (what robots trust) and DIR/{release.SIGNING_KEY} (0600), or a key "
+        f"inside a PKCS#11 token and DIR/{release.SIGNING_PKCS11}.",
+        exit_codes={1: "refused: DIR already holds a release key, or the token/PIN is wrong"},
+    )
+    kg.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="the signing directory (made 0700)"
+    )
+    kg.add_argument(
+        "--name", default=release.DEFAULT_SIGNER_NAME, help="certificate common name (default %(default)r)"
+    )
+    _days(kg, release.DEFAULT_DAYS, "signing certificate")
+    _add_pkcs11(kg, key_label_default=release.DEFAULT_KEY_LABEL)
+    add_json(kg, "where the certificate and key are, and the signer id")
+    sg = rel.add_parser(
+        "sign",
+        help="detached signature (DER ECDSA P-256 SHA-256) of a file",
+        description="Write a detached DER ECDSA P-256 / SHA-256 signature of FILE "
+        "(`openssl dgst -sha256 -verify PUBKEY -signature SIG FILE` checks it).",
+        exit_codes=REFUSED,
+    )
+    sg.add_argument("--signer", required=True, type=Path, metavar="DIR", help="the signing directory")
+    sg.add_argument("file", type=Path, metavar="FILE", help="the file to sign")
+    sg.add_argument("--out", type=Path, metavar="SIG", help="the signature file (default FILE.sig)")
+    sg.add_argument("--force", action="store_true", help="replace an existing signature file")
+    _add_pin_file(sg)
+    add_json(sg, "the signature file and the signer id")
+    vf = rel.add_parser(
+        "verify",
+        help="check a release bundle (or a detached signature) against trusted certificates",
+        description="Check BUNDLE the way a robot does before installing it: the signature over the manifest "
+        "against the trusted certificates, then every member's size and SHA-256, and the tar's structure. "
+        "With --signature SIG, check a detached signature of any FILE instead.",
+        exit_codes={1: "not valid: the error line says which check failed (signature, hash, format, io)"},
+    )
+    vf.add_argument("--trust", required=True, type=Path, metavar="PEM", help="trusted release certificate(s)")
+    vf.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle (or FILE with --signature)")
+    vf.add_argument("--signature", type=Path, metavar="SIG", help="verify this detached signature of FILE")
+    add_json(vf, "the verdict and the manifest")
 
 
 def _emit(out: TextIO, json_mode: bool, doc: dict[str, Any], text: str) -> None:
@@ -596,6 +652,87 @@ def cmd_aws_jitp(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _pkcs11_spec(args: argparse.Namespace) -> release.TokenSpec | None:
+    if not (args.pkcs11_module or args.token):
+        return None
+    if not (args.pkcs11_module and args.token):
+        raise InvalidInput("a token release key needs both --pkcs11-module and --token")
+    return release.TokenSpec(
+        module=args.pkcs11_module, token_label=args.token, key_label=args.key_label, pin_file=args.pin_file
+    )
+
+
+def cmd_release_keygen(args: argparse.Namespace, out: TextIO) -> int:
+    ident = release.keygen(args.out, name=args.name, days=args.days, token=_pkcs11_spec(args))
+    doc = {
+        "dir": str(ident.dir),
+        "certificate": str(ident.cert_path),
+        "key": str(ident.key_path) if ident.key_path else None,
+        "token": ident.token.token_label if ident.token else None,
+        "key_label": ident.token.key_label if ident.token else None,
+        "signer": ident.signer_id,
+        "not_after": ident.certificate.not_valid_after_utc.isoformat(),
+    }
+    where = f"in token {args.token!r} label {args.key_label!r}" if ident.token else str(ident.key_path)
+    _emit(
+        out,
+        args.json,
+        doc,
+        f"release certificate: {ident.cert_path} (robots trust this file)\nkey: {where}\n"
+        f"signer id: {ident.signer_id}",
+    )
+    return 0
+
+
+def cmd_release_sign(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.file.is_file():
+        raise InvalidInput(f"{args.file}: no such file")
+    target = args.out or args.file.with_name(args.file.name + ".sig")
+    if target.exists() and not args.force:
+        raise OutputExists(f"{target} already exists; pass --force to replace it")
+    with release.load_signer(args.signer, pin_file=args.pin_file) as signer:
+        signature = signer.sign_file(args.file)
+        signer_id = signer.signer_id
+    _write_output(target, signature, force=args.force)
+    doc = {"file": str(args.file), "signature": str(target), "signer": signer_id}
+    _emit(out, args.json, doc, f"signature: {target}\nsigner id: {signer_id}")
+    return 0
+
+
+def cmd_release_verify(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        trust = release.load_trust(args.trust)
+        if args.signature is not None:
+            try:
+                data, signature = args.bundle.read_bytes(), args.signature.read_bytes()
+            except OSError as exc:
+                raise release.ReleaseError("io", f"cannot read {exc.filename}: {exc.strerror}") from None
+            cert = release.verify_signature(data, signature, trust)
+            doc: dict[str, Any] = {"ok": True, "file": str(args.bundle), "signer": certs.certificate_id(cert)}
+            _emit(out, args.json, doc, f"ok: {args.bundle} is signed by {doc['signer']}")
+            return 0
+        manifest = release.verify_bundle(args.bundle, trust)
+    except release.ReleaseError as exc:
+        print(f"{PROG}: error: {exc.kind}: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "kind": exc.kind, "error": str(exc)}, indent=2), file=out)
+        return 1
+    doc = {
+        "ok": True,
+        "bundle": str(args.bundle),
+        "sha256": release.sha256_file(args.bundle),
+        "manifest": manifest.to_json(),
+    }
+    _emit(
+        out,
+        args.json,
+        doc,
+        f"ok: {args.bundle} is release {manifest.version} (from {manifest.min_previous} on, "
+        f"{manifest.python_abi}, {len(manifest.files)} wheels), signed by {manifest.signer}",
+    )
+    return 0
+
+
 def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "ca":
         handlers = {
@@ -607,6 +744,9 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "device":
         handlers = {"keygen": cmd_keygen, "create": cmd_device_create, "install": cmd_device_install}
         return handlers[args.device_command](args, out)
+    if args.command == "release":
+        handlers = {"keygen": cmd_release_keygen, "sign": cmd_release_sign, "verify": cmd_release_verify}
+        return handlers[args.release_command](args, out)
     if args.command == "aws":
         return {"policy": cmd_aws_policy, "jitp-template": cmd_aws_jitp}[args.aws_command](args, out)
     return {"sign": cmd_sign, "batch": cmd_batch, "verify": cmd_verify}[args.command](args, out)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 machine (or a developer laptop):
 #  - Debian packages the tests and the local cloud use (mosquitto, mosquitto-clients, softhsm2, openssl,
-#    socat); mosquitto_sub/mosquitto_pub are the raw MQTT clients `roomba-fleet up` prints a line for
+#    socat, rauc + squashfs-tools + dbus for the RAUC installer backend); mosquitto_sub/mosquitto_pub
+#    are the raw MQTT clients `roomba-fleet up` prints a line for
 #  - a virtualenv in .venv with the project installed editable, with its dev extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,9 @@ command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
+command -v rauc >/dev/null 2>&1 || need_apt+=(rauc)
+command -v mksquashfs >/dev/null 2>&1 || need_apt+=(squashfs-tools)
+command -v dbus-daemon >/dev/null 2>&1 || need_apt+=(dbus)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
     mapfile -t need_apt < <(printf '%s\n' "${need_apt[@]}" | sort -u)

@@ -78,3 +78,13 @@ def paho_robot() -> Iterator[Callable[..., PahoRobot]]:
 def tls_refused_fixture() -> Callable[[LocalCloud, Path, Path], str | None]:
     """``tls_refused(cloud, cert, key)``: why an MQTT/TLS connection with this certificate failed, or None."""
     return tls_refused
+
+
+@pytest.fixture(scope="session")
+def release_kit(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Signed release bundles (:class:`provisioning.release_build.ReleaseKit`): ``.signer_dir``, ``.trust_pem``,
+    ``.build(version, source=None, deps=True) -> Path`` and ``.source_copy(tmp_path) -> Path``; the dependency
+    wheelhouse is built at most once per session."""
+    from provisioning.release_build import ReleaseKit
+
+    return ReleaseKit(tmp_path_factory.mktemp("release-kit"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("base", "hal", "shadow", "agent", "provisioning", "localcloud", "fleetsim", "fleet")
+PACKAGES = ("base", "hal", "shadow", "agent", "provisioning", "localcloud", "fleetsim", "rollout", "fleet")
 # private by convention but public by contract in the standard library
 STDLIB_PUBLIC = frozenset({"_replace", "_asdict", "_fields", "_make", "_exit", "_field_defaults"})
 SELF_NAMES = frozenset({"self", "cls"})
@@ -248,7 +248,10 @@ ALLOWED_DEPENDENCIES: dict[str, frozenset[str]] = {
     "agent": frozenset({"base", "hal", "shadow", "provisioning"}),
     "localcloud": frozenset({"base", "shadow", "provisioning"}),
     "fleetsim": frozenset({"base", "hal", "shadow", "provisioning", "agent", "localcloud"}),
-    "fleet": frozenset({"base", "hal", "shadow", "provisioning", "agent", "localcloud", "fleetsim"}),
+    "rollout": frozenset({"base", "shadow", "provisioning", "localcloud"}),
+    "fleet": frozenset(
+        {"base", "hal", "shadow", "provisioning", "agent", "localcloud", "fleetsim", "rollout"}
+    ),
 }
 
 

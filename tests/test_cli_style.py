@@ -77,8 +77,19 @@ NO_JSON = {
     "roomba-sim ctl": "always prints the JSON answer",
 }
 SUB_NAMES = {
-    "roomba-agent": ["run", "status", "doctor", "config", "probe"],
-    "roomba-fleet": ["up", "robot", "command", "shadow", "watch", "simulate", "jobs", "artifact"],
+    "roomba-agent": ["run", "status", "doctor", "config", "update", "probe"],
+    "roomba-fleet": [
+        "up",
+        "robot",
+        "command",
+        "shadow",
+        "watch",
+        "simulate",
+        "jobs",
+        "artifact",
+        "release",
+        "rollout",
+    ],
 }
 
 

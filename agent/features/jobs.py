@@ -39,6 +39,7 @@ from agent.config import AgentConfig
 from agent.features import FeatureRegistry
 from agent.features.events import Events
 from agent.features.settings import Settings
+from agent.features.update import NO_INSTALLER, UpdateFeature
 from agent.jobs import builtins, protocol
 from agent.jobs.document import (
     Action,
@@ -135,9 +136,11 @@ class Jobs:
         log: AgentLog,
         loop: asyncio.AbstractEventLoop,
         version: str = AGENT_VERSION,
+        updater: UpdateFeature | None = None,
     ) -> None:
         self.config = config
         self.version = version
+        self.updater = updater
         self.jc = config.jobs
         self.thing = config.thing_name
         self.robot = robot
@@ -600,16 +603,16 @@ class Jobs:
         key = (job_id, number)
         cur = self.current = Active(job_id, number, version)
         entry = self.journal.get(key)
+        document = execution.get("jobDocument")
+        if isinstance(document, str):  # an object over MQTT; a string where it came through HTTP
+            try:
+                document = json.loads(document)
+            except ValueError:
+                pass
         if entry is None:
-            document = execution.get("jobDocument")
-            if isinstance(document, str):  # an object over MQTT; a string where it came through HTTP
-                try:
-                    document = json.loads(document)
-                except ValueError:
-                    pass
             self._take_new(cur, document)
         else:
-            self._take_journalled(cur, entry)
+            self._take_journalled(cur, entry, document)
 
     def _plan(self, document: Any, *, new: bool = True) -> Plan | Rejection:
         settings = document.get("settings") if isinstance(document, dict) else None
@@ -628,6 +631,9 @@ class Jobs:
         restart = isinstance(plan, RobotPlan) and plan.operation == "restart-agent"
         if restart and new and not self.own_process:
             return Rejection("restart-agent needs an agent in a process of its own (not a simulated fleet)")
+        update = isinstance(plan, RobotPlan) and plan.operation == "update"
+        if update and (self.updater is None or not self.updater.can_install):
+            return Rejection(NO_INSTALLER)
         return plan
 
     def _take_new(self, cur: Active, document: Any) -> None:
@@ -647,7 +653,7 @@ class Jobs:
         cur.plan = plan
         cur.task = self.loop.create_task(self._run(cur, plan, 0, {}))
 
-    def _take_journalled(self, cur: Active, entry: Entry) -> None:
+    def _take_journalled(self, cur: Active, entry: Entry, fresh: Any = None) -> None:
         decision = recovery(entry)
         self.log.info("jobs.journalled", job_id=cur.job_id, decision=decision.action, reason=decision.reason)
         if decision.action == "resend":
@@ -664,6 +670,7 @@ class Jobs:
         if isinstance(plan, Rejection):
             self.finish(cur, "FAILED", {"reason": f"can no longer run here: {plan.reason}"})
             return
+        plan = _fresh_url(plan, fresh)
         cur.plan = plan
         progress = dict(entry.progress)
         if decision.action == "resume":
@@ -736,21 +743,27 @@ class Jobs:
         self.finish(cur, status, details)
 
     @staticmethod
-    def _clear_step_timer(cur: Active) -> int | None:
+    def clear_step_timer(cur: Active) -> int | None:
         """-1 (AWS: cancel the step timer) on the first update after waiting updates set one."""
         if cur.step_timer_set:
             cur.step_timer_set = False
             return -1
         return None
 
-    async def wait_for_gates(self, cur: Active, gates: Gates) -> None:
-        """Wait (never interrupting a mission) until the robot's state meets the job's requirements,
-        saying what it waits for and keeping the step timer alive."""
+    async def wait_for_gates(
+        self, cur: Active, gates: Gates, extra: Callable[[], str | None] | None = None
+    ) -> None:
+        """Wait (never interrupting a mission) until the robot's state meets the job's requirements (and
+        ``extra()`` is None: an operation's own condition), saying what it waits for and keeping the step
+        timer alive."""
         last: str | None = None
         sent = 0.0
         waited = False
         while True:
             missing = unmet(gates, self.view())
+            more = None if extra is None else extra()
+            if more:
+                missing.append(more)
             if not missing:
                 if waited:
                     cur.waiting_for = None
@@ -778,7 +791,7 @@ class Jobs:
             progress = {**progress}
             self.journal.step_started(cur.key, i, progress)  # durable before the step runs
             cur.phase, cur.step = "running", f"{i + 1}/{n} {action.name}"
-            self.progress(cur, self._clear_step_timer(cur))
+            self.progress(cur, self.clear_step_timer(cur))
             result = await self._run_action(action)
             progress["stdout"] = tail(str(progress.get("stdout", "")) + result.stdout)
             progress["stderr"] = tail(str(progress.get("stderr", "")) + result.stderr)
@@ -806,6 +819,11 @@ class Jobs:
         self, cur: Active, plan: RobotPlan, start: int, progress: dict[str, Any]
     ) -> tuple[str, dict[str, Any]]:
         op = plan.operation
+        if op == "update" and self.updater is not None:
+            if start == 0:
+                self.journal.step_started(cur.key, 0, progress)  # resumable: goes on after a restart
+            cur.phase, cur.step = "running", op
+            return await self.updater.run(UpdateRun(self, cur), plan.args, progress)
         if start >= 1:  # the step (restart-agent) was resumed after the restart
             return "SUCCEEDED", {
                 "operation": op,
@@ -814,7 +832,7 @@ class Jobs:
             }
         self.journal.step_started(cur.key, 0, progress)  # durable before anything is sent to the robot
         cur.phase, cur.step = "running", op
-        self.progress(cur, self._clear_step_timer(cur))
+        self.progress(cur, self.clear_step_timer(cur))
         extra: dict[str, str] = {}
         if op == "mission":
             action = str(plan.args["action"])
@@ -883,6 +901,55 @@ class Jobs:
         atexit.register(again)
         self.stopping.set()
         await asyncio.Event().wait()  # cancelled when the features stop
+
+
+class UpdateRun:
+    """The update feature's view of its job (:class:`agent.features.update.JobRun`): the journal row's
+    progress, the IN_PROGRESS updates, the waits."""
+
+    def __init__(self, jobs: Jobs, cur: Active) -> None:
+        self.jobs = jobs
+        self.cur = cur
+
+    @property
+    def job(self) -> dict[str, Any]:
+        return {"job_id": self.cur.job_id, "execution_number": self.cur.execution_number}
+
+    def record(self, state: Mapping[str, Any]) -> None:
+        self.jobs.journal.step_started(self.cur.key, 0, {"update": dict(state)})
+
+    def report(self, details: Mapping[str, Any]) -> None:
+        cur = self.cur
+        cur.phase = str(details.get("phase") or cur.phase)
+        fields = {k: v for k, v in details.items() if k != "phase"}
+        self.jobs.progress(cur, self.jobs.clear_step_timer(cur), **fields)
+
+    async def wait_for(self, unmet: Callable[[], str | None]) -> None:
+        cur = self.cur
+        phase = cur.phase
+        await self.jobs.wait_for_gates(cur, Gates(), unmet)
+        cur.phase = phase
+
+    async def flush(self, timeout_s: float) -> None:
+        cur = self.cur
+        deadline = self.jobs.loop.time() + timeout_s
+        while (cur.outgoing is not None or cur.queued is not None) and self.jobs.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+
+def _fresh_url(plan: Plan, fresh: Any) -> Plan:
+    """A journalled update resumed after a restart downloads from the URL the cloud handed out now (a
+    presigned URL expires), when the document is otherwise the same release."""
+    if not isinstance(plan, RobotPlan) or plan.operation != "update" or not isinstance(fresh, Mapping):
+        return plan
+    old, new = plan.args.get("release"), fresh.get("release")
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return plan
+    same = all(old.get(k) == new.get(k) for k in ("version", "sha256", "size"))
+    url = new.get("url")
+    if not same or not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return plan
+    return replace(plan, args={**plan.args, "release": {**old, "url": url}})
 
 
 def _outputs(progress: Mapping[str, Any], include_stdout: bool) -> dict[str, Any]:

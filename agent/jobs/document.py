@@ -5,7 +5,8 @@ Two kinds, told apart by their top-level keys:
 - the AWS IoT Device Client's schema version 1.0 (``version``, ``steps``, ``finalStep``), so documents
   written for AWS's device client and AWS's managed templates run unchanged; their ``runCommand`` and
   ``runHandler`` actions need ``[jobs] allow_commands = true`` (and ``handler_dir`` for handlers);
-- the agent's own operations (``operation``: mission, doctor, collect-logs, restart-agent, set-settings),
+- the agent's own operations (``operation``: mission, doctor, collect-logs, restart-agent, set-settings,
+  update),
   published as ``schemas/job-robot.schema.json``.
 
 Either may carry ``requires`` (robot-state gates the agent waits for) and a robot document ``models`` (the
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 DEVICE_CLIENT_SCHEMA = "job-device-client"
 ROBOT_SCHEMA = "job-robot"
 MAX_DOCUMENT_BYTES = 32768  # AWS's limit on a job document
-OPERATIONS = ("mission", "doctor", "collect-logs", "restart-agent", "set-settings")
+OPERATIONS = ("mission", "doctor", "collect-logs", "restart-agent", "set-settings", "update")
 MISSION_TIMEOUT_S = {"clean": 120.0, "spot": 120.0, "max": 120.0, "dock": 900.0, "stop": 60.0}
 NO_COMMANDS = "this robot does not run commands or handlers from jobs (its [jobs] allow_commands is false)"
 
@@ -98,8 +99,9 @@ class RobotPlan:
         return [self.operation]
 
     def resumable(self, index: int) -> bool:
-        """restart-agent is done once the agent runs again; every other operation is not resumable."""
-        return self.operation == "restart-agent"
+        """restart-agent is done once the agent runs again; an update goes on after a restart from its
+        journalled phase (``agent.update.decide``); every other operation is not resumable."""
+        return self.operation in ("restart-agent", "update")
 
     @property
     def timeout_s(self) -> float:

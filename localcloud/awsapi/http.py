@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from base import logs
-from localcloud.artifacts import URL_PREFIX, ArtifactStore
+from localcloud.artifacts import URL_PREFIX, ArtifactStore, Body, FileSlice
 from localcloud.awsapi import routes, sigv4
 from localcloud.awsapi.errors import ApiError
 
 log = logs.get_logger("localcloud.awsapi.http")
 
 Invoke = Callable[[str, str, dict[str, Any]], dict[str, Any]]
-Response = tuple[int, dict[str, str], bytes | Path]
+Response = tuple[int, dict[str, str], Body]
 
 
 class ApiFrontEnd:
@@ -132,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         self._reply(status, out_headers, payload)
 
-    def _reply(self, status: int, headers: Mapping[str, str], payload: bytes | Path) -> None:
+    def _reply(self, status: int, headers: Mapping[str, str], payload: Body) -> None:
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -142,6 +142,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             with open(payload, "rb") as f:
                 shutil.copyfileobj(f, self.wfile)
+            return
+        if isinstance(payload, FileSlice):
+            if "Content-Length" not in headers:
+                self.send_header("Content-Length", str(payload.length))
+            self.end_headers()
+            for chunk in payload.chunks():
+                self.wfile.write(chunk)
             return
         if "Content-Length" not in headers:
             self.send_header("Content-Length", str(len(payload)))
@@ -164,6 +171,6 @@ def serve(front: ApiFrontEnd, host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
-def json_body(payload: bytes | Path) -> Any:
+def json_body(payload: Body) -> Any:
     """The decoded JSON of a response body (tests)."""
-    return json.loads(payload.read_bytes() if isinstance(payload, Path) else payload)
+    return json.loads(payload.read_bytes() if isinstance(payload, Path | FileSlice) else payload)

@@ -244,16 +244,17 @@ def test_schema_and_dataclasses_agree() -> None:
     from dataclasses import MISSING, fields
 
     leaves = {p for p, sub in cfg.walk() if sub.get("type") != "object" or p == "connection.pkcs11"}
-    mapped = {dotted for name, dotted in cfg.FIELDS.items() if name not in ("intervals", "jobs")}
+    mapped = {dotted for name, dotted in cfg.FIELDS.items() if name not in ("intervals", "jobs", "update")}
     mapped |= {f"intervals.{f.name}" for f in fields(cfg.Intervals)}
     mapped |= {f"jobs.{f.name}" for f in fields(cfg.JobsConfig)}
+    mapped |= {f"update.{f.name}" for f in fields(cfg.UpdateConfig)}
     mapped |= {f"connection.pkcs11.{f.name}" for f in fields(cfg.Pkcs11Key)}
     leaves |= {p for p, _ in cfg.walk() if p.startswith("connection.pkcs11.")}
     assert leaves == mapped
     assert set(cfg.FIELDS) == {f.name for f in fields(cfg.AgentConfig)}
     defaults = _schema_defaults(cfg.schema())
     for f in fields(cfg.AgentConfig):
-        if f.name in ("intervals", "jobs"):
+        if f.name in ("intervals", "jobs", "update"):
             continue
         dotted = cfg.FIELDS[f.name]
         if f.default is not MISSING and f.default is not None:  # a required field may have a schema default
@@ -262,6 +263,8 @@ def test_schema_and_dataclasses_agree() -> None:
         assert defaults[f"intervals.{f.name}"] == f.default, f.name
     for f in fields(cfg.JobsConfig):
         assert defaults[f"jobs.{f.name}"] == f.default, f.name
+    for f in fields(cfg.UpdateConfig):
+        assert defaults[f"update.{f.name}"] == f.default, f.name
     assert defaults["state_dir"] == cfg.DEFAULT_STATE_DIR
     assert tuple(cfg.schema()["properties"]["log_level"]["enum"]) == cfg.LOG_LEVELS
 

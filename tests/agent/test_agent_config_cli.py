@@ -55,12 +55,16 @@ def test_init_template_lists_every_key_with_its_default_and_a_comment(
     assert main(["config", "init"]) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
+    table = 0  # the line of the table the key is in (a key name, e.g. enabled, may be in several tables)
     for path, sub in cfg.walk():
         name = path.rsplit(".", 1)[-1]
         if sub.get("type") == "object":
-            line = next(i for i, line in enumerate(lines) if line.lstrip("# ") == f"[{path}]")
+            line = table = next(i for i, line in enumerate(lines) if line.lstrip("# ") == f"[{path}]")
         else:
-            line = next(i for i, line in enumerate(lines) if re.match(rf"^(# )?{name} = ", line))
+            start = table if "." in path else 0
+            line = next(
+                i for i, line in enumerate(lines) if i >= start and re.match(rf"^(# )?{name} = ", line)
+            )
             if "default" in sub:
                 assert lines[line] == f"# {name} = {json.dumps(sub['default'])}", path
         assert lines[line - 1] == "# " + lines[line - 1].lstrip("# "), path  # a comment above each

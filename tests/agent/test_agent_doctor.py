@@ -25,6 +25,7 @@ STAGES = [
     "mqtt connect",
     "shadow round trip",
     "jobs subscription",
+    "update",
     "serial port",
     "oi handshake",
     "robot health",

@@ -12,13 +12,18 @@ ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "roomba-agent.service"
 SYSUSERS = ROOT / "systemd" / "roomba-agent.sysusers.conf"
 TMPFILES = ROOT / "systemd" / "roomba-agent.tmpfiles.conf"
-VENV_AGENT = Path(sys.executable).parent / "roomba-agent"
+LAUNCHER_EXEC = (
+    "ExecStart=/usr/bin/python3 /usr/lib/roomba-agent/launcher.py --root /opt/roomba-agent -- "
+    "run --config /etc/roomba-agent/agent.toml"
+)
 
 
 def unit_copy(tmp_path: Path) -> Path:
-    """The unit with ExecStart pointing at this venv's roomba-agent (verify needs the binary to exist)."""
-    assert VENV_AGENT.exists()
-    text = UNIT.read_text().replace("ExecStart=/usr/bin/roomba-agent", f"ExecStart={VENV_AGENT}")
+    """The unit, with ExecStart's python3 this one if the machine has no /usr/bin/python3 (verify needs the
+    binary to exist)."""
+    text = UNIT.read_text()
+    if not Path("/usr/bin/python3").exists():
+        text = text.replace("ExecStart=/usr/bin/python3", f"ExecStart={sys.executable}")
     path = tmp_path / "roomba-agent.service"
     path.write_text(text)
     return path
@@ -38,9 +43,27 @@ def test_unit_shape() -> None:
         "ConfigurationDirectory=roomba-agent",
         "RuntimeDirectory=roomba-agent",
         "RestartPreventExitStatus=78",
-        "ExecStart=/usr/bin/roomba-agent run --config /etc/roomba-agent/agent.toml",
+        "SuccessExitStatus=100 101",
+        "RestartForceExitStatus=100 101",
+        "ReadWritePaths=/opt/roomba-agent",
+        "NotifyAccess=main",
+        LAUNCHER_EXEC,
     ):
         assert line in text, line
+
+
+def test_the_unit_starts_the_launcher_with_its_exit_codes() -> None:
+    """ExecStart runs the stable launcher (agent/launcher.py, installed as /usr/lib/roomba-agent/launcher.py)
+    on the release root; the exit codes the unit names are the launcher's."""
+    from agent import launcher
+
+    text = UNIT.read_text()
+    assert f"SuccessExitStatus={launcher.EXIT_SWITCH} {launcher.EXIT_ROLLBACK}" in text
+    assert f"RestartPreventExitStatus={launcher.EX_CONFIG}" in text
+    assert f"--root {launcher.DEFAULT_ROOT} --" in text
+    argv = LAUNCHER_EXEC.removeprefix("ExecStart=").split()
+    parsed = launcher.build_parser().parse_args(argv[2 : argv.index("--")])
+    assert parsed.root == launcher.DEFAULT_ROOT
 
 
 def test_systemd_analyze_verify_is_silent(tmp_path: Path) -> None:
@@ -103,6 +126,8 @@ def test_sysusers_and_tmpfiles_in_a_scratch_root(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert (ident / "device.key").stat().st_mode & 0o777 == 0o600
     assert (ident / "device.key").stat().st_uid != 0
+    releases = tmp_path / "opt" / "roomba-agent"  # the unit's ReadWritePaths= must exist
+    assert releases.is_dir() and releases.stat().st_uid == (ident / "device.key").stat().st_uid
 
 
 def test_tools_present() -> None:

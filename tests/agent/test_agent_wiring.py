@@ -175,6 +175,7 @@ def test_one_start_up_runs_a_command_survives_a_drop_and_stops_in_order(tmp_path
             "settings",
             "health",
             "reporting",
+            "update",
             "jobs",
         ]
         running = asyncio.get_running_loop().create_task(agent.run())
@@ -201,7 +202,16 @@ def test_one_start_up_runs_a_command_survives_a_drop_and_stops_in_order(tmp_path
 
     code, started, presence = asyncio.run(scenario())
     assert code == 0
-    assert started == ["events", "commands", "aws-commands", "settings", "health", "reporting", "jobs"]
+    assert started == [
+        "events",
+        "commands",
+        "aws-commands",
+        "settings",
+        "health",
+        "reporting",
+        "update",
+        "jobs",
+    ]
     assert presence == ["online", "online", "offline"]
     status = json.loads((Path(config.state_dir) / "status.json").read_text())
     assert status["last_command"]["id"] == "w1" and status["mqtt"]["connected"] is False

@@ -43,7 +43,18 @@ def test_simulate_refuses_bad_input_before_provisioning_anything(
 def test_every_sub_command_lives_in_the_fleet_module_of_its_name() -> None:
     assert {name: sub.module for name, sub in TOOL.subs.items()} == {
         name: f"fleet.{name}"
-        for name in ("up", "robot", "command", "shadow", "watch", "simulate", "jobs", "artifact")
+        for name in (
+            "up",
+            "robot",
+            "command",
+            "shadow",
+            "watch",
+            "simulate",
+            "jobs",
+            "artifact",
+            "release",
+            "rollout",
+        )
     }
     for sub in TOOL.subs.values():
         module = importlib.import_module(sub.module)
