@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -44,6 +43,7 @@ from localcloud.apiclient import ApiClient, ApiNotRunning
 from localcloud.artifacts import ArtifactError, ArtifactStore
 from localcloud.awsapi.errors import ApiError
 from localcloud.layout import CloudDir
+from provisioning.fsio import atomic_write
 from rollout import policy
 from rollout.policy import Decision, Observation, Plan, Track
 
@@ -81,21 +81,7 @@ def control_path(cloud: CloudDir, rollout_id: str) -> Path:
 def write_json_atomic(path: Path, doc: Any) -> None:
     """Write-to-temp, fsync, rename, fsync the directory: a reader sees the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write(path, json.dumps(doc, separators=(",", ":")).encode(), overwrite=True)
 
 
 def load_state(cloud: CloudDir, rollout_id: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from agent.launcher import Slots, iso
 from agent.update.installer import InstallError
 from base.logs import get_logger
+from provisioning.fsio import atomic_write
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -186,21 +187,8 @@ def _kind_of(reason: str) -> str:
 
 def _write_json(path: Path, value: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, sort_keys=True, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    atomic_write(path, data, 0o600, overwrite=True)
 
 
 class RaucInstaller:

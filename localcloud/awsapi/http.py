@@ -130,7 +130,18 @@ class _Handler(BaseHTTPRequestHandler):
                     500, "InternalFailureException", "The local cloud failed on this request; see its log"
                 )
             )
-        self._reply(status, out_headers, payload)
+        try:
+            self._reply(status, out_headers, payload)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # the client went away mid-answer (a robot's download cut by its network, or a client that timed
+            # out): its next request resumes; nothing here is broken
+            self.close_connection = True
+            log.info(
+                "api.client_gone",
+                method=self.command,
+                path=self.path.partition("?")[0],
+                error=type(exc).__name__,
+            )
 
     def _reply(self, status: int, headers: Mapping[str, str], payload: Body) -> None:
         self.send_response(status)

@@ -178,3 +178,46 @@ def test_a_cut_download_resumes_over_http(local_cloud: LocalCloud, tmp_path: Pat
     )
     assert curl.returncode == 0, curl.stderr
     assert partial.read_bytes() == payload
+
+
+def test_a_client_that_goes_away_mid_download_is_logged_not_a_traceback(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A robot's download cut by its network closes the socket half-way: the server says so in one log
+    line and serves the next request (the resume), with no traceback from the server thread."""
+    import socket
+
+    import structlog
+
+    from localcloud.awsapi import http as api_http
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(8 * 1024 * 1024))
+
+    class Front:
+        def handle(
+            self, method: str, path: str, headers: object, body: bytes
+        ) -> tuple[int, dict[str, str], Path]:
+            return 200, {"Content-Type": "application/octet-stream"}, big
+
+    server = api_http.serve(Front(), "127.0.0.1", 0)  # type: ignore[arg-type]
+    port = server.server_address[1]
+    try:
+        with structlog.testing.capture_logs() as logs:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert s.recv(1024).startswith(b"HTTP/1.")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()  # RST: the rest of the answer has nowhere to go
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(e["event"] == "api.client_gone" for e in logs):
+                time.sleep(0.05)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/x", timeout=10) as response:
+                assert len(response.read()) == 8 * 1024 * 1024
+        gone = [e for e in logs if e["event"] == "api.client_gone"]
+        assert gone and gone[0]["error"] in ("BrokenPipeError", "ConnectionResetError")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err
