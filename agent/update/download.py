@@ -15,7 +15,6 @@ at the next chunk.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import http.client
 import os
 import re
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from base.backoff import Backoff
+from provisioning.fsio import fsync_dir
+from provisioning.release import sha256_file
 
 CHUNK = 64 * 1024
 DEFAULT_RETRIES = 5
@@ -93,22 +94,6 @@ def _size_mismatch(total: int, size: int) -> str:
     return f"the server's bundle is {total} bytes, the job says {size}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fetch(
     target: Target,
     directory: Path,
@@ -127,7 +112,7 @@ def fetch(
     directory.mkdir(parents=True, exist_ok=True)
     part, done = paths(directory, target.sha256)
     if done.exists():
-        if done.stat().st_size == target.size and _sha256(done) == target.sha256:
+        if done.stat().st_size == target.size and sha256_file(done) == target.sha256:
             return done
         done.unlink()
     backoff = backoff or Backoff(base_s=1.0, cap_s=30.0)
@@ -156,7 +141,7 @@ def fetch(
         if size != target.size:
             wrong = f"the download is {size} bytes, the job says {target.size}"
         else:
-            digest = _sha256(part)
+            digest = sha256_file(part)
             if digest != target.sha256:
                 wrong = f"the download's SHA-256 is {digest}, the job says {target.sha256}"
         if wrong is None:
@@ -166,7 +151,7 @@ def fetch(
             raise DownloadError("hash", wrong)
         # a resumed one may hold a torn tail (a power cut) or another object's prefix: once more from byte 0
     os.replace(part, done)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return done
 
 
