@@ -7,6 +7,7 @@ built under a temp name and renamed into place, so an identity directory appears
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -16,6 +17,16 @@ from pathlib import Path
 from provisioning.errors import KeyExists, OutputExists
 
 TMP_MARK = ".tmp-"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 (hex) of a file, read 1 MiB at a time (here, not in ``provisioning.release``, so the agent
+    can hash a download without importing cryptography and the PKCS#11 binding at start)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

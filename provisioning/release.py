@@ -43,6 +43,9 @@ from provisioning import certs, hsm
 from provisioning.errors import InvalidInput, KeyExists
 from provisioning.fsio import atomic_write, fsync_dir
 
+# sha256_file is part of this module's API too (bundles, the CLIs and tests use it)
+from provisioning.fsio import sha256_file as sha256_file
+
 FORMAT = 1
 NAME = "roomba-agent"
 MANIFEST = "manifest.json"
@@ -110,14 +113,6 @@ def current_platform() -> str:
 def current_abi() -> str:
     """The Python ABI a bundle built here is for (``cp311``); the robot's Python must be the same."""
     return f"cp{sys.version_info.major}{sys.version_info.minor}"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _utcnow() -> dt.datetime:

@@ -36,7 +36,6 @@ from agent.mqtt import MqttConnection
 from agent.parts import AgentLog, RobotSide
 from agent.sync import ShadowSync
 from agent.update import decide, preflight, selftest
-from agent.update.download import DownloadError, Target, download, partial_bytes
 from agent.update.installer import Installer, InstallError, InstallRefused
 
 CONTRACT = 2  # reported.versions.contract: the shadow contract this agent speaks (1: before versions.*)
@@ -340,6 +339,10 @@ class UpdateFeature:
                     frm,
                     decide.PREFLIGHT,
                 )
+            # here, not at the top: the download pulls in urllib, http and email (2 MB the agent needs only
+            # while an update job runs)
+            from agent.update.download import partial_bytes
+
             refusal = preflight.check_before_download(
                 running=self.version,
                 target=rel.version,
@@ -382,6 +385,8 @@ class UpdateFeature:
         return self.installer.download_dir() / f"{rel.sha256}.bundle"
 
     async def _download(self, run: JobRun, rel: Release, frm: str) -> Outcome | None:
+        from agent.update.download import DownloadError, Target, download, partial_bytes
+
         assert self.installer is not None
         have = partial_bytes(self.installer.download_dir(), rel.sha256)
         self._enter(run, f"{decide.DOWNLOADING} {have}/{rel.size}", rel, frm)

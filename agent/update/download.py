@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from base.backoff import Backoff
-from provisioning.fsio import fsync_dir
-from provisioning.release import sha256_file
+from provisioning.fsio import fsync_dir, sha256_file
 
 CHUNK = 64 * 1024
 DEFAULT_RETRIES = 5
